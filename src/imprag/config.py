@@ -1,0 +1,208 @@
+"""Typed configuration, one small dataclass per concern.
+
+Dataclasses are the source of truth: they validate themselves when built and name the offending field in
+every error. `to_dict`/`from_dict` round-trip them through JSON (unknown keys are errors), which is how
+`imprag_config.json` is written next to a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+__all__ = [
+    "ConfigError",
+    "DecodeConfig",
+    "EmbeddingConfig",
+    "ImpRAGConfig",
+    "LayerSplit",
+    "ReaderConfig",
+]
+
+IMPRAG_CONFIG_NAME = "imprag_config.json"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and how to fix it."""
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    """Where an N-layer decoder is cut into bottom (retriever), middle (reader) and top groups.
+
+    Layers 0..b run over the prompt only and yield the retrieval states at layer b; layers b..t also attend
+    to the retrieved passages' key/values; layers t+1..N-1 see the prompt only. Layer b belongs to both
+    the bottom and the middle group (method page, "Layer groups").
+    """
+
+    b: int
+    """Retrieval layer: E_q / E_p are the query / key states of this layer's attention."""
+    t: int
+    """Last reading layer: passages are visible to the prompt in layers b..t inclusive."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.b, int) or not isinstance(self.t, int):
+            raise ConfigError(f"LayerSplit.b and .t must be integers, got b={self.b!r}, t={self.t!r}")
+        if self.b < 0:
+            raise ConfigError(f"LayerSplit.b must be >= 0, got b={self.b}")
+        if self.t < self.b:
+            raise ConfigError(f"LayerSplit.t must be >= b, got b={self.b}, t={self.t}")
+
+    def validate_for(self, num_layers: int) -> LayerSplit:
+        """Check the split against a model with `num_layers` decoder layers; return self."""
+        if self.t >= num_layers:
+            raise ConfigError(
+                f"LayerSplit(b={self.b}, t={self.t}) does not fit a model with {num_layers} layers: "
+                f"t must be <= {num_layers - 1} (layers are numbered 0..{num_layers - 1})"
+            )
+        return self
+
+    @classmethod
+    def default_for(cls, num_layers: int) -> LayerSplit:
+        """The default split for an N-layer model: b ~ 25% and t ~ 70% of depth (method page, [D]).
+
+        This gives b=7, t=19 for 28 layers (Llama-3.2-3B, exactly the paper's split), b=7, t=20 for 30
+        layers (SmolLM2-135M) and b=8, t=21 for 32 layers (the paper used b=7, t=23 for Llama-3.1-8B).
+        """
+        if num_layers < 1:
+            raise ConfigError(f"a model needs at least one layer, got num_layers={num_layers}")
+        b = min(int(0.25 * num_layers), num_layers - 1)
+        t = max(b, min(num_layers - 1, round(0.70 * num_layers) - 1))
+        return cls(b=b, t=t)
+
+    @property
+    def middle(self) -> range:
+        """The reading layers b..t."""
+        return range(self.b, self.t + 1)
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """How the retrieval vectors E_q (queries) and E_p (passages) are read off layer b."""
+
+    rope: Literal["pre", "post"] = "pre"
+    """'pre': states before rotary position encoding (position-free scores, our default); 'post': after it."""
+    pooling: Literal["last", "mean"] = "last"
+    """'last': the last non-pad token (the paper); 'mean': mean over all non-pad tokens."""
+
+    def __post_init__(self) -> None:
+        if self.rope not in ("pre", "post"):
+            raise ConfigError(f"EmbeddingConfig.rope must be 'pre' or 'post', got {self.rope!r}")
+        if self.pooling not in ("last", "mean"):
+            raise ConfigError(f"EmbeddingConfig.pooling must be 'last' or 'mean', got {self.pooling!r}")
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """How retrieved passages are laid out for the middle layers."""
+
+    k: int = 5
+    """Passages read per prompt when retrieving (the paper reads 10)."""
+    l_max: int = 256
+    """Maximum tokens per passage; longer passages are truncated. The prompt starts at position k*l_max."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"ReaderConfig.k must be >= 1, got {self.k}")
+        if self.l_max < 1:
+            raise ConfigError(f"ReaderConfig.l_max must be >= 1, got {self.l_max}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Decoding settings for `ImpRAG.generate`."""
+
+    max_new_tokens: int = 32
+    """Upper bound on generated tokens per prompt."""
+    do_sample: bool = False
+    """Greedy decoding when False; sampling with temperature/top_k/top_p when True."""
+    temperature: float = 1.0
+    top_k: int = 0
+    """0 disables top-k filtering."""
+    top_p: float = 1.0
+    """1.0 disables nucleus filtering."""
+    stop: tuple[str, ...] = ()
+    """Generation stops at the first occurrence of any of these strings (which are cut from the text)."""
+    seed: int | None = None
+    """Seed for sampling; None uses torch's global generator."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"DecodeConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ConfigError(f"DecodeConfig.temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"DecodeConfig.top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"DecodeConfig.top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if any(not s for s in self.stop):
+            raise ConfigError("DecodeConfig.stop must not contain empty strings")
+
+
+@dataclass(frozen=True)
+class ImpRAGConfig:
+    """Everything that turns a stock decoder into an ImpRAG model; saved as `imprag_config.json`."""
+
+    split: LayerSplit
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImpRAGConfig:
+        _check_keys(cls, data, "ImpRAGConfig")
+        return cls(
+            split=_build(LayerSplit, data["split"], "split"),
+            embedding=_build(EmbeddingConfig, data.get("embedding", {}), "embedding"),
+            reader=_build(ReaderConfig, data.get("reader", {}), "reader"),
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `imprag_config.json` into `directory` atomically."""
+        from imprag.io import atomic_write_text
+
+        path = Path(directory) / IMPRAG_CONFIG_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ImpRAGConfig | None:
+        """Read `imprag_config.json` from `directory`, or None when there is none."""
+        path = Path(directory) / IMPRAG_CONFIG_NAME
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON ({err}); delete it or rewrite it") from err
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
+
+
+T = TypeVar("T")
+
+
+def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known keys are {sorted(known)}")
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    _check_keys(cls, data, where)
+    values = dict(data)
+    if cls is DecodeConfig and "stop" in values:
+        values["stop"] = tuple(values["stop"])
+    return cls(**values)

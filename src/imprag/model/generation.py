@@ -1,0 +1,136 @@
+"""The decode loop and the result types of `ImpRAG.generate`.
+
+The loop is model-agnostic: it gets the logits of the prompt's last token and a function that feeds one
+new token per row and returns the next logits (the facade's closure runs that token through all layers
+against the cached prompt and passage key/values, so nothing is recomputed per token). Filtering for
+sampling reuses transformers' logits warpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from imprag.config import DecodeConfig
+
+__all__ = ["Generation", "RetrievedPassage", "decode"]
+
+FinishReason = Literal["eos", "stop", "length"]
+
+
+@dataclass(frozen=True)
+class RetrievedPassage:
+    """A passage that was read: its id in the retriever (None when given explicitly), text and score."""
+
+    id: int | None
+    text: str
+    score: float | None = None
+
+
+@dataclass
+class Generation:
+    """What `ImpRAG.generate` returns per prompt."""
+
+    prompt: str
+    text: str
+    """The generated text, cut at the first stop string, without special tokens, stripped."""
+    passages: list[RetrievedPassage] = field(default_factory=list)
+    """The passages the middle layers read, in reading order (retrieval rank)."""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason = "length"
+
+
+def decode(
+    first_logits: Tensor,
+    next_logits: Callable[[Tensor], Tensor],
+    cfg: DecodeConfig,
+    eos_ids: Sequence[int],
+    tokenizer: PreTrainedTokenizerBase,
+    pad_id: int,
+) -> list[tuple[list[int], str, FinishReason]]:
+    """Greedy or sampled decoding; returns (token ids, text, finish reason) per row.
+
+    first_logits: (B, V) logits after the prompt. next_logits(tokens (B, 1)) -> (B, V) for the next step.
+    Finished rows keep being fed `pad_id` (their outputs are ignored) so the batch stays rectangular.
+    """
+    batch = first_logits.shape[0]
+    warpers = LogitsProcessorList()
+    if cfg.do_sample:
+        if cfg.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_k > 0:
+            warpers.append(TopKLogitsWarper(cfg.top_k))
+        if cfg.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(cfg.top_p))
+    generator = None
+    if cfg.do_sample and cfg.seed is not None:
+        generator = torch.Generator(device=first_logits.device).manual_seed(cfg.seed)
+
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=first_logits.device)
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    texts = [""] * batch
+    reasons: list[FinishReason | None] = [None] * batch
+    logits = first_logits
+    for step in range(cfg.max_new_tokens):
+        chosen = _choose(logits.float(), tokens, warpers, cfg.do_sample, generator)  # (B,)
+        for row in range(batch):
+            if reasons[row] is not None:
+                continue
+            tok = int(chosen[row])
+            if eos.numel() and bool((eos == tok).any()):
+                reasons[row] = "eos"
+                continue
+            tokens[row].append(tok)
+            if cfg.stop:
+                text = tokenizer.decode(tokens[row], skip_special_tokens=True)
+                cut = _first_stop(text, cfg.stop)
+                if cut is not None:
+                    texts[row], reasons[row] = text[:cut], "stop"
+        if all(r is not None for r in reasons) or step == cfg.max_new_tokens - 1:
+            break
+        feed = torch.tensor(
+            [tokens[r][-1] if reasons[r] is None else pad_id for r in range(batch)],
+            dtype=torch.long,
+            device=first_logits.device,
+        )
+        logits = next_logits(feed[:, None])
+    out = []
+    for row in range(batch):
+        reason = reasons[row] or "length"
+        text = texts[row] if reason == "stop" else tokenizer.decode(tokens[row], skip_special_tokens=True)
+        out.append((tokens[row], text.strip(), reason))
+    return out
+
+
+def _choose(
+    logits: Tensor,
+    history: list[list[int]],
+    warpers: LogitsProcessorList,
+    do_sample: bool,
+    generator: torch.Generator | None,
+) -> Tensor:
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    width = max(1, max(len(h) for h in history))
+    ids = torch.zeros(len(history), width, dtype=torch.long, device=logits.device)
+    for row, h in enumerate(history):
+        if h:
+            ids[row, -len(h) :] = torch.tensor(h, device=logits.device)
+    probs = torch.softmax(warpers(ids, logits), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None

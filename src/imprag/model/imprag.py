@@ -1,0 +1,416 @@
+"""The ImpRAG facade: one decoder-only LM that retrieves with its bottom layers, reads with its middle
+layers and generates with all of them (method page, "Two-stage inference").
+
+    prompt -> layers 0..b-1 -> layer b: q/k/v -> E_q -> retriever.search -> passages
+           -> passage K/V of layers b..t (passages run once through layers 0..t)
+           -> layer b attends to [passages; prompt] -> layers b+1..t likewise -> layers t+1..N-1 prompt only
+           -> decode with a KV cache; passages are never recomputed per token
+
+The wrapped Hugging Face model stays reachable as `.model` with unchanged state_dict keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from imprag.config import DecodeConfig, EmbeddingConfig, ImpRAGConfig, LayerSplit, ReaderConfig
+from imprag.model import defaults
+from imprag.model.backbone import Backbone, KVCache, architecture_of
+from imprag.model.embeddings import passage_embedding, query_embedding
+from imprag.model.generation import Generation, RetrievedPassage, decode
+from imprag.model.reader import InputError, TokenBatch, batch_tokens, pack_passages, passage_kv, tokenize
+from imprag.retrieval.memory import Retriever
+
+__all__ = ["ImpRAG", "Prefill"]
+
+log = logging.getLogger(__name__)
+
+DtypeLike = torch.dtype | str | None
+
+
+@dataclass
+class Prefill:
+    """State after the prompt's forward pass."""
+
+    hidden: Tensor  # (B, T, E) last layer's hidden states (before the final norm)
+    query: Tensor  # (B, G*D) E_q read at layer b
+    cache: KVCache | None  # prompt K/V of every layer (when caching)
+    passages: KVCache | None  # passage K/V of layers b..t (None when nothing was read)
+
+
+class ImpRAG:
+    """A stock `*ForCausalLM` + tokenizer, run as an ImpRAG model.
+
+    Construct from loaded parts, `ImpRAG(hf_model, tokenizer, LayerSplit(b, t))`, or with
+    `ImpRAG.from_pretrained("smollm2-135m" | path | hub id, b=..., t=...)`.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        split: LayerSplit | None = None,
+        embedding: EmbeddingConfig | None = None,
+        reader: ReaderConfig | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.backbone = Backbone(model)
+        n = self.backbone.num_layers
+        split = (split or LayerSplit.default_for(n)).validate_for(n)
+        self.config = ImpRAGConfig(split, embedding or EmbeddingConfig(), reader or ReaderConfig())
+        self.pad_id = _pad_id(tokenizer, model)
+
+    # -- construction / persistence ----------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        b: int | None = None,
+        t: int | None = None,
+        dtype: DtypeLike = None,
+        embedding: EmbeddingConfig | None = None,
+        reader: ReaderConfig | None = None,
+        **hf_kwargs: Any,
+    ) -> ImpRAG:
+        """Load an ImpRAG model.
+
+        `name_or_path`: an embedded default (`"smollm2-135m"`, loaded offline from an installed package),
+        a local folder (a stock HF checkpoint, or one saved by `save_pretrained` with its
+        `imprag_config.json`), or a hub id when the network allows. `b`/`t` override the saved or
+        default split; `dtype` (e.g. "bfloat16") defaults to the embedded model's measured-fastest dtype or
+        the checkpoint's own. Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
+        """
+        path: str | Path = name_or_path
+        chosen = _as_dtype(dtype)
+        default_split = None
+        if str(name_or_path) in defaults.DEFAULT_MODELS:
+            path, spec = defaults.resolve(str(name_or_path))
+            chosen = chosen or spec.dtype
+            default_split = LayerSplit(*spec.split)
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except OSError as err:
+            raise InputError(
+                f"cannot load model {str(name_or_path)!r}: it is not an embedded default "
+                f"({', '.join(defaults.DEFAULT_MODELS)}), not a model folder, and the hub could not serve "
+                f"it (offline?): {err}"
+            ) from err
+        architecture_of(config)  # refuse unsupported families before loading weights
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen or "auto", **hf_kwargs)
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        saved = ImpRAGConfig.load(path) if Path(path).is_dir() else None
+        n = model.config.num_hidden_layers
+        base = saved.split if saved else default_split or LayerSplit.default_for(n)
+        if b is not None and t is None and base.t < b:
+            base = LayerSplit(b=b, t=max(b, LayerSplit.default_for(n).t))
+        split = LayerSplit(b=base.b if b is None else b, t=base.t if t is None else t)
+        return cls(
+            model,
+            tokenizer,
+            split,
+            embedding or (saved.embedding if saved else None),
+            reader or (saved.reader if saved else None),
+        )
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save model, tokenizer and `imprag_config.json`; the folder loads in stock transformers too."""
+        from imprag.io import atomic_directory
+
+        with atomic_directory(directory) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            self.config.save(tmp)
+        return Path(directory)
+
+    @property
+    def split(self) -> LayerSplit:
+        return self.config.split
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def dim(self) -> int:
+        """Dimension D of E_q and E_p: KV heads x head dim."""
+        return self.backbone.num_kv_heads * self.backbone.head_dim
+
+    def __repr__(self) -> str:
+        name = self.model.config.name_or_path or type(self.model).__name__
+        return f"ImpRAG({name!r}, {self.split}, dim={self.dim}, dtype={self.backbone.dtype})"
+
+    # -- tensor-level API (differentiable; used by training and tests) -----------------------------
+
+    def encode_queries(self, prompts: TokenBatch) -> Tensor:
+        """E_q (B, D): layers 0..b-1 and layer b's projections only."""
+        return self._bottom(prompts, passage=False)
+
+    def encode_passages(self, passages: TokenBatch) -> Tensor:
+        """E_p (B, D): layers 0..b-1 and layer b's projections only."""
+        return self._bottom(passages, passage=True)
+
+    def forward(self, prompts: TokenBatch, passages: TokenBatch | None = None) -> Tensor:
+        """Logits (B, T, V) of the prompts, each reading its row of packed `passages` in layers b..t."""
+        pre = self._prefill(prompts, lambda _: passages, cache=False)
+        return self.backbone.logits(pre.hidden)
+
+    __call__ = forward
+
+    def _bottom(self, batch: TokenBatch, passage: bool) -> Tensor:
+        bb, b = self.backbone, self.split.b
+        batch = batch.to(bb.device)
+        h = bb.embed(batch.input_ids)
+        step = bb.step(h, batch.positions, batch.valid)
+        h = bb.run(h, range(0, b), step)
+        proj = bb.project(b, h, step)
+        if passage:
+            return passage_embedding(proj, batch.valid, self.config.embedding)
+        return query_embedding(proj, batch.valid, bb.num_kv_heads, self.config.embedding)
+
+    def _prefill(
+        self,
+        prompts: TokenBatch,
+        passages_for: Callable[[Tensor], TokenBatch | None],
+        cache: bool,
+    ) -> Prefill:
+        """One forward pass over the prompts. At layer b, `passages_for(E_q)` picks what to read; the pass
+        then continues from layer b (nothing below it is recomputed)."""
+        bb, split = self.backbone, self.split
+        prompts = prompts.to(bb.device)
+        h = bb.embed(prompts.input_ids)
+        kv = KVCache.empty(h.shape[0], bb.device) if cache else None
+        step = bb.step(h, prompts.positions, prompts.valid, cache=kv, reading_layers=split.middle)
+        h = bb.run(h, range(0, split.b), step)
+        proj = bb.project(split.b, h, step)
+        query = query_embedding(proj, prompts.valid, bb.num_kv_heads, self.config.embedding)
+        chosen = passages_for(query)
+        if chosen is not None and bool(chosen.valid.any()):
+            step.passages = passage_kv(bb, chosen, split)
+        h = bb.attend(split.b, h, proj, step)
+        h = bb.run(h, range(split.b + 1, bb.num_layers), step)
+        step.commit()
+        return Prefill(hidden=h, query=query, cache=kv, passages=step.passages)
+
+    # -- text-level API -----------------------------------------------------------------------------
+
+    def prompt_batch(
+        self, prompts: Sequence[str], offsets: Sequence[int] | int = 0, padding_side: str = "right"
+    ) -> TokenBatch:
+        """Tokenize prompts into a batch whose row i starts at position offsets[i] (k_i * l_max)."""
+        ids = tokenize(self.tokenizer, prompts, "prompt")
+        if isinstance(offsets, int):
+            offsets = [offsets] * len(ids)
+        return batch_tokens(ids, offsets, self.pad_id, padding_side)  # type: ignore[arg-type]
+
+    def passage_tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of passages, each truncated to l_max (the same tokens whether embedded or read)."""
+        return tokenize(self.tokenizer, texts, "passage", max_tokens=self.config.reader.l_max)
+
+    def passage_batch(self, passages: Sequence[Sequence[str]]) -> TokenBatch:
+        """Pack each prompt's passages into one row (concatenated, positions from 0)."""
+        rows = [self.passage_tokens(p) if len(p) else [] for p in passages]
+        return pack_passages(rows, self.pad_id)
+
+    @torch.inference_mode()
+    def embed_queries(self, prompts: Sequence[str], batch_size: int = 32) -> Tensor:
+        """E_q (B, D) for each prompt, read where generation reads it (prompt at position k*l_max)."""
+        ids = tokenize(self.tokenizer, prompts, "prompt")
+        offset = self.config.reader.k * self.config.reader.l_max
+        return self._embed(ids, [offset] * len(ids), batch_size, passage=False)
+
+    @torch.inference_mode()
+    def embed_passages(self, texts: Sequence[str], batch_size: int = 32) -> Tensor:
+        """E_p (N, D) for each passage (truncated to l_max tokens, at positions from 0)."""
+        ids = self.passage_tokens(texts)
+        return self._embed(ids, [0] * len(ids), batch_size, passage=True)
+
+    def _embed(self, ids: list[list[int]], offsets: list[int], batch_size: int, passage: bool) -> Tensor:
+        # Sort by length so batches carry little padding; results are returned in input order.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(ids), self.dim, dtype=torch.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = batch_tokens([ids[i] for i in rows], [offsets[i] for i in rows], self.pad_id)
+            vectors = self._bottom(batch, passage=passage)
+            out[torch.tensor(rows)] = vectors.float().cpu()
+        return out
+
+    @torch.inference_mode()
+    def retrieve(
+        self, prompts: Sequence[str], index: Retriever, k: int | None = None
+    ) -> list[list[RetrievedPassage]]:
+        """Top-k passages per prompt by the implicit query E_q (no generation)."""
+        k = self._check_k(k, index)
+        return self._search(index, self.embed_queries(prompts), k)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        passages: Sequence[Sequence[str]] | None = None,
+        index: Retriever | None = None,
+        k: int | None = None,
+        decode_config: DecodeConfig | None = None,
+        **decode_kwargs: Any,
+    ) -> list[Generation]:
+        """Answer each prompt, reading `passages[i]` (given) or the top-k of `index` (retrieved at layer b).
+
+        Decoding options are a `DecodeConfig` or its fields as keywords (max_new_tokens, do_sample,
+        temperature, top_k, top_p, stop, seed). With neither passages nor index the model reads nothing.
+        """
+        cfg = _decode_config(decode_config, decode_kwargs)
+        if passages is not None and index is not None:
+            raise InputError("pass either passages=... or index=..., not both")
+        ids = tokenize(self.tokenizer, prompts, "prompt")
+        l_max = self.config.reader.l_max
+        if passages is not None:
+            if (
+                isinstance(passages, str)
+                or len(passages) != len(ids)
+                or any(isinstance(p, str) for p in passages)
+            ):
+                raise InputError(
+                    f"passages must be one list of strings per prompt ({len(ids)} lists), e.g. "
+                    "passages=[['text a', 'text b']] for one prompt"
+                )
+            offsets = [len(p) * l_max for p in passages]
+        elif index is not None:
+            k = self._check_k(k, index)
+            offsets = [k * l_max] * len(ids)
+        else:
+            offsets = [0] * len(ids)
+        self._check_lengths(ids, offsets, cfg.max_new_tokens)
+        batch = batch_tokens(ids, offsets, self.pad_id, padding_side="right")
+        read: list[list[RetrievedPassage]] = [
+            [RetrievedPassage(None, text) for text in p] for p in (passages or [[]] * len(ids))
+        ]
+
+        def passages_for(query: Tensor) -> TokenBatch | None:
+            if index is not None:
+                read[:] = self._search(index, query, k)  # type: ignore[arg-type]
+            if not any(read):
+                return None
+            return self.passage_batch([[p.text for p in row] for row in read])
+
+        pre = self._prefill(batch, passages_for, cache=True)
+        last = torch.tensor(batch.lengths) - 1  # right padding: last valid column per row
+        rows = torch.arange(len(ids))
+        first = self.backbone.logits(pre.hidden[rows, last])  # (B, V)
+        next_pos = batch.positions[rows, last].to(self.device) + 1  # (B,)
+
+        def next_logits(tokens: Tensor) -> Tensor:
+            nonlocal next_pos
+            bb = self.backbone
+            h = bb.embed(tokens)
+            step = bb.step(
+                h,
+                next_pos[:, None],
+                torch.ones_like(tokens, dtype=torch.bool),
+                cache=pre.cache,
+                passages=pre.passages,
+                reading_layers=self.split.middle,
+            )
+            h = bb.run(h, range(bb.num_layers), step)
+            step.commit()
+            next_pos = next_pos + 1
+            return bb.logits(h[:, -1])
+
+        outputs = decode(first, next_logits, cfg, self._eos_ids(), self.tokenizer, self.pad_id)
+        return [
+            Generation(prompt=p, text=text, passages=read[i], token_ids=toks, finish_reason=reason)
+            for i, (p, (toks, text, reason)) in enumerate(zip(prompts, outputs, strict=True))
+        ]
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _search(self, index: Retriever, query: Tensor, k: int) -> list[list[RetrievedPassage]]:
+        ids, scores = index.search(query, k)
+        out = []
+        for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
+            keep = [(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]  # FAISS pads with -1
+            texts = index.fetch([i for i, _ in keep])
+            out.append(
+                [RetrievedPassage(i, text, float(s)) for (i, s), text in zip(keep, texts, strict=True)]
+            )
+        return out
+
+    def _check_k(self, k: int | None, index: Retriever) -> int:
+        k = self.config.reader.k if k is None else k
+        if not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        size = len(index) if hasattr(index, "__len__") else None
+        if size is not None and k > size:
+            raise InputError(f"k={k} passages requested but the index holds only {size}; lower k")
+        return k
+
+    def _check_lengths(self, ids: list[list[int]], offsets: list[int], new_tokens: int) -> None:
+        limit = self.backbone.max_positions
+        for i, (seq, offset) in enumerate(zip(ids, offsets, strict=True)):
+            need = offset + len(seq) + new_tokens
+            if need > limit:
+                raise InputError(
+                    f"prompt {i} does not fit the context window: {offset} passage positions (k*l_max) + "
+                    f"{len(seq)} prompt tokens + {new_tokens} new tokens = {need} > {limit} positions "
+                    "of this model; shorten the prompt or lower k, l_max or max_new_tokens"
+                )
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return sorted(ids)
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
+    # Padding is masked everywhere, so any valid id works; prefer the tokenizer's own.
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, model.config.pad_token_id):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
+def _as_dtype(dtype: DtypeLike) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    named = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in named:
+        raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(named)}")
+    return named[dtype]
+
+
+def _decode_config(cfg: DecodeConfig | None, kwargs: dict[str, Any]) -> DecodeConfig:
+    if cfg is not None and kwargs:
+        raise InputError("pass decoding options either as decode_config=DecodeConfig(...) or as keywords")
+    if cfg is not None:
+        return cfg
+    try:
+        return replace(DecodeConfig(), **kwargs)
+    except TypeError as err:
+        raise InputError(f"unknown decoding option: {err}; see imprag.DecodeConfig for the fields") from err

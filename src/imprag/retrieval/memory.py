@@ -1,0 +1,70 @@
+"""The retriever interface, and a small exact in-memory retriever over a list of passages.
+
+`ImpRAG.generate` needs only two things from a retriever: `search` over query vectors and `fetch` of the
+passage texts behind the returned ids. The FAISS index over an on-disk passage store implements the same
+two methods; this one keeps everything in memory and is meant for tests, demos and small passage lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["InMemoryRetriever", "Retriever"]
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """What `ImpRAG.generate(..., retriever=...)` and `ImpRAG.retrieve` rely on."""
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-k by inner product for each query (B, D): ids (B, k) long and scores (B, k), best first."""
+        ...
+
+    def fetch(self, ids: Sequence[int]) -> list[str]:
+        """Passage texts for the given ids, in order."""
+        ...
+
+
+class InMemoryRetriever:
+    """Exact inner-product search over passage vectors held in memory.
+
+    Build it with `InMemoryRetriever.build(model, texts)` (embeds with the model's bottom layers) or from
+    precomputed vectors.
+    """
+
+    def __init__(self, texts: Sequence[str], vectors: Tensor) -> None:
+        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+            raise ValueError(
+                f"vectors must have shape (len(texts), D) = ({len(texts)}, D), got {tuple(vectors.shape)}"
+            )
+        if len(texts) == 0:
+            raise ValueError("an InMemoryRetriever needs at least one passage")
+        self.texts = list(texts)
+        self.vectors = vectors.detach().float()
+
+    @classmethod
+    def build(cls, model, texts: Sequence[str], batch_size: int = 16) -> InMemoryRetriever:
+        """Embed `texts` with `model.embed_passages` and index them."""
+        return cls(texts, model.embed_passages(texts, batch_size=batch_size))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        if queries.ndim != 2 or queries.shape[1] != self.vectors.shape[1]:
+            raise ValueError(
+                f"queries must have shape (B, {self.vectors.shape[1]}), got {tuple(queries.shape)}: "
+                "were the passages embedded by a different model or layer split?"
+            )
+        if k > len(self):
+            raise ValueError(f"k={k} passages requested but this retriever holds only {len(self)}")
+        scores = queries.detach().float().to(self.vectors.device) @ self.vectors.T  # (B, N)
+        top = torch.topk(scores, k, dim=1)
+        return top.indices, top.values
+
+    def fetch(self, ids: Sequence[int]) -> list[str]:
+        return [self.texts[int(i)] for i in ids]

@@ -1,0 +1,113 @@
+"""E_q / E_p equal values computed by hand from the stock model's layer-b inputs; only layers 0..b run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from torch.testing import assert_close
+
+from imprag import EmbeddingConfig, ImpRAG, LayerSplit
+from imprag.model.reader import batch_tokens
+
+PROMPTS = [
+    "Q: What is the capital of Veloria?\nA:",
+    "Is this statement true? The sky is blue. A:",
+    "Mozart [SEP] birthplace A:",
+]
+PASSAGES = ["The capital of Veloria is Quantum City.", "Paris is the capital of France.", "The Nile."]
+
+
+def layer_b_inputs(model, b: int, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Hidden states entering layer b in the stock forward, captured with a hook."""
+    seen = {}
+
+    def capture(module, args, kwargs) -> None:
+        seen["h"] = args[0] if args else kwargs["hidden_states"]
+
+    handle = model.model.layers[b].register_forward_pre_hook(capture, with_kwargs=True)
+    with torch.no_grad():
+        model(ids, position_ids=positions)
+    handle.remove()
+    return seen["h"]
+
+
+def by_hand(model, b: int, text_ids: list[int], offset: int, kind: str, rope: str, pooling: str):
+    """E_q (kind='q') or E_p (kind='k') computed from the stock modules, one text, no padding."""
+    ids = torch.tensor([text_ids])
+    pos = torch.arange(offset, offset + len(text_ids))[None]
+    h = layer_b_inputs(model, b, ids, pos)
+    attn = model.model.layers[b].self_attn
+    x = model.model.layers[b].input_layernorm(h)
+    head_dim, n_kv = attn.head_dim, model.config.num_key_value_heads
+    q = attn.q_proj(x).view(1, len(text_ids), -1, head_dim)
+    k = attn.k_proj(x).view(1, len(text_ids), -1, head_dim)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (1, heads, T, D)
+    if rope == "post":
+        cos, sin = model.model.rotary_emb(h, pos)
+        cos, sin = cos[:, None], sin[:, None]
+        rot = lambda x: torch.cat([-x[..., head_dim // 2 :], x[..., : head_dim // 2]], dim=-1)  # noqa: E731
+        q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+    if kind == "q":
+        g = q.shape[1] // n_kv
+        states = torch.stack([q[:, i * g : (i + 1) * g].mean(dim=1) for i in range(n_kv)], dim=1)
+    else:
+        states = k
+    pooled = states[:, :, -1] if pooling == "last" else states.mean(dim=2)  # (1, G, D)
+    return pooled.reshape(-1)
+
+
+@pytest.mark.parametrize("rope", ["pre", "post"])
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_embeddings_equal_hand_computation(tiny: ImpRAG, rope: str, pooling: str) -> None:
+    model = ImpRAG(tiny.model, tiny.tokenizer, tiny.split, EmbeddingConfig(rope=rope, pooling=pooling))
+    offset = model.config.reader.k * model.config.reader.l_max
+    queries = model.embed_queries(PROMPTS)
+    passages = model.embed_passages(PASSAGES)
+    assert queries.shape == (3, model.dim) and passages.shape == (3, model.dim)
+    assert model.dim == tiny.model.config.num_key_value_heads * 16
+    for i, text in enumerate(PROMPTS):
+        ids = model.tokenizer(text)["input_ids"]
+        expected = by_hand(model.model, model.split.b, ids, offset, "q", rope, pooling)
+        assert_close(queries[i], expected, rtol=1e-4, atol=1e-5)
+    for i, text in enumerate(PASSAGES):
+        ids = model.tokenizer(text)["input_ids"]
+        expected = by_hand(model.model, model.split.b, ids, 0, "k", rope, pooling)
+        assert_close(passages[i], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gqa_groups_follow_the_models_head_mapping(tokenizer) -> None:
+    """With 8 query heads over 2 KV heads, group i is the mean of query heads 4i..4i+3 (not interleaved)."""
+    model = tiny_model("llama", num_attention_heads=8, num_key_value_heads=2, head_dim=8)
+    imprag = ImpRAG(model, tokenizer, LayerSplit(2, 3))
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    offset = imprag.config.reader.k * imprag.config.reader.l_max
+    expected = by_hand(model, 2, ids, offset, "q", "pre", "last")
+    assert_close(imprag.embed_queries(PROMPTS[:1])[0], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_batched_equals_one_at_a_time(tiny: ImpRAG, padding_side: str, pooling: str) -> None:
+    model = ImpRAG(tiny.model, tiny.tokenizer, tiny.split, EmbeddingConfig(pooling=pooling))
+    ids = [model.tokenizer(p)["input_ids"] for p in PROMPTS]
+    batched = model.encode_queries(batch_tokens(ids, [0] * 3, 0, padding_side))
+    for i, row in enumerate(ids):
+        assert_close(batched[i], model.encode_queries(batch_tokens([row], [0], 0))[0], rtol=1e-5, atol=1e-5)
+    # The public API sorts by length and batches; any batch size gives the same vectors.
+    assert_close(model.embed_passages(PASSAGES, batch_size=1), model.embed_passages(PASSAGES, batch_size=3))
+
+
+def test_embedding_runs_only_layers_up_to_b(tokenizer) -> None:
+    model = tiny_model("llama")
+    imprag = ImpRAG(model, tokenizer, LayerSplit(2, 3))
+    norms, mlps = [], []
+    for i, layer in enumerate(model.model.layers):
+        layer.input_layernorm.register_forward_hook(lambda *a, i=i: norms.append(i))
+        layer.mlp.register_forward_hook(lambda *a, i=i: mlps.append(i))
+    imprag.embed_queries(PROMPTS[:2], batch_size=2)
+    imprag.embed_passages(PASSAGES[:2], batch_size=2)
+    assert norms == [0, 1, 2, 0, 1, 2]  # layers 0..b project (two calls, one batch each)
+    assert mlps == [0, 1, 0, 1]  # layer b stops after its q/k projections

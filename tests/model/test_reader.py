@@ -1,0 +1,87 @@
+"""Middle-layer reading equals references built from the stock model: a plain forward over
+[passages; prompt] when every layer reads, and the stock decoder layers with per-layer masks otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from torch.testing import assert_close
+
+from imprag import ImpRAG, LayerSplit
+from imprag.model.reader import batch_tokens, pack_passages
+
+L_MAX = 16
+
+
+def _seq(seed: int, n: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, 300, (n,), generator=g).tolist()
+
+
+def naive_reference(model, split: LayerSplit, passages: list[list[int]], prompt: list[int], offset: int):
+    """Run the stock decoder layers over [passages; prompt]; prompt tokens may attend to passage tokens
+    only in layers b..t. Returns the prompt's logits (T, V)."""
+    flat = [tok for p in passages for tok in p]
+    n_p, n_q = len(flat), len(prompt)
+    ids = torch.tensor([flat + prompt])
+    pos = torch.cat([torch.arange(n_p), torch.arange(offset, offset + n_q)])[None]
+    decoder = model.model
+    h = decoder.embed_tokens(ids)
+    cos_sin = decoder.rotary_emb(h, pos)
+    causal = torch.ones(n_p + n_q, n_p + n_q, dtype=torch.bool).tril()
+    blind = causal.clone()
+    blind[n_p:, :n_p] = False  # prompt cannot see passages
+    for i, layer in enumerate(decoder.layers):
+        allowed = causal if i in split.middle else blind
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(h.dtype).min)[None, None]
+        h = layer(h, attention_mask=mask, position_embeddings=cos_sin, position_ids=pos)
+    return model.lm_head(decoder.norm(h))[0, n_p:]
+
+
+def test_all_layers_reading_equals_stock_forward_over_concatenation(tiny: ImpRAG) -> None:
+    model = tiny.model
+    full = ImpRAG(model, tiny.tokenizer, LayerSplit(0, model.config.num_hidden_layers - 1))
+    passages = [_seq(1, 7), _seq(2, 5)]
+    prompt = _seq(3, 6)
+    offset = 2 * L_MAX
+    got = full.forward(batch_tokens([prompt], [offset], 0), pack_passages([passages], 0))[0]
+    flat = [tok for p in passages for tok in p]
+    pos = torch.cat([torch.arange(len(flat)), torch.arange(offset, offset + len(prompt))])[None]
+    expected = model(torch.tensor([flat + prompt]), position_ids=pos).logits[0, len(flat) :]
+    assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("b, t", [(1, 3), (0, 0), (2, 4), (4, 4)])
+def test_middle_layer_reading_equals_masked_stock_layers(tiny: ImpRAG, b: int, t: int) -> None:
+    model = tiny.model
+    imprag = ImpRAG(model, tiny.tokenizer, LayerSplit(b, t))
+    passages = [_seq(4, 9), _seq(5, 3), _seq(6, 6)]
+    prompt = _seq(7, 8)
+    offset = 3 * L_MAX
+    got = imprag.forward(batch_tokens([prompt], [offset], 0), pack_passages([passages], 0))[0]
+    assert_close(got, naive_reference(model, imprag.split, passages, prompt, offset), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_batch_rows_read_their_own_passages(tokenizer, padding_side: str) -> None:
+    """Different prompts, passages and passage counts in one padded batch equal one-at-a-time."""
+    model = tiny_model("qwen3", seed=3)
+    imprag = ImpRAG(model, tokenizer, LayerSplit(1, 3))
+    prompts = [_seq(10, 5), _seq(11, 9), _seq(12, 2)]
+    passages = [[_seq(13, 4)], [_seq(14, 6), _seq(15, 8)], []]
+    offsets = [len(p) * L_MAX for p in passages]
+    batched = imprag.forward(batch_tokens(prompts, offsets, 0, padding_side), pack_passages(passages, 0))
+    width = batched.shape[1]
+    for row, (prompt, row_passages, offset) in enumerate(zip(prompts, passages, offsets, strict=True)):
+        alone = imprag.forward(batch_tokens([prompt], [offset], 0), pack_passages([row_passages], 0))[0]
+        cols = slice(0, len(prompt)) if padding_side == "right" else slice(width - len(prompt), width)
+        assert_close(batched[row, cols], alone, rtol=1e-5, atol=1e-5)
+        assert_close(alone, naive_reference(model, imprag.split, row_passages, prompt, offset), rtol=1e-5, atol=1e-5)
+
+
+def test_passages_change_the_output_only_through_the_middle_layers(tiny: ImpRAG) -> None:
+    prompt = batch_tokens([_seq(20, 6)], [L_MAX], 0)
+    alone = tiny.forward(prompt)
+    reading = tiny.forward(prompt, pack_passages([[_seq(21, 10)]], 0))
+    assert not torch.allclose(alone, reading, atol=1e-3)
