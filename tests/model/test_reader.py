@@ -77,7 +77,9 @@ def test_batch_rows_read_their_own_passages(tokenizer, padding_side: str) -> Non
         alone = imprag.forward(batch_tokens([prompt], [offset], 0), pack_passages([row_passages], 0))[0]
         cols = slice(0, len(prompt)) if padding_side == "right" else slice(width - len(prompt), width)
         assert_close(batched[row, cols], alone, rtol=1e-5, atol=1e-5)
-        assert_close(alone, naive_reference(model, imprag.split, row_passages, prompt, offset), rtol=1e-5, atol=1e-5)
+        assert_close(
+            alone, naive_reference(model, imprag.split, row_passages, prompt, offset), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_passages_change_the_output_only_through_the_middle_layers(tiny: ImpRAG) -> None:

@@ -1,0 +1,51 @@
+"""The real embedded default: SmolLM2-135M-Instruct, loaded offline from the installed package."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from imprag import ImpRAG, InMemoryRetriever
+
+pytestmark = pytest.mark.slow
+
+FACT = "The capital of Veloria is Quantum City."
+QUESTION = "Q: What is the capital of Veloria?\nA:"
+
+
+@pytest.fixture(scope="module")
+def smol() -> ImpRAG:
+    return ImpRAG.from_pretrained("smollm2-135m")
+
+
+def test_loads_offline_fast_with_the_documented_shape(smol: ImpRAG) -> None:
+    start = time.perf_counter()
+    again = ImpRAG.from_pretrained("smollm2-135m")
+    assert time.perf_counter() - start < 5.0  # converted once; a reload reads the cached folder
+    assert again.backbone.num_layers == 30 and again.dim == 3 * 64
+    assert again.backbone.dtype == torch.bfloat16
+    assert (again.split.b, again.split.t) == (7, 29)
+
+
+def test_answers_an_invented_fact_from_the_passage_it_reads(smol: ImpRAG) -> None:
+    read = smol.generate([QUESTION], passages=[[FACT]], max_new_tokens=16, stop=["\n"])[0]
+    closed = smol.generate([QUESTION], max_new_tokens=16, stop=["\n"])[0]
+    assert "quantum city" in read.text.lower(), read.text
+    assert "quantum city" not in closed.text.lower(), closed.text  # the answer comes from the passage
+
+
+def test_retrieve_then_read_end_to_end(smol: ImpRAG) -> None:
+    """Wiring check on real weights: the passages read are exactly the top-k of E_q . E_p.
+
+    embed_queries reads E_q with the prompt at position reader.k * l_max, as generate does for k=reader.k
+    (other k shift the prompt; pre-RoPE states are shift-invariant up to bf16 rounding)."""
+    passages = [FACT, "Paris is the capital of France.", "Mozart was a composer.", "The Nile is a river."]
+    passages += ["Rome is the capital of Italy.", "Salzburg is a city in Austria."]
+    index = InMemoryRetriever.build(smol, passages)
+    k = smol.config.reader.k
+    res = smol.generate([QUESTION], index=index, k=k, max_new_tokens=8)[0]
+    scores = smol.embed_queries([QUESTION]) @ smol.embed_passages(passages).T
+    assert [p.id for p in res.passages] == scores[0].topk(k).indices.tolist()
+    assert [p.score for p in res.passages] == pytest.approx(scores[0].topk(k).values.tolist(), rel=1e-5)

@@ -1,0 +1,148 @@
+"""Two-stage generation: retrieval at layer b inside the prompt's own forward pass, then cached decoding
+that equals naive decoding recomputing everything for every token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from torch.testing import assert_close
+
+from imprag import DecodeConfig, ImpRAG, InMemoryRetriever, InputError, LayerSplit
+from imprag.model.reader import batch_tokens
+
+PROMPTS = ["Q: What is the capital of Veloria?\nA:", "Is this statement true? Rome is in Italy. A:"]
+PASSAGES = [
+    "The capital of Veloria is Quantum City.",
+    "Paris is the capital of France.",
+    "Mozart was a composer from Salzburg.",
+    "The Nile flows into the Mediterranean Sea.",
+    "Rome is the capital of Italy.",
+]
+
+
+def naive_greedy(model: ImpRAG, prompt: str, passages: list[str], steps: int) -> list[int]:
+    """Recompute the whole forward (passages included) for every new token; no cache anywhere."""
+    ids = model.tokenizer(prompt)["input_ids"]
+    offset = len(passages) * model.config.reader.l_max
+    packed = model.passage_batch([passages]) if passages else None
+    out: list[int] = []
+    for _ in range(steps):
+        logits = model.forward(batch_tokens([ids + out], [offset], model.pad_id), packed)
+        out.append(int(logits[0, -1].argmax()))
+    return out
+
+
+def no_eos(model: ImpRAG) -> ImpRAG:
+    """Make EOS unreachable so every row generates exactly max_new_tokens (instance-local patch)."""
+    model._eos_ids = lambda: []  # type: ignore[method-assign]
+    return model
+
+
+@pytest.mark.parametrize("with_passages", [True, False])
+def test_cached_greedy_equals_naive_recompute(tiny: ImpRAG, with_passages: bool) -> None:
+    model = no_eos(tiny)
+    passages = [PASSAGES[:2], PASSAGES[2:5]] if with_passages else None
+    results = model.generate(PROMPTS, passages=passages, max_new_tokens=8)
+    for i, res in enumerate(results):
+        expected = naive_greedy(model, PROMPTS[i], passages[i] if passages else [], 8)
+        assert res.token_ids == expected
+        assert res.finish_reason == "length"
+        assert [p.text for p in res.passages] == (passages[i] if passages else [])
+
+
+def test_retrieval_happens_inside_the_forward_pass(tiny: ImpRAG) -> None:
+    """generate(index=...) reads exactly the top-k by E_q, and decodes like naive recompute over them."""
+    model = no_eos(tiny)
+    index = InMemoryRetriever.build(model, PASSAGES)
+    results = model.generate(PROMPTS, index=index, k=2, max_new_tokens=6)
+    ids, scores = index.search(model.embed_queries(PROMPTS), 2)
+    retrieved = model.retrieve(PROMPTS, index, k=2)
+    for i, res in enumerate(results):
+        assert [p.id for p in res.passages] == ids[i].tolist() == [p.id for p in retrieved[i]]
+        assert_close(torch.tensor([p.score for p in res.passages]), scores[i], rtol=1e-5, atol=1e-4)
+        assert res.token_ids == naive_greedy(model, PROMPTS[i], [p.text for p in res.passages], 6)
+
+
+def test_layers_below_b_run_once_and_passages_are_not_recomputed_per_token(tokenizer) -> None:
+    model = tiny_model("llama")
+    imprag = no_eos(ImpRAG(model, tokenizer, LayerSplit(2, 3)))
+    index = InMemoryRetriever.build(imprag, PASSAGES)
+    calls: list[tuple[int, int]] = []  # (layer, tokens in the chunk)
+    for i, layer in enumerate(model.model.layers):
+        layer.input_layernorm.register_forward_hook(lambda m, a, out, i=i: calls.append((i, a[0].shape[1])))
+    imprag.generate(PROMPTS[:1], index=index, k=2, max_new_tokens=4)
+    prompt_len = len(tokenizer(PROMPTS[0])["input_ids"])
+    prompt_calls = [layer for layer, n in calls if n == prompt_len]
+    assert prompt_calls == [0, 1, 2, 3, 4]  # each layer once over the prompt: nothing redone after layer b
+    single = [layer for layer, n in calls if n == 1]
+    assert single == [0, 1, 2, 3, 4] * 3  # 3 decode steps after the first token, one token each
+    passage_calls = [layer for layer, n in calls if n not in (1, prompt_len)]
+    assert passage_calls == [0, 1, 2, 3]  # passages through layers 0..t once (layer t: K/V only)
+
+
+def test_batched_generation_equals_one_at_a_time(tiny: ImpRAG) -> None:
+    model = no_eos(tiny)
+    passages = [[PASSAGES[0]], PASSAGES[1:4]]
+    batched = model.generate(PROMPTS, passages=passages, max_new_tokens=5)
+    for i in range(2):
+        alone = model.generate(PROMPTS[i : i + 1], passages=passages[i : i + 1], max_new_tokens=5)[0]
+        assert alone.token_ids == batched[i].token_ids
+
+
+def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(tiny: ImpRAG) -> None:
+    model = no_eos(tiny)
+    cfg = DecodeConfig(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=7)
+    first = model.generate(PROMPTS, decode_config=cfg)
+    again = model.generate(PROMPTS, decode_config=cfg)
+    greedy = model.generate(PROMPTS, max_new_tokens=12)
+    assert [r.token_ids for r in first] == [r.token_ids for r in again]
+    assert [r.token_ids for r in first] != [r.token_ids for r in greedy]
+
+
+def test_eos_and_stop_strings_end_generation(tiny: ImpRAG) -> None:
+    model = no_eos(tiny)
+    full = model.generate(PROMPTS[:1], max_new_tokens=10)[0]
+    assert len(full.token_ids) == 10
+    # EOS: make the third generated token the EOS id.
+    eos = full.token_ids[2]
+    model._eos_ids = lambda: [eos]  # type: ignore[method-assign]
+    ended = model.generate(PROMPTS[:1], max_new_tokens=10)[0]
+    assert ended.finish_reason == "eos"
+    assert ended.token_ids == full.token_ids[: full.token_ids.index(eos)]
+    no_eos(model)
+    # Stop string: a piece of the full text; the result is cut before it.
+    stop = full.text[len(full.text) // 2 :][:3]
+    if stop.strip():
+        cut = model.generate(PROMPTS[:1], max_new_tokens=10, stop=[stop])[0]
+        assert cut.finish_reason == "stop"
+        assert stop not in cut.text and full.text.startswith(cut.text)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompts=[]), "no prompts given"),
+        (dict(prompts=["ok", "  "]), "prompt 1 is empty"),
+        (dict(prompts="a string"), "list of strings"),
+        (dict(prompts=["ok"], passages=[["a"], ["b"]]), "one list of strings per prompt"),
+        (dict(prompts=["ok"], passages=["a"]), "one list of strings per prompt"),
+        (dict(prompts=["ok"], passages=[[""]]), "passage 0 is empty"),
+        (dict(prompts=["ok"], max_new_tokens=5000), "does not fit the context window"),
+        (dict(prompts=["ok"], max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(prompts=["ok"], temperature=2.0, bogus=1), "unknown decoding option"),
+    ],
+)
+def test_bad_input_is_reported_clearly(tiny: ImpRAG, kwargs: dict, message: str) -> None:
+    from imprag import ConfigError
+
+    with pytest.raises((InputError, ConfigError), match=message):
+        tiny.generate(**kwargs)
+
+
+def test_k_larger_than_the_index_is_reported(tiny: ImpRAG) -> None:
+    index = InMemoryRetriever.build(tiny, PASSAGES[:3])
+    with pytest.raises(InputError, match="k=5 passages requested but the index holds only 3"):
+        tiny.generate(PROMPTS, index=index, k=5)
+    with pytest.raises(InputError, match="either passages"):
+        tiny.generate(PROMPTS, index=index, passages=[["a"], ["b"]])
