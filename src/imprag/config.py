@@ -101,14 +101,20 @@ class ReaderConfig:
 
     k: int = 5
     """Passages read per prompt when retrieving (the paper reads 10)."""
-    l_max: int = 256
-    """Maximum tokens per passage; longer passages are truncated. The prompt starts at position k*l_max."""
+    l_max: int = 128
+    """Maximum tokens per passage (~100 words, the paper's passage size); longer passages are truncated.
+    The prompt starts at position k*l_max."""
+    layout: Literal["start", "flush"] = "start"
+    """Where the P passage tokens sit below the prompt's start k*l_max: 'start' at [0, P) (the paper),
+    leaving a gap of k*l_max - P positions; 'flush' at [k*l_max - P, k*l_max), no gap (model/reader.py)."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ConfigError(f"ReaderConfig.k must be >= 1, got {self.k}")
         if self.l_max < 1:
             raise ConfigError(f"ReaderConfig.l_max must be >= 1, got {self.l_max}")
+        if self.layout not in ("start", "flush"):
+            raise ConfigError(f"ReaderConfig.layout must be 'start' or 'flush', got {self.layout!r}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,8 @@ class DecodeConfig:
     """Generation stops at the first occurrence of any of these strings (which are cut from the text)."""
     seed: int | None = None
     """Seed for sampling; None uses torch's global generator."""
+    ignore_eos: bool = False
+    """Keep generating past EOS until max_new_tokens or a stop string (benchmarks, tests)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -25,7 +25,7 @@ def naive_greedy(model: ImpRAG, prompt: str, passages: list[str], steps: int) ->
     """Recompute the whole forward (passages included) for every new token; no cache anywhere."""
     ids = model.tokenizer(prompt)["input_ids"]
     offset = len(passages) * model.config.reader.l_max
-    packed = model.passage_batch([passages]) if passages else None
+    packed = model.passage_batch([passages], [offset]) if passages else None
     out: list[int] = []
     for _ in range(steps):
         logits = model.forward(batch_tokens([ids + out], [offset], model.pad_id), packed)
@@ -33,17 +33,11 @@ def naive_greedy(model: ImpRAG, prompt: str, passages: list[str], steps: int) ->
     return out
 
 
-def no_eos(model: ImpRAG) -> ImpRAG:
-    """Make EOS unreachable so every row generates exactly max_new_tokens (instance-local patch)."""
-    model._eos_ids = lambda: []  # type: ignore[method-assign]
-    return model
-
-
 @pytest.mark.parametrize("with_passages", [True, False])
 def test_cached_greedy_equals_naive_recompute(tiny: ImpRAG, with_passages: bool) -> None:
-    model = no_eos(tiny)
+    model = tiny
     passages = [PASSAGES[:2], PASSAGES[2:5]] if with_passages else None
-    results = model.generate(PROMPTS, passages=passages, max_new_tokens=8)
+    results = model.generate(PROMPTS, passages=passages, max_new_tokens=8, ignore_eos=True)
     for i, res in enumerate(results):
         expected = naive_greedy(model, PROMPTS[i], passages[i] if passages else [], 8)
         assert res.token_ids == expected
@@ -53,9 +47,9 @@ def test_cached_greedy_equals_naive_recompute(tiny: ImpRAG, with_passages: bool)
 
 def test_retrieval_happens_inside_the_forward_pass(tiny: ImpRAG) -> None:
     """generate(index=...) reads exactly the top-k by E_q, and decodes like naive recompute over them."""
-    model = no_eos(tiny)
+    model = tiny
     index = InMemoryRetriever.build(model, PASSAGES)
-    results = model.generate(PROMPTS, index=index, k=2, max_new_tokens=6)
+    results = model.generate(PROMPTS, index=index, k=2, max_new_tokens=6, ignore_eos=True)
     ids, scores = index.search(model.embed_queries(PROMPTS), 2)
     retrieved = model.retrieve(PROMPTS, index, k=2)
     for i, res in enumerate(results):
@@ -66,12 +60,12 @@ def test_retrieval_happens_inside_the_forward_pass(tiny: ImpRAG) -> None:
 
 def test_layers_below_b_run_once_and_passages_are_not_recomputed_per_token(tokenizer) -> None:
     model = tiny_model("llama")
-    imprag = no_eos(ImpRAG(model, tokenizer, LayerSplit(2, 3)))
+    imprag = ImpRAG(model, tokenizer, LayerSplit(2, 3))
     index = InMemoryRetriever.build(imprag, PASSAGES)
     calls: list[tuple[int, int]] = []  # (layer, tokens in the chunk)
     for i, layer in enumerate(model.model.layers):
         layer.input_layernorm.register_forward_hook(lambda m, a, out, i=i: calls.append((i, a[0].shape[1])))
-    imprag.generate(PROMPTS[:1], index=index, k=2, max_new_tokens=4)
+    imprag.generate(PROMPTS[:1], index=index, k=2, max_new_tokens=4, ignore_eos=True)
     prompt_len = len(tokenizer(PROMPTS[0])["input_ids"])
     prompt_calls = [layer for layer, n in calls if n == prompt_len]
     assert prompt_calls == [0, 1, 2, 3, 4]  # each layer once over the prompt: nothing redone after layer b
@@ -82,39 +76,43 @@ def test_layers_below_b_run_once_and_passages_are_not_recomputed_per_token(token
 
 
 def test_batched_generation_equals_one_at_a_time(tiny: ImpRAG) -> None:
-    model = no_eos(tiny)
+    model = tiny
     passages = [[PASSAGES[0]], PASSAGES[1:4]]
-    batched = model.generate(PROMPTS, passages=passages, max_new_tokens=5)
+    batched = model.generate(PROMPTS, passages=passages, max_new_tokens=5, ignore_eos=True)
     for i in range(2):
-        alone = model.generate(PROMPTS[i : i + 1], passages=passages[i : i + 1], max_new_tokens=5)[0]
+        alone = model.generate(
+            PROMPTS[i : i + 1], passages=passages[i : i + 1], max_new_tokens=5, ignore_eos=True
+        )[0]
         assert alone.token_ids == batched[i].token_ids
 
 
 def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(tiny: ImpRAG) -> None:
-    model = no_eos(tiny)
-    cfg = DecodeConfig(max_new_tokens=12, do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=7)
+    model = tiny
+    cfg = DecodeConfig(
+        max_new_tokens=12, do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=7, ignore_eos=True
+    )
     first = model.generate(PROMPTS, decode_config=cfg)
     again = model.generate(PROMPTS, decode_config=cfg)
-    greedy = model.generate(PROMPTS, max_new_tokens=12)
+    greedy = model.generate(PROMPTS, max_new_tokens=12, ignore_eos=True)
     assert [r.token_ids for r in first] == [r.token_ids for r in again]
     assert [r.token_ids for r in first] != [r.token_ids for r in greedy]
 
 
 def test_eos_and_stop_strings_end_generation(tiny: ImpRAG) -> None:
-    model = no_eos(tiny)
-    full = model.generate(PROMPTS[:1], max_new_tokens=10)[0]
+    model = tiny
+    full = model.generate(PROMPTS[:1], max_new_tokens=10, ignore_eos=True)[0]
     assert len(full.token_ids) == 10
     # EOS: make the third generated token the EOS id.
     eos = full.token_ids[2]
-    model._eos_ids = lambda: [eos]  # type: ignore[method-assign]
+    model._eos_ids = lambda: [eos]  # type: ignore[method-assign]  # instance-local
     ended = model.generate(PROMPTS[:1], max_new_tokens=10)[0]
     assert ended.finish_reason == "eos"
     assert ended.token_ids == full.token_ids[: full.token_ids.index(eos)]
-    no_eos(model)
+    del model._eos_ids
     # Stop string: a piece of the full text; the result is cut before it.
     stop = full.text[len(full.text) // 2 :][:3]
     if stop.strip():
-        cut = model.generate(PROMPTS[:1], max_new_tokens=10, stop=[stop])[0]
+        cut = model.generate(PROMPTS[:1], max_new_tokens=10, stop=[stop], ignore_eos=True)[0]
         assert cut.finish_reason == "stop"
         assert stop not in cut.text and full.text.startswith(cut.text)
 

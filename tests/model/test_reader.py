@@ -19,13 +19,17 @@ def _seq(seed: int, n: int) -> list[int]:
     return torch.randint(2, 300, (n,), generator=g).tolist()
 
 
-def naive_reference(model, split: LayerSplit, passages: list[list[int]], prompt: list[int], offset: int):
+def naive_reference(
+    model, split: LayerSplit, passages: list[list[int]], prompt: list[int], offset: int, flush: bool = False
+):
     """Run the stock decoder layers over [passages; prompt]; prompt tokens may attend to passage tokens
-    only in layers b..t. Returns the prompt's logits (T, V)."""
+    only in layers b..t. Passages sit at [0, P), or at [offset - P, offset) when `flush`.
+    Returns the prompt's logits (T, V)."""
     flat = [tok for p in passages for tok in p]
     n_p, n_q = len(flat), len(prompt)
     ids = torch.tensor([flat + prompt])
-    pos = torch.cat([torch.arange(n_p), torch.arange(offset, offset + n_q)])[None]
+    start = offset - n_p if flush else 0
+    pos = torch.cat([torch.arange(start, start + n_p), torch.arange(offset, offset + n_q)])[None]
     decoder = model.model
     h = decoder.embed_tokens(ids)
     cos_sin = decoder.rotary_emb(h, pos)
@@ -63,6 +67,20 @@ def test_middle_layer_reading_equals_masked_stock_layers(tiny: ImpRAG, b: int, t
     assert_close(got, naive_reference(model, imprag.split, passages, prompt, offset), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("flush", [False, True])
+def test_flush_layout_puts_passages_right_below_the_prompt(tiny: ImpRAG, flush: bool) -> None:
+    passages = [_seq(30, 5), _seq(31, 7)]
+    prompt = _seq(32, 4)
+    offset = 2 * L_MAX
+    packed = pack_passages([passages], 0, ends=[offset] if flush else None)
+    first = offset - 12 if flush else 0
+    assert packed.positions[0].tolist() == list(range(first, first + 12))
+    got = tiny.forward(batch_tokens([prompt], [offset], 0), packed)[0]
+    assert_close(
+        got, naive_reference(tiny.model, tiny.split, passages, prompt, offset, flush), rtol=1e-5, atol=1e-5
+    )
+
+
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_batch_rows_read_their_own_passages(tokenizer, padding_side: str) -> None:
     """Different prompts, passages and passage counts in one padded batch equal one-at-a-time."""
@@ -71,15 +89,16 @@ def test_batch_rows_read_their_own_passages(tokenizer, padding_side: str) -> Non
     prompts = [_seq(10, 5), _seq(11, 9), _seq(12, 2)]
     passages = [[_seq(13, 4)], [_seq(14, 6), _seq(15, 8)], []]
     offsets = [len(p) * L_MAX for p in passages]
-    batched = imprag.forward(batch_tokens(prompts, offsets, 0, padding_side), pack_passages(passages, 0))
+    packed = pack_passages(passages, 0, ends=offsets)
+    batched = imprag.forward(batch_tokens(prompts, offsets, 0, padding_side), packed)
     width = batched.shape[1]
     for row, (prompt, row_passages, offset) in enumerate(zip(prompts, passages, offsets, strict=True)):
-        alone = imprag.forward(batch_tokens([prompt], [offset], 0), pack_passages([row_passages], 0))[0]
+        alone_packed = pack_passages([row_passages], 0, ends=[offset])
+        alone = imprag.forward(batch_tokens([prompt], [offset], 0), alone_packed)[0]
         cols = slice(0, len(prompt)) if padding_side == "right" else slice(width - len(prompt), width)
         assert_close(batched[row, cols], alone, rtol=1e-5, atol=1e-5)
-        assert_close(
-            alone, naive_reference(model, imprag.split, row_passages, prompt, offset), rtol=1e-5, atol=1e-5
-        )
+        expected = naive_reference(model, imprag.split, row_passages, prompt, offset, flush=True)
+        assert_close(alone, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_passages_change_the_output_only_through_the_middle_layers(tiny: ImpRAG) -> None:

@@ -77,7 +77,8 @@ def decode(
     if cfg.do_sample and cfg.seed is not None:
         generator = torch.Generator(device=first_logits.device).manual_seed(cfg.seed)
 
-    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=first_logits.device)
+    eos_ids = [] if cfg.ignore_eos else sorted(set(eos_ids))
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=first_logits.device)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     texts = [""] * batch
     reasons: list[FinishReason | None] = [None] * batch

@@ -223,10 +223,16 @@ class ImpRAG:
         """Token ids of passages, each truncated to l_max (the same tokens whether embedded or read)."""
         return tokenize(self.tokenizer, texts, "passage", max_tokens=self.config.reader.l_max)
 
-    def passage_batch(self, passages: Sequence[Sequence[str]]) -> TokenBatch:
-        """Pack each prompt's passages into one row (concatenated, positions from 0)."""
+    def passage_batch(
+        self, passages: Sequence[Sequence[str]], offsets: Sequence[int] | None = None
+    ) -> TokenBatch:
+        """Pack each prompt's passages into one row, laid out below that prompt's start `offsets[i]`
+        (default: len(passages[i]) * l_max, as `generate` does for given passages)."""
         rows = [self.passage_tokens(p) if len(p) else [] for p in passages]
-        return pack_passages(rows, self.pad_id)
+        if offsets is None:
+            offsets = [len(p) * self.config.reader.l_max for p in passages]
+        ends = offsets if self.config.reader.layout == "flush" else None
+        return pack_passages(rows, self.pad_id, ends)
 
     @torch.inference_mode()
     def embed_queries(self, prompts: Sequence[str], batch_size: int = 32) -> Tensor:
@@ -307,7 +313,7 @@ class ImpRAG:
                 read[:] = self._search(index, query, k)  # type: ignore[arg-type]
             if not any(read):
                 return None
-            return self.passage_batch([[p.text for p in row] for row in read])
+            return self.passage_batch([[p.text for p in row] for row in read], offsets)
 
         pre = self._prefill(batch, passages_for, cache=True)
         last = torch.tensor(batch.lengths) - 1  # right padding: last valid column per row

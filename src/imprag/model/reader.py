@@ -1,12 +1,15 @@
 """Token layout for reading: prompts and passages as padded batches with explicit positions, and the
 passage key/values that the middle layers attend to.
 
-Layout of one prompt that reads k passages (method page, "Reading"):
+Layout of one prompt that reads k passages (method page, "Reading"). The prompt always starts at
+position k*l_max, so its positions are known before retrieval and never overlap the passages'. The
+passages (each truncated to l_max, concatenated into P <= k*l_max tokens) sit either
 
-    positions  0 ........................ k*l_max ............... k*l_max + T
-               [p_1 ; p_2 ; ... ; p_k]  (gap)  [prompt tokens]
-               passages, concatenated,          the prompt always starts at k*l_max,
-               each truncated to l_max          so positions never overlap
+    "start" (default):  [0, P)                   the paper's layout, a gap of k*l_max - P positions, or
+    "flush":            [k*l_max - P, k*l_max)   ending right where the prompt starts (no gap).
+
+The gap matters to the untrained model: a small one (l_max ~ passage length) reads best, a large one
+(l_max >> passage length, several passages) worst, none in between (benchmarks/probe_split.py).
 
 The passages run as one sequence with full causal attention through layers 0..t; their keys/values of
 layers b..t are kept. Prompts in one batch may read different passages (and different numbers of them):
@@ -108,10 +111,21 @@ def batch_tokens(
     return TokenBatch(ids, valid, positions)
 
 
-def pack_passages(per_prompt: Sequence[Sequence[Sequence[int]]], pad_id: int) -> TokenBatch:
-    """Concatenate each prompt's tokenized passages into one row (positions from 0), right-padded."""
+def pack_passages(
+    per_prompt: Sequence[Sequence[Sequence[int]]], pad_id: int, ends: Sequence[int] | None = None
+) -> TokenBatch:
+    """Concatenate each prompt's tokenized passages into one right-padded row.
+
+    Positions start at 0, or, with `ends` (the "flush" layout), row i ends at position ends[i] - 1.
+    """
     rows = [[tok for passage in passages for tok in passage] for passages in per_prompt]
-    return batch_tokens(rows, [0] * len(rows), pad_id, padding_side="right")
+    if ends is None:
+        starts = [0] * len(rows)
+    else:
+        starts = [end - len(row) for row, end in zip(rows, ends, strict=True)]
+        if any(s < 0 for s in starts):
+            raise ValueError(f"passages longer than their position budget: starts {starts}")
+    return batch_tokens(rows, starts, pad_id, padding_side="right")
 
 
 def passage_kv(backbone: Backbone, passages: TokenBatch, split: LayerSplit) -> KVCache:
