@@ -106,3 +106,19 @@ def test_passages_change_the_output_only_through_the_middle_layers(tiny: ImpRAG)
     alone = tiny.forward(prompt)
     reading = tiny.forward(prompt, pack_passages([[_seq(21, 10)]], 0))
     assert not torch.allclose(alone, reading, atol=1e-3)
+
+
+def test_passage_rows_must_match_prompts(tiny: ImpRAG) -> None:
+    from imprag import InputError
+
+    prompts = batch_tokens([_seq(40, 4), _seq(41, 5)], [L_MAX, L_MAX], 0)
+    with pytest.raises(InputError, match="1 passage rows for 2 prompts"):
+        tiny.forward(prompts, pack_passages([[_seq(42, 3)]], 0))
+
+
+def test_embeddings_are_ordinary_tensors(tiny: ImpRAG) -> None:
+    """Public embeddings can flow into autograd code (they are not inference-mode tensors)."""
+    vectors = tiny.embed_passages(["The capital of Veloria is Quantum City."])
+    weight = torch.ones(vectors.shape[1], requires_grad=True)
+    (vectors @ weight).sum().backward()
+    assert weight.grad is not None

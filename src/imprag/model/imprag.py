@@ -201,6 +201,11 @@ class ImpRAG:
         proj = bb.project(split.b, h, step)
         query = query_embedding(proj, prompts.valid, bb.num_kv_heads, self.config.embedding)
         chosen = passages_for(query)
+        if chosen is not None and chosen.input_ids.shape[0] != prompts.input_ids.shape[0]:
+            raise InputError(
+                f"{chosen.input_ids.shape[0]} passage rows for {prompts.input_ids.shape[0]} prompts: "
+                "pack one row of passages per prompt (an empty row reads nothing)"
+            )
         if chosen is not None and bool(chosen.valid.any()):
             step.passages = passage_kv(bb, chosen, split)
         h = bb.attend(split.b, h, proj, step)
@@ -234,14 +239,14 @@ class ImpRAG:
         ends = offsets if self.config.reader.layout == "flush" else None
         return pack_passages(rows, self.pad_id, ends)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def embed_queries(self, prompts: Sequence[str], batch_size: int = 32) -> Tensor:
         """E_q (B, D) for each prompt, read where generation reads it (prompt at position k*l_max)."""
         ids = tokenize(self.tokenizer, prompts, "prompt")
         offset = self.config.reader.k * self.config.reader.l_max
         return self._embed(ids, [offset] * len(ids), batch_size, passage=False)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def embed_passages(self, texts: Sequence[str], batch_size: int = 32) -> Tensor:
         """E_p (N, D) for each passage (truncated to l_max tokens, at positions from 0)."""
         ids = self.passage_tokens(texts)
@@ -258,7 +263,7 @@ class ImpRAG:
             out[torch.tensor(rows)] = vectors.float().cpu()
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def retrieve(
         self, prompts: Sequence[str], index: Retriever, k: int | None = None
     ) -> list[list[RetrievedPassage]]:
