@@ -62,3 +62,11 @@ def test_config_round_trip_and_unknown_keys(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not valid JSON"):
         ImpRAGConfig.load(tmp_path)
     assert ImpRAGConfig.load(tmp_path / "missing") is None
+
+
+def test_config_files_with_missing_or_mistyped_fields(tmp_path) -> None:
+    (tmp_path / "imprag_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match='needs a "split"'):
+        ImpRAGConfig.load(tmp_path)
+    with pytest.raises(ConfigError, match=r"ReaderConfig\.k must be an integer"):
+        ReaderConfig(k="5")

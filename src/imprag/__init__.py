@@ -5,6 +5,7 @@ from imprag.config import (
     DecodeConfig,
     EmbeddingConfig,
     ImpRAGConfig,
+    IndexConfig,
     LayerSplit,
     ReaderConfig,
 )
@@ -17,25 +18,44 @@ from imprag.model import (
     TokenBatch,
     UnsupportedModelError,
 )
-from imprag.retrieval import InMemoryRetriever, Retriever
+from imprag.retrieval import (
+    CorpusError,
+    InMemoryRetriever,
+    Passage,
+    PassageStore,
+    Retriever,
+    TextRetriever,
+    read_corpus,
+)
+from imprag.retrieval.index import InvalidIndexError, PassageIndex, StaleIndexError, build_index
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES",
     "ConfigError",
+    "CorpusError",
     "DecodeConfig",
     "EmbeddingConfig",
     "Generation",
     "ImpRAG",
     "ImpRAGConfig",
     "InMemoryRetriever",
+    "IndexConfig",
     "InputError",
+    "InvalidIndexError",
     "LayerSplit",
+    "Passage",
+    "PassageIndex",
+    "PassageStore",
     "ReaderConfig",
     "RetrievedPassage",
     "Retriever",
+    "StaleIndexError",
+    "TextRetriever",
     "TokenBatch",
     "UnsupportedModelError",
     "__version__",
+    "build_index",
+    "read_corpus",
 ]

@@ -109,6 +109,7 @@ class ReaderConfig:
     leaving a gap of k*l_max - P positions; 'flush' at [k*l_max - P, k*l_max), no gap (model/reader.py)."""
 
     def __post_init__(self) -> None:
+        _check_ints(self, "ReaderConfig", ("k", "l_max"))
         if self.k < 1:
             raise ConfigError(f"ReaderConfig.k must be >= 1, got {self.k}")
         if self.l_max < 1:
@@ -138,6 +139,7 @@ class DecodeConfig:
     """Keep generating past EOS until max_new_tokens or a stop string (benchmarks, tests)."""
 
     def __post_init__(self) -> None:
+        _check_ints(self, "DecodeConfig", ("max_new_tokens", "top_k"))
         if self.max_new_tokens < 1:
             raise ConfigError(f"DecodeConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature <= 0:
@@ -150,6 +152,35 @@ class DecodeConfig:
             object.__setattr__(self, "stop", (self.stop,))
         if any(not s for s in self.stop):
             raise ConfigError("DecodeConfig.stop must not contain empty strings")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How a passage index is built and searched."""
+
+    factory: str = "Flat"
+    """FAISS index factory string over inner product: 'Flat' (exact), 'IVF1024,PQ32', 'HNSW32', ..."""
+    train_size: int = 100_000
+    """At most this many vectors (spread over the corpus) train indexes that need training (IVF, PQ)."""
+    nprobe: int = 16
+    """IVF lists probed per query (ignored by other index types)."""
+    ef_search: int = 64
+    """HNSW search breadth (ignored by other index types)."""
+    batch_size: int = 32
+    """Passages per forward pass while encoding (batches are sorted by length)."""
+    shard_size: int = 2048
+    """Passages per shard file; a resumed build skips finished shards."""
+
+    def __post_init__(self) -> None:
+        _check_ints(self, "IndexConfig", ("train_size", "nprobe", "ef_search", "batch_size", "shard_size"))
+        for name in ("train_size", "nprobe", "ef_search", "batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"IndexConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.factory or self.factory.startswith("IDMap"):
+            raise ConfigError(
+                f"IndexConfig.factory must be a FAISS factory string such as 'Flat', 'IVF1024,PQ32' or "
+                f"'HNSW32' (ids are mapped by imprag, do not add IDMap), got {self.factory!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -166,6 +197,8 @@ class ImpRAGConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImpRAGConfig:
         _check_keys(cls, data, "ImpRAGConfig")
+        if "split" not in data:
+            raise ConfigError('ImpRAGConfig needs a "split" with "b" and "t"')
         return cls(
             split=_build(LayerSplit, data["split"], "split"),
             embedding=_build(EmbeddingConfig, data.get("embedding", {}), "embedding"),
@@ -199,6 +232,13 @@ class ImpRAGConfig:
 T = TypeVar("T")
 
 
+def _check_ints(obj: object, where: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}.{name} must be an integer, got {value!r}")
+
+
 def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
@@ -213,4 +253,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     values = dict(data)
     if cls is DecodeConfig and "stop" in values:
         values["stop"] = tuple(values["stop"])
-    return cls(**values)
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err

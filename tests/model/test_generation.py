@@ -8,7 +8,15 @@ import torch
 from conftest import tiny_model
 from torch.testing import assert_close
 
-from imprag import DecodeConfig, ImpRAG, InMemoryRetriever, InputError, LayerSplit
+from imprag import (
+    DecodeConfig,
+    EmbeddingConfig,
+    ImpRAG,
+    InMemoryRetriever,
+    InputError,
+    LayerSplit,
+    ReaderConfig,
+)
 from imprag.model.reader import batch_tokens
 
 PROMPTS = ["Q: What is the capital of Veloria?\nA:", "Is this statement true? Rome is in Italy. A:"]
@@ -26,6 +34,10 @@ def naive_greedy(model: ImpRAG, prompt: str, passages: list[str], steps: int) ->
     ids = model.tokenizer(prompt)["input_ids"]
     offset = len(passages) * model.config.reader.l_max
     packed = model.passage_batch([passages], [offset]) if passages else None
+    if passages:
+        first = int(packed.positions[0, 0])
+        expected_first = offset - packed.input_ids.shape[1] if model.config.reader.layout == "flush" else 0
+        assert first == expected_first
     out: list[int] = []
     for _ in range(steps):
         logits = model.forward(batch_tokens([ids + out], [offset], model.pad_id), packed)
@@ -33,9 +45,10 @@ def naive_greedy(model: ImpRAG, prompt: str, passages: list[str], steps: int) ->
     return out
 
 
+@pytest.mark.parametrize("layout", ["start", "flush"])
 @pytest.mark.parametrize("with_passages", [True, False])
-def test_cached_greedy_equals_naive_recompute(tiny: ImpRAG, with_passages: bool) -> None:
-    model = tiny
+def test_cached_greedy_equals_naive_recompute(tiny: ImpRAG, with_passages: bool, layout: str) -> None:
+    model = ImpRAG(tiny.model, tiny.tokenizer, tiny.split, reader=ReaderConfig(layout=layout))
     passages = [PASSAGES[:2], PASSAGES[2:5]] if with_passages else None
     results = model.generate(PROMPTS, passages=passages, max_new_tokens=8, ignore_eos=True)
     for i, res in enumerate(results):
@@ -45,15 +58,17 @@ def test_cached_greedy_equals_naive_recompute(tiny: ImpRAG, with_passages: bool)
         assert [p.text for p in res.passages] == (passages[i] if passages else [])
 
 
-def test_retrieval_happens_inside_the_forward_pass(tiny: ImpRAG) -> None:
-    """generate(index=...) reads exactly the top-k by E_q, and decodes like naive recompute over them."""
-    model = tiny
+@pytest.mark.parametrize("rope", ["pre", "post"])
+def test_retrieval_happens_inside_the_forward_pass(tiny: ImpRAG, rope: str) -> None:
+    """generate(index=...) reads exactly the top-k by E_q, and decodes like naive recompute over them.
+    k=2 differs from reader.k, so the prompt position (and post-RoPE E_q) depend on passing k through."""
+    model = ImpRAG(tiny.model, tiny.tokenizer, tiny.split, EmbeddingConfig(rope=rope))
     index = InMemoryRetriever.build(model, PASSAGES)
     results = model.generate(PROMPTS, index=index, k=2, max_new_tokens=6, ignore_eos=True)
-    ids, scores = index.search(model.embed_queries(PROMPTS), 2)
+    ids, scores = index.search(model.embed_queries(PROMPTS, k=2), 2)
     retrieved = model.retrieve(PROMPTS, index, k=2)
     for i, res in enumerate(results):
-        assert [p.id for p in res.passages] == ids[i].tolist() == [p.id for p in retrieved[i]]
+        assert [p.row for p in res.passages] == ids[i].tolist() == [p.row for p in retrieved[i]]
         assert_close(torch.tensor([p.score for p in res.passages]), scores[i], rtol=1e-5, atol=1e-4)
         assert res.token_ids == naive_greedy(model, PROMPTS[i], [p.text for p in res.passages], 6)
 
@@ -86,6 +101,12 @@ def test_batched_generation_equals_one_at_a_time(tiny: ImpRAG) -> None:
         assert alone.token_ids == batched[i].token_ids
 
 
+def test_top_k_one_sampling_is_greedy(tiny: ImpRAG) -> None:
+    sampled = tiny.generate(PROMPTS, max_new_tokens=8, do_sample=True, top_k=1, seed=3, ignore_eos=True)
+    greedy = tiny.generate(PROMPTS, max_new_tokens=8, ignore_eos=True)
+    assert [r.token_ids for r in sampled] == [r.token_ids for r in greedy]
+
+
 def test_sampling_is_reproducible_with_a_seed_and_differs_from_greedy(tiny: ImpRAG) -> None:
     model = tiny
     cfg = DecodeConfig(
@@ -109,12 +130,18 @@ def test_eos_and_stop_strings_end_generation(tiny: ImpRAG) -> None:
     assert ended.finish_reason == "eos"
     assert ended.token_ids == full.token_ids[: full.token_ids.index(eos)]
     del model._eos_ids
-    # Stop string: a piece of the full text; the result is cut before it.
-    stop = full.text[len(full.text) // 2 :][:3]
-    if stop.strip():
-        cut = model.generate(PROMPTS[:1], max_new_tokens=10, stop=[stop], ignore_eos=True)[0]
-        assert cut.finish_reason == "stop"
-        assert stop not in cut.text and full.text.startswith(cut.text)
+    # Stop string: the decoded text of generated tokens 4..5; the result is cut right before it.
+    before = model.tokenizer.decode(full.token_ids[:4])
+    stop = model.tokenizer.decode(full.token_ids[:6])[len(before) :]
+    assert stop.strip(), "the tiny model's tokens 4..5 decode to whitespace; pick other tokens"
+    cut = model.generate(PROMPTS[:1], max_new_tokens=10, stop=[stop], ignore_eos=True)[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text and before.strip().startswith(cut.text)
+
+
+def test_eos_ids_come_from_generation_config_and_tokenizer(tiny: ImpRAG) -> None:
+    tiny.model.generation_config.eos_token_id = [7, 9]
+    assert tiny._eos_ids() == sorted({7, 9, tiny.tokenizer.eos_token_id})
 
 
 @pytest.mark.parametrize(
@@ -129,6 +156,10 @@ def test_eos_and_stop_strings_end_generation(tiny: ImpRAG) -> None:
         (dict(prompts=["ok"], max_new_tokens=5000), "does not fit the context window"),
         (dict(prompts=["ok"], max_new_tokens=0), "max_new_tokens must be >= 1"),
         (dict(prompts=["ok"], temperature=2.0, bogus=1), "unknown decoding option"),
+        (dict(prompts=["ok"], passages=[None]), "one list of strings per prompt"),
+        (dict(prompts=["ok"], passages=[["a"]], k=2), "k applies to retrieval"),
+        (dict(prompts=["ok"], index=["not", "a", "retriever"]), "index must be a retriever"),
+        (dict(prompts=["ok"], max_new_tokens="5"), "max_new_tokens must be an integer"),
     ],
 )
 def test_bad_input_is_reported_clearly(tiny: ImpRAG, kwargs: dict, message: str) -> None:
@@ -136,6 +167,23 @@ def test_bad_input_is_reported_clearly(tiny: ImpRAG, kwargs: dict, message: str)
 
     with pytest.raises((InputError, ConfigError), match=message):
         tiny.generate(**kwargs)
+
+
+def test_k_must_be_a_positive_integer(tiny: ImpRAG) -> None:
+    index = InMemoryRetriever.build(tiny, PASSAGES)
+    for bad in (True, 0, 2.0):
+        with pytest.raises(InputError, match="k must be a positive integer"):
+            tiny.generate(PROMPTS, index=index, k=bad)
+
+
+def test_over_long_prompts_are_refused_everywhere(tiny: ImpRAG) -> None:
+    long_prompt = "Paris is the capital of France. " * 800
+    with pytest.raises(InputError, match="does not fit the context window"):
+        tiny.embed_queries([long_prompt])
+    with pytest.raises(InputError, match="does not fit the context window"):
+        tiny.prompt_batch([long_prompt])
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        tiny.embed_passages(PASSAGES, batch_size=0)
 
 
 def test_k_larger_than_the_index_is_reported(tiny: ImpRAG) -> None:

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 from torch.testing import assert_close
 
-from imprag import ImpRAG, LayerSplit
+from imprag import ImpRAG, InputError, LayerSplit
 from imprag.model.reader import batch_tokens, pack_passages
 
 L_MAX = 16
@@ -122,3 +122,55 @@ def test_embeddings_are_ordinary_tensors(tiny: ImpRAG) -> None:
     weight = torch.ones(vectors.shape[1], requires_grad=True)
     (vectors @ weight).sum().backward()
     assert weight.grad is not None
+
+
+def test_misaligned_batches_are_refused_and_read_batch_aligns_them(tiny: ImpRAG) -> None:
+    prompts = ["Q: What is the capital of Veloria?\nA:"]
+    passages = [["The capital of Veloria is Quantum City.", "Paris is in France."]]
+    with pytest.raises(InputError, match="prompts must start after their passages"):
+        tiny.forward(tiny.prompt_batch(prompts), tiny.passage_batch(passages))
+    prompt_batch, passage_batch = tiny.read_batch(prompts, passages)
+    got = tiny.forward(prompt_batch, passage_batch)[0]
+    ids = [tiny.tokenizer(p)["input_ids"] for p in passages[0]]
+    expected = naive_reference(tiny.model, tiny.split, ids, prompt_batch.input_ids[0].tolist(), 2 * 128)
+    assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "family, overrides",
+    [
+        ("mistral", {"sliding_window": 6}),
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}),
+    ],
+)
+def test_sliding_windows_with_passages_match_stock_when_contiguous(
+    family: str, overrides: dict, tokenizer
+) -> None:
+    """Windows count positions (RoPE distance). With the flush layout positions are contiguous, so reading in
+    every layer equals a stock forward over [passages; prompt], whose windows count tokens."""
+    model = tiny_model(family, **overrides)
+    full = ImpRAG(model, tokenizer, LayerSplit(0, model.config.num_hidden_layers - 1))
+    passages, prompt = [_seq(50, 7), _seq(51, 5)], _seq(52, 6)
+    offset = 2 * L_MAX
+    got = full.forward(batch_tokens([prompt], [offset], 0), pack_passages([passages], 0, ends=[offset]))[0]
+    flat = [tok for p in passages for tok in p]
+    pos = torch.arange(offset - len(flat), offset + len(prompt))[None]
+    expected = model(torch.tensor([flat + prompt]), position_ids=pos).logits[0, len(flat) :]
+    assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "family, overrides",
+    [
+        ("mistral", {"sliding_window": 5}),
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 2}),
+    ],
+)
+def test_sliding_window_decoding_matches_stock_generate(family: str, overrides: dict, tokenizer) -> None:
+    model = tiny_model(family, **overrides)
+    imprag = ImpRAG(model, tokenizer, LayerSplit(1, 3))
+    prompt = "Q: What is the capital of Veloria?\nA:"
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    stock = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    ours = imprag.generate([prompt], max_new_tokens=8, ignore_eos=True)[0]
+    assert ours.token_ids == stock[0, ids.shape[1] :].tolist()

@@ -31,11 +31,21 @@ FinishReason = Literal["eos", "stop", "length"]
 
 @dataclass(frozen=True)
 class RetrievedPassage:
-    """A passage that was read: its id in the retriever (None when given explicitly), text and score."""
+    """A passage that was read or retrieved. Given explicitly, it has only `text`."""
 
-    id: int | None
     text: str
     score: float | None = None
+    """Retrieval score (E_q . E_p for the implicit query); None for given passages."""
+    id: str | None = None
+    """The corpus' own id of the passage."""
+    title: str = ""
+    row: int | None = None
+    """The integer id inside the retriever's vector index."""
+
+    @property
+    def content(self) -> str:
+        """What the model reads: the title on its own line, then the text (as when it was embedded)."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
 
 
 @dataclass

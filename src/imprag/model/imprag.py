@@ -11,6 +11,9 @@ The wrapped Hugging Face model stays reachable as `.model` with unchanged state_
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +43,8 @@ __all__ = ["ImpRAG", "Prefill"]
 log = logging.getLogger(__name__)
 
 DtypeLike = torch.dtype | str | None
+# from_pretrained keywords that must reach the config and tokenizer too, not only the weights.
+LOADING_KWARGS = ("revision", "token", "cache_dir", "trust_remote_code", "subfolder", "local_files_only")
 
 
 @dataclass
@@ -103,18 +108,26 @@ class ImpRAG:
             path, spec = defaults.resolve(str(name_or_path))
             chosen = chosen or spec.dtype
             default_split = LayerSplit(*spec.split)
+        if "device_map" in hf_kwargs:
+            raise InputError(
+                "device_map is not supported: imprag runs the layers itself and needs the whole model on one "
+                "device; load it and call .to(device) instead"
+            )
+        shared = {k: hf_kwargs[k] for k in LOADING_KWARGS if k in hf_kwargs}
         try:
-            config = AutoConfig.from_pretrained(path)
-        except OSError as err:
+            config = AutoConfig.from_pretrained(path, **shared)
+        except (OSError, ValueError) as err:
             raise InputError(
                 f"cannot load model {str(name_or_path)!r}: it is not an embedded default "
-                f"({', '.join(defaults.DEFAULT_MODELS)}), not a model folder, and the hub could not serve "
-                f"it (offline?): {err}"
+                f"({', '.join(defaults.DEFAULT_MODELS)}) and not a loadable model folder or hub id: {err}"
             ) from err
         architecture_of(config)  # refuse unsupported families before loading weights
         model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen or "auto", **hf_kwargs)
         model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **shared)
+        except (OSError, ValueError) as err:
+            raise InputError(f"{name_or_path}: the model loaded but its tokenizer did not: {err}") from err
         saved = ImpRAGConfig.load(path) if Path(path).is_dir() else None
         n = model.config.num_hidden_layers
         base = saved.split if saved else default_split or LayerSplit.default_for(n)
@@ -138,6 +151,38 @@ class ImpRAG:
             self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
         return Path(directory)
+
+    def retrieval_fingerprint(self) -> str:
+        """Hash of everything that determines E_p: the weights of the embeddings and layers 0..b, b, the
+        embedding settings and l_max. An index records it; a different value means the index is stale.
+
+        Weights are hashed after rounding to bf16, so the same checkpoint loaded in fp32 or bf16 matches.
+        The result is cached until any of those weights is modified in place (e.g. by an optimizer step).
+        """
+        params = [("embed", self.backbone.decoder.embed_tokens.weight)]
+        for i in range(self.split.b + 1):
+            params += [(f"layer{i}.{n}", p) for n, p in sorted(self.backbone.layer(i).named_parameters())]
+        version = tuple((id(p), p._version) for _, p in params)
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        digest = hashlib.sha256()
+        settings = {
+            "model_type": self.model.config.model_type,
+            "b": self.split.b,
+            "embedding": dataclasses.asdict(self.config.embedding),
+            "l_max": self.config.reader.l_max,
+        }
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        with torch.no_grad():
+            for name, p in params:
+                digest.update(name.encode())
+                digest.update(
+                    p.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
+                )
+        value = digest.hexdigest()[:24]
+        self._fingerprint = (version, value)
+        return value
 
     @property
     def split(self) -> LayerSplit:
@@ -201,11 +246,8 @@ class ImpRAG:
         proj = bb.project(split.b, h, step)
         query = query_embedding(proj, prompts.valid, bb.num_kv_heads, self.config.embedding)
         chosen = passages_for(query)
-        if chosen is not None and chosen.input_ids.shape[0] != prompts.input_ids.shape[0]:
-            raise InputError(
-                f"{chosen.input_ids.shape[0]} passage rows for {prompts.input_ids.shape[0]} prompts: "
-                "pack one row of passages per prompt (an empty row reads nothing)"
-            )
+        if chosen is not None:
+            _check_layout(prompts, chosen)
         if chosen is not None and bool(chosen.valid.any()):
             step.passages = passage_kv(bb, chosen, split)
         h = bb.attend(split.b, h, proj, step)
@@ -222,7 +264,17 @@ class ImpRAG:
         ids = tokenize(self.tokenizer, prompts, "prompt")
         if isinstance(offsets, int):
             offsets = [offsets] * len(ids)
+        self._check_lengths(ids, list(offsets), 0)
         return batch_tokens(ids, offsets, self.pad_id, padding_side)  # type: ignore[arg-type]
+
+    def read_batch(
+        self, prompts: Sequence[str], passages: Sequence[Sequence[str]], padding_side: str = "right"
+    ) -> tuple[TokenBatch, TokenBatch]:
+        """Prompt and passage batches laid out together for `forward`: prompt i starts at
+        len(passages[i]) * l_max and its passages sit below it, as in `generate`."""
+        self._check_passage_lists(passages, len(prompts))
+        offsets = [len(p) * self.config.reader.l_max for p in passages]
+        return self.prompt_batch(prompts, offsets, padding_side), self.passage_batch(passages, offsets)
 
     def passage_tokens(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of passages, each truncated to l_max (the same tokens whether embedded or read)."""
@@ -240,10 +292,13 @@ class ImpRAG:
         return pack_passages(rows, self.pad_id, ends)
 
     @torch.no_grad()
-    def embed_queries(self, prompts: Sequence[str], batch_size: int = 32) -> Tensor:
-        """E_q (B, D) for each prompt, read where generation reads it (prompt at position k*l_max)."""
+    def embed_queries(self, prompts: Sequence[str], batch_size: int = 32, k: int | None = None) -> Tensor:
+        """E_q (B, D) for each prompt, read where `generate(..., k=k)` reads it: with the prompt at
+        position k*l_max (k defaults to reader.k). Pre-RoPE vectors barely depend on k (bf16 rounding);
+        post-RoPE ones do."""
         ids = tokenize(self.tokenizer, prompts, "prompt")
-        offset = self.config.reader.k * self.config.reader.l_max
+        offset = (self.config.reader.k if k is None else k) * self.config.reader.l_max
+        self._check_lengths(ids, [offset] * len(ids), 0)
         return self._embed(ids, [offset] * len(ids), batch_size, passage=False)
 
     @torch.no_grad()
@@ -253,6 +308,8 @@ class ImpRAG:
         return self._embed(ids, [0] * len(ids), batch_size, passage=True)
 
     def _embed(self, ids: list[list[int]], offsets: list[int], batch_size: int, passage: bool) -> Tensor:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         # Sort by length so batches carry little padding; results are returned in input order.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = torch.empty(len(ids), self.dim, dtype=torch.float32)
@@ -269,7 +326,7 @@ class ImpRAG:
     ) -> list[list[RetrievedPassage]]:
         """Top-k passages per prompt by the implicit query E_q (no generation)."""
         k = self._check_k(k, index)
-        return self._search(index, self.embed_queries(prompts), k)
+        return self._search(index, self.embed_queries(prompts, k=k), k)
 
     @torch.inference_mode()
     def generate(
@@ -292,15 +349,9 @@ class ImpRAG:
         ids = tokenize(self.tokenizer, prompts, "prompt")
         l_max = self.config.reader.l_max
         if passages is not None:
-            if (
-                isinstance(passages, str)
-                or len(passages) != len(ids)
-                or any(isinstance(p, str) for p in passages)
-            ):
-                raise InputError(
-                    f"passages must be one list of strings per prompt ({len(ids)} lists), e.g. "
-                    "passages=[['text a', 'text b']] for one prompt"
-                )
+            self._check_passage_lists(passages, len(ids))
+            if k is not None:
+                raise InputError("k applies to retrieval from an index; with passages=... all are read")
             offsets = [len(p) * l_max for p in passages]
         elif index is not None:
             k = self._check_k(k, index)
@@ -310,7 +361,7 @@ class ImpRAG:
         self._check_lengths(ids, offsets, cfg.max_new_tokens)
         batch = batch_tokens(ids, offsets, self.pad_id, padding_side="right")
         read: list[list[RetrievedPassage]] = [
-            [RetrievedPassage(None, text) for text in p] for p in (passages or [[]] * len(ids))
+            [RetrievedPassage(text) for text in p] for p in (passages or [[]] * len(ids))
         ]
 
         def passages_for(query: Tensor) -> TokenBatch | None:
@@ -318,7 +369,7 @@ class ImpRAG:
                 read[:] = self._search(index, query, k)  # type: ignore[arg-type]
             if not any(read):
                 return None
-            return self.passage_batch([[p.text for p in row] for row in read], offsets)
+            return self.passage_batch([[p.content for p in row] for row in read], offsets)
 
         pre = self._prefill(batch, passages_for, cache=True)
         last = torch.tensor(batch.lengths) - 1  # right padding: last valid column per row
@@ -356,15 +407,41 @@ class ImpRAG:
         out = []
         for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
             keep = [(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]  # FAISS pads with -1
-            texts = index.fetch([i for i, _ in keep])
+            found = index.fetch([i for i, _ in keep])
             out.append(
-                [RetrievedPassage(i, text, float(s)) for (i, s), text in zip(keep, texts, strict=True)]
+                [
+                    RetrievedPassage(p.text, float(s), id=p.id, title=p.title, row=i)
+                    for (i, s), p in zip(keep, found, strict=True)
+                ]
             )
         return out
 
+    def _check_passage_lists(self, passages: Any, count: int) -> None:
+        ok = not isinstance(passages, str) and hasattr(passages, "__len__") and len(passages) == count
+        ok = ok and all(
+            not isinstance(p, str) and isinstance(p, Sequence) and all(isinstance(t, str) for t in p)
+            for p in passages
+        )
+        if not ok:
+            raise InputError(
+                f"passages must be one list of strings per prompt ({count} lists), e.g. "
+                "passages=[['text a', 'text b']] for one prompt"
+            )
+        l_max = self.config.reader.l_max
+        for i, row in enumerate(passages):
+            if row:
+                long = [n for n, ids in enumerate(self.passage_tokens(row)) if len(ids) >= l_max]
+                if long:
+                    log.warning("prompt %d: passage(s) %s truncated to l_max=%d tokens", i, long, l_max)
+
     def _check_k(self, k: int | None, index: Retriever) -> int:
+        if not (callable(getattr(index, "search", None)) and callable(getattr(index, "fetch", None))):
+            raise InputError(
+                f"index must be a retriever with search(E_q, k) and fetch(ids) (e.g. PassageIndex or "
+                f"InMemoryRetriever), got {type(index).__name__}"
+            )
         k = self.config.reader.k if k is None else k
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         size = len(index) if hasattr(index, "__len__") else None
         if size is not None and k > size:
@@ -390,6 +467,27 @@ class ImpRAG:
             elif source:
                 ids.update(source)
         return sorted(ids)
+
+
+def _check_layout(prompts: TokenBatch, passages: TokenBatch) -> None:
+    """Passages must sit strictly below their prompt's positions (causality is by position)."""
+    if passages.input_ids.shape[0] != prompts.input_ids.shape[0]:
+        raise InputError(
+            f"{passages.input_ids.shape[0]} passage rows for {prompts.input_ids.shape[0]} prompts: "
+            "pack one row of passages per prompt (an empty row reads nothing)"
+        )
+    if passages.input_ids.shape[1] == 0:
+        return
+    big = torch.iinfo(torch.long).max
+    first_prompt = prompts.positions.masked_fill(~prompts.valid, big).min(dim=1).values.cpu()
+    last_passage = passages.positions.masked_fill(~passages.valid, -1).max(dim=1).values.cpu()
+    bad = (last_passage >= first_prompt).nonzero().flatten().tolist()
+    if bad:
+        raise InputError(
+            f"row {bad[0]}: passages reach position {int(last_passage[bad[0]])} but the prompt starts at "
+            f"{int(first_prompt[bad[0]])}; prompts must start after their passages (k*l_max). Build both "
+            "batches with ImpRAG.read_batch(prompts, passages)"
+        )
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
@@ -421,7 +519,13 @@ def _decode_config(cfg: DecodeConfig | None, kwargs: dict[str, Any]) -> DecodeCo
         raise InputError("pass decoding options either as decode_config=DecodeConfig(...) or as keywords")
     if cfg is not None:
         return cfg
+    known = {f.name for f in dataclasses.fields(DecodeConfig)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise InputError(
+            f"unknown decoding option(s) {unknown}; the fields of DecodeConfig are {sorted(known)}"
+        )
     try:
         return replace(DecodeConfig(), **kwargs)
     except TypeError as err:
-        raise InputError(f"unknown decoding option: {err}; see imprag.DecodeConfig for the fields") from err
+        raise InputError(f"invalid decoding option: {err}") from err

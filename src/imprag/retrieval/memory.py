@@ -1,8 +1,8 @@
 """The retriever interface, and a small exact in-memory retriever over a list of passages.
 
 `ImpRAG.generate` needs only two things from a retriever: `search` over query vectors and `fetch` of the
-passage texts behind the returned ids. The FAISS index over an on-disk passage store implements the same
-two methods; this one keeps everything in memory and is meant for tests, demos and small passage lists.
+passages (id, title, text) behind the returned ids. The FAISS `PassageIndex` over an on-disk passage store
+implements the same two methods; this one keeps everything in memory, for tests, demos and small lists.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["InMemoryRetriever", "Retriever"]
+from imprag.model.generation import RetrievedPassage
+from imprag.retrieval.corpus import Passage
+
+__all__ = ["InMemoryRetriever", "Retriever", "TextRetriever"]
 
 
 @runtime_checkable
@@ -24,8 +27,20 @@ class Retriever(Protocol):
         """Top-k by inner product for each query (B, D): ids (B, k) long and scores (B, k), best first."""
         ...
 
-    def fetch(self, ids: Sequence[int]) -> list[str]:
-        """Passage texts for the given ids, in order."""
+    def fetch(self, ids: Sequence[int]) -> list[Passage]:
+        """The passages behind the given ids, in order."""
+        ...
+
+
+@runtime_checkable
+class TextRetriever(Protocol):
+    """A retriever queried with text (BM25, MiniLM, or ImpRAG's implicit query behind an adapter).
+
+    Evaluation and baselines use this interface; what each returns is the same `RetrievedPassage` list.
+    """
+
+    def retrieve(self, queries: Sequence[str], k: int) -> list[list[RetrievedPassage]]:
+        """Top-k passages for each query text, best first."""
         ...
 
 
@@ -33,7 +48,7 @@ class InMemoryRetriever:
     """Exact inner-product search over passage vectors held in memory.
 
     Build it with `InMemoryRetriever.build(model, texts)` (embeds with the model's bottom layers) or from
-    precomputed vectors.
+    precomputed vectors. Passage i gets the id str(i) and no title.
     """
 
     def __init__(self, texts: Sequence[str], vectors: Tensor) -> None:
@@ -44,7 +59,7 @@ class InMemoryRetriever:
         if len(texts) == 0:
             raise ValueError("an InMemoryRetriever needs at least one passage")
         self.texts = list(texts)
-        self.vectors = vectors.detach().float()
+        self.vectors = vectors.detach().float().clone()
 
     @classmethod
     def build(cls, model, texts: Sequence[str], batch_size: int = 16) -> InMemoryRetriever:
@@ -66,5 +81,5 @@ class InMemoryRetriever:
         top = torch.topk(scores, k, dim=1)
         return top.indices, top.values
 
-    def fetch(self, ids: Sequence[int]) -> list[str]:
-        return [self.texts[int(i)] for i in ids]
+    def fetch(self, ids: Sequence[int]) -> list[Passage]:
+        return [Passage(id=str(int(i)), title="", text=self.texts[int(i)]) for i in ids]

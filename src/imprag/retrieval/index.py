@@ -1,0 +1,385 @@
+"""The passage index: a directory holding the passage store, the FAISS vectors and a manifest.
+
+    DIR/passages.sqlite   the passages (random access by row)
+    DIR/vectors.faiss     E_p of every passage under an ID map (ids = store rows), inner-product metric
+    DIR/manifest.json     written last: model fingerprint, b, embedding settings, dim, corpus hash, count,
+                          index and build settings. No manifest = not a complete index.
+    DIR/build.json        only while building: the settings a resumed build must match
+    DIR/shards/           only while building: encoded shards (see encode.py)
+
+Loading with a model checks the fingerprint: a model whose layers 0..b (or b, or embedding settings) differ
+from the ones that encoded the corpus gets a StaleIndexError, never silently meaningless scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from imprag.config import IndexConfig
+from imprag.distributed import Dist
+from imprag.io import atomic_write_text
+from imprag.model.imprag import ImpRAG
+from imprag.retrieval.corpus import Passage, read_corpus
+from imprag.retrieval.encode import encode_shards, read_shards, shard_count, shards_done
+from imprag.retrieval.store import PassageStore
+
+__all__ = ["InvalidIndexError", "PassageIndex", "StaleIndexError", "build_index", "estimate"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST, STORE, VECTORS = "manifest.json", "passages.sqlite", "vectors.faiss"
+BUILD, SHARDS = "build.json", "shards"
+FORMAT_VERSION = 1
+
+
+class InvalidIndexError(ValueError):
+    """A missing, partial or malformed index directory; the message says how to fix it."""
+
+
+class StaleIndexError(InvalidIndexError):
+    """The index was encoded by a different model (or b, or embedding settings) than the one using it."""
+
+
+def _model_record(model: ImpRAG) -> dict[str, Any]:
+    return {
+        "name": str(model.model.config.name_or_path),
+        "model_type": model.model.config.model_type,
+        "fingerprint": model.retrieval_fingerprint(),
+        "b": model.split.b,
+        "embedding": dataclasses.asdict(model.config.embedding),
+        "l_max": model.config.reader.l_max,
+        "dtype": str(model.backbone.dtype).removeprefix("torch."),
+    }
+
+
+def estimate(count: int, dim: int, factory: str) -> dict[str, int]:
+    """Rough bytes for shards on disk and the index in memory/disk (printed before a build starts)."""
+    vectors = count * dim * 4
+    index = vectors
+    if "PQ" in factory:
+        m = int("".join(c for c in factory.split("PQ")[1].split(",")[0].split("x")[0] if c.isdigit()) or 8)
+        index = count * (m + 8)
+    elif "HNSW" in factory:
+        index = vectors + count * 2 * 32 * 4
+    return {"shards_bytes": vectors + count * 8, "index_bytes": index + count * 8}
+
+
+class PassageIndex:
+    """Search E_q against the corpus' E_p vectors and fetch the passages behind the hits."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], vectors: faiss.Index, store: PassageStore):
+        self.directory = directory
+        self.manifest = manifest
+        self.faiss = vectors
+        self.store = store
+        self.set_search_params(manifest["index"].get("nprobe"), manifest["index"].get("ef_search"))
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, directory: str | Path, model: ImpRAG | None = None, writable: bool = False) -> PassageIndex:
+        """Open a complete index; with `model`, refuse it if stale."""
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not directory.is_dir():
+            raise InvalidIndexError(
+                f"{directory}: no such index directory; build one with "
+                f"`imprag index CORPUS --out {directory}`"
+            )
+        if not manifest_path.is_file():
+            if (directory / BUILD).is_file():
+                raise InvalidIndexError(
+                    f"{directory} holds an interrupted build (no manifest yet); resume it by running the "
+                    f"same `imprag index ... --out {directory}` command again"
+                )
+            raise InvalidIndexError(
+                f"{directory} is not an imprag index (no {MANIFEST}); build one with `imprag index`"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise InvalidIndexError(f"{manifest_path} is not valid JSON ({err}); rebuild the index") from err
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise InvalidIndexError(
+                f"{manifest_path}: unsupported index format {manifest.get('format_version')!r}"
+            )
+        for name in (STORE, VECTORS):
+            if not (directory / name).is_file():
+                raise InvalidIndexError(f"{directory / name} is missing; the index is damaged: rebuild it")
+        if model is not None:
+            check_model(manifest, model, directory)
+        vectors = faiss.read_index(str(directory / VECTORS))
+        if vectors.ntotal != manifest["count"]:
+            raise InvalidIndexError(
+                f"{directory}: {vectors.ntotal} vectors but the manifest says {manifest['count']}; rebuild it"
+            )
+        return cls(directory, manifest, vectors, PassageStore(directory / STORE, writable=writable))
+
+    # -- the Retriever interface --------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.faiss.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-k rows by inner product for each query (B, D): ids (B, k) and scores (B, k)."""
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise InvalidIndexError(
+                f"queries have shape {tuple(queries.shape)} but this index holds {self.dim}-d vectors"
+            )
+        if k > len(self):
+            raise InvalidIndexError(f"k={k} passages requested but the index holds only {len(self)}")
+        q = np.ascontiguousarray(queries.detach().float().cpu().numpy())
+        scores, ids = self.faiss.search(q, k)
+        return torch.from_numpy(ids), torch.from_numpy(scores)
+
+    def fetch(self, ids: Sequence[int]) -> list[Passage]:
+        return self.store.get(ids)
+
+    def check_model(self, model: ImpRAG) -> None:
+        check_model(self.manifest, model, self.directory)
+
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Set IVF `nprobe` / HNSW `efSearch` (ignored by index types without them)."""
+        space = faiss.ParameterSpace()
+        for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+            if value is None:
+                continue
+            with contextlib.suppress(RuntimeError):  # this index type has no such parameter
+                space.set_index_parameter(self.faiss, name, int(value))
+
+    # -- incremental updates ------------------------------------------------------------------------
+
+    def add(self, model: ImpRAG, passages: Iterable[Passage], batch_size: int = 32) -> dict[str, int]:
+        """Add new passages and re-encode changed ones (same id, new content); unchanged ones are skipped."""
+        self.check_model(model)
+        result = self.store.upsert(passages)
+        rows = result.added + result.changed
+        if result.changed:
+            self._remove(result.changed)
+        if rows:
+            found = self.store.get(rows)
+            vectors = model.embed_passages([p.content for p in found], batch_size=batch_size)
+            self.faiss.add_with_ids(vectors.numpy().astype(np.float32), np.asarray(rows, dtype=np.int64))
+        self._commit()
+        return {"added": len(result.added), "changed": len(result.changed), "unchanged": result.unchanged}
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove passages by corpus id."""
+        rows = self.store.delete(ids)
+        self._remove(rows)
+        self._commit()
+        return len(rows)
+
+    def _remove(self, rows: Sequence[int]) -> None:
+        try:
+            self.faiss.remove_ids(np.asarray(rows, dtype=np.int64))
+        except RuntimeError as err:
+            raise InvalidIndexError(
+                f"this index type ({self.manifest['index']['factory']}) cannot remove vectors ({err}); "
+                "rebuild it with `imprag index ... --overwrite`"
+            ) from err
+
+    def _commit(self) -> None:
+        _write_faiss(self.faiss, self.directory / VECTORS)
+        self.manifest["count"] = int(self.faiss.ntotal)
+        self.manifest["corpus_hash"] = self.store.corpus_hash
+        atomic_write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+
+
+def check_model(manifest: dict[str, Any], model: ImpRAG, directory: Path) -> None:
+    built, now = manifest["model"], _model_record(model)
+    if built["fingerprint"] != now["fingerprint"]:
+        diffs = [k for k in ("name", "b", "embedding", "l_max") if built.get(k) != now[k]] or ["weights"]
+        raise StaleIndexError(
+            f"index {directory} is stale: it was encoded by a different model ({', '.join(diffs)} differ; "
+            f"fingerprint {built['fingerprint']} vs {now['fingerprint']}). Rebuild it with "
+            f"`imprag index --refresh --out {directory}` (re-encodes the same passages with this model)"
+        )
+
+
+def _write_faiss(index: faiss.Index, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path)
+
+
+# -- building ---------------------------------------------------------------------------------------
+
+
+def build_index(
+    model: ImpRAG,
+    out: str | Path,
+    corpus: str | Path | Iterable[Passage] | None = None,
+    config: IndexConfig | None = None,
+    corpus_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    dist: Dist | None = None,
+) -> PassageIndex | None:
+    """Build (or resume, or refresh) an index over `corpus` at `out`; returns it on rank 0.
+
+    `corpus` is a path or embedded corpus name read with `read_corpus(**corpus_options)`, an iterable of
+    Passages, or None to re-encode the passages already in `out` with this model (refresh).
+    """
+    out, cfg, dist = Path(out), config or IndexConfig(), dist or Dist()
+    started = time.time()
+    settings = {
+        "model": _model_record(model),
+        "corpus": str(corpus) if isinstance(corpus, (str, Path)) else None,
+        "corpus_options": corpus_options or {},
+        "index": dataclasses.asdict(cfg),
+    }
+    error: BaseException | None = None
+    if dist.is_main:
+        try:
+            _prepare(out, settings, corpus is None, overwrite)
+            if not (out / STORE).is_file():
+                _store_corpus(out / STORE, corpus, corpus_options or {}, progress)
+        except Exception as err:  # every rank must learn of it, or the others wait forever
+            error = err
+    if dist.broadcast_error(error is not None):
+        raise error or InvalidIndexError("rank 0 could not prepare the index (see its error)")
+    store = PassageStore(out / STORE)
+    count = shard_count(store, cfg.shard_size)
+    if dist.is_main:
+        est = estimate(len(store), model.dim, cfg.factory)
+        log.warning(
+            "encoding %d passages with layers 0..%d (dim %d, %s) in %d process(es): shards need ~%.1f MB "
+            "on disk, the index ~%.1f MB",
+            len(store),
+            model.split.b,
+            model.dim,
+            settings["model"]["dtype"],
+            dist.world,
+            est["shards_bytes"] / 1e6,
+            est["index_bytes"] / 1e6,
+        )
+    encode_shards(model, store, out / SHARDS, cfg.shard_size, cfg.batch_size, dist.rank, dist.world, progress)
+    dist.barrier()
+    if not dist.is_main:
+        dist.barrier()
+        return None
+    done = set(shards_done(out / SHARDS, count))
+    missing = [i for i in range(count) if i not in done and _has_rows(store, i, cfg)]
+    if missing:
+        raise InvalidIndexError(
+            f"shards {missing[:5]} were not encoded; run the same command again to resume"
+        )
+    vectors = _assemble(out / SHARDS, count, model.dim, len(store), cfg, progress)
+    _write_faiss(vectors, out / VECTORS)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": settings["model"],
+        "dim": model.dim,
+        "count": int(vectors.ntotal),
+        "corpus_hash": store.corpus_hash,
+        "corpus": settings["corpus"],
+        "corpus_options": settings["corpus_options"],
+        "index": {
+            "factory": cfg.factory,
+            "metric": "inner_product",
+            "train_size": cfg.train_size,
+            "nprobe": cfg.nprobe,
+            "ef_search": cfg.ef_search,
+        },
+        "build": {
+            "shard_size": cfg.shard_size,
+            "batch_size": cfg.batch_size,
+            "processes": dist.world,
+            "seconds": round(time.time() - started, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(out / SHARDS, ignore_errors=True)
+    (out / BUILD).unlink(missing_ok=True)
+    dist.barrier()
+    return PassageIndex.load(out, model)
+
+
+def _store_corpus(
+    path: Path, corpus: str | Path | Iterable[Passage] | None, options: dict[str, Any], progress: bool
+) -> None:
+    passages = read_corpus(corpus, **options) if isinstance(corpus, (str, Path)) else corpus
+    if passages is None:
+        raise InvalidIndexError(
+            f"{path.parent}: no passage store to refresh; build the index from a corpus first"
+        )
+    with tqdm(unit="passage", desc="storing passages", disable=not progress, dynamic_ncols=True) as bar:
+        PassageStore.build(path, passages, progress=bar.update)
+
+
+def _has_rows(store: PassageStore, i: int, cfg: IndexConfig) -> bool:
+    return any(True for _ in store.iter_rows(i * cfg.shard_size, (i + 1) * cfg.shard_size, batch=1))
+
+
+def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool) -> None:
+    """Decide between a fresh build, a resume, a refresh and an error; leave `out` ready for encoding."""
+    complete = (out / MANIFEST).is_file()
+    if refresh:
+        if not (out / STORE).is_file():
+            raise InvalidIndexError(
+                f"{out}: nothing to refresh (no passage store); build it with `imprag index CORPUS`"
+            )
+        if complete:
+            old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+            settings["corpus"], settings["corpus_options"] = old.get("corpus"), old.get("corpus_options", {})
+            (out / MANIFEST).unlink()  # from here on the directory is a build in progress
+            shutil.rmtree(out / SHARDS, ignore_errors=True)
+    elif complete and not overwrite:
+        raise InvalidIndexError(
+            f"{out} already holds a complete index; pass --overwrite to rebuild it, or --refresh to "
+            "re-encode its passages with this model"
+        )
+    elif overwrite:
+        for name in (MANIFEST, BUILD, STORE, VECTORS):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / SHARDS, ignore_errors=True)
+    elif (out / BUILD).is_file():
+        previous = json.loads((out / BUILD).read_text(encoding="utf-8"))
+        if previous != json.loads(json.dumps(settings)):
+            raise InvalidIndexError(
+                f"{out} holds an interrupted build with different settings (model, corpus or index); pass "
+                "--overwrite to start over"
+            )
+        log.warning("resuming the interrupted build in %s", out)
+    elif out.exists() and any(out.iterdir()):
+        raise InvalidIndexError(f"{out} exists and is not an imprag index; choose another --out or empty it")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / BUILD, json.dumps(settings, indent=2) + "\n")
+
+
+def _assemble(
+    shards: Path, count: int, dim: int, total: int, cfg: IndexConfig, progress: bool
+) -> faiss.Index:
+    """Stream the shards into a FAISS index (training it on a sample spread over the corpus if needed)."""
+    index = faiss.index_factory(dim, f"IDMap2,{cfg.factory}", faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        per_shard = max(1, cfg.train_size // max(1, count))
+        sample = np.concatenate([np.asarray(v[:per_shard]) for _, v in read_shards(shards, count)])
+        log.warning("training %s on %d vectors", cfg.factory, len(sample))
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    with tqdm(total=total, unit="vector", desc="indexing", disable=not progress, dynamic_ncols=True) as bar:
+        for rows, vectors in read_shards(shards, count):
+            index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), rows)
+            bar.update(len(rows))
+    return index
