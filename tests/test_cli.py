@@ -26,35 +26,23 @@ def saved(tmp_path, tokenizer) -> str:
     return str(path)
 
 
-def test_ask_with_passages_and_retrieval(saved: str, capsys, tmp_path) -> None:
+def test_ask_with_given_passages(saved: str, capsys, tmp_path) -> None:
     passages = tmp_path / "passages.jsonl"
     passages.write_text(
         '{"text": "The capital of Veloria is Quantum City."}\n{"text": "Paris is in France."}\n'
     )
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Q: Where?\\nA:"}\n')
-    code = main(
-        [
-            "ask",
-            "Q: What is the capital of Veloria?\nA:",
-            "--prompts-file",
-            str(prompts),
-            "--passages-file",
-            str(passages),
-            "--retrieve",
-            "-k",
-            "1",
-            "--json",
-            "--model",
-            saved,
-            "--max-new-tokens",
-            "3",
-        ]
-    )
-    assert code == 0
+    argv = ["ask", "Q: What is the capital of Veloria?\nA:", "--prompts-file", str(prompts)]
+    argv += ["--passages-file", str(passages), "--json", "--model", saved, "--max-new-tokens", "3"]
+    assert main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in rows] == ["Q: What is the capital of Veloria?\nA:", "Q: Where?\nA:"]
-    assert all(len(r["passages"]) == 1 and r["passages"][0]["score"] is not None for r in rows)
+    assert all(
+        [p["text"] for p in r["passages"]]
+        == ["The capital of Veloria is Quantum City.", "Paris is in France."]
+        for r in rows
+    )
     code = main(["ask", "Q: hi\nA:", "-p", "one passage", "--model", saved, "--max-new-tokens", "2"])
     out = capsys.readouterr().out
     assert code == 0 and "answer:" in out and "[1] one passage" in out
@@ -69,9 +57,9 @@ def test_info(saved: str, capsys) -> None:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["ask"], "no prompt given"),
+        (["ask"], "give an index directory and a prompt"),
+        (["ask", "-p", "a passage"], "no prompt given"),
         (["ask", "q", "--passages-file", "/does/not/exist.txt"], "no such file"),
-        (["ask", "q", "--retrieve"], "--retrieve needs passages"),
         (["info", "--t", "9"], "does not fit a model with 5 layers"),
         (["info", "--model", "/no/such/model"], "cannot load model"),
     ],
@@ -87,5 +75,77 @@ def test_errors_are_one_line(argv: list[str], message: str, saved: str, capsys) 
 def test_bad_jsonl_line_is_located(tmp_path, saved: str, capsys) -> None:
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "ok"}\n{oops\n')
-    assert main(["ask", "--prompts-file", str(bad), "--model", saved]) == 2
+    assert main(["ask", "--prompts-file", str(bad), "-p", "a passage", "--model", saved]) == 2
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.fixture
+def corpus(tmp_path) -> str:
+    path = tmp_path / "corpus.jsonl"
+    rows = [
+        {"id": "veloria", "title": "Veloria", "text": "The capital of Veloria is Quantum City."},
+        {"id": "france", "title": "France", "text": "Paris is the capital of France."},
+        {"id": "nile", "title": "Nile", "text": "The Nile flows into the Mediterranean Sea."},
+        {"id": "mozart", "title": "Mozart", "text": "Mozart was a composer from Salzburg."},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_index_retrieve_ask_update(saved: str, corpus: str, tmp_path, capsys) -> None:
+    out = str(tmp_path / "idx")
+    assert (
+        main(["index", corpus, "--out", out, "--model", saved, "--baselines", "bm25", "--no-progress"]) == 0
+    )
+    assert "indexed 4 passages" in capsys.readouterr().out
+    # The model recorded in the manifest is used when --model is not given.
+    assert main(["retrieve", out, "Q: What is the capital of Veloria?\nA:", "-k", "2", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)
+    assert len(hit["passages"]) == 2 and hit["passages"][0]["title"]
+    assert main(["retrieve", out, "capital of Veloria", "--retriever", "bm25", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["passages"][0]["id"] == "veloria"
+    assert main(["ask", out, "Q: Where?\nA:", "-k", "2", "--max-new-tokens", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "answer:" in printed and printed.count("score=") == 2
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(
+        json.dumps({"id": "rome", "title": "Rome", "text": "Rome is the capital of Italy."}) + "\n"
+    )
+    assert main(["update", out, "--add", str(extra), "--delete", "nile"]) == 0
+    assert "deleted 1" in capsys.readouterr().out
+    assert main(["retrieve", out, "q", "-k", "4", "--json"]) == 0
+    ids = {p["id"] for p in json.loads(capsys.readouterr().out)["passages"]}
+    assert ids == {"veloria", "france", "mozart", "rome"}
+    # BM25 was built for the old corpus: using it now is refused as stale.
+    assert main(["retrieve", out, "capital", "--retriever", "bm25"]) == 2
+    assert "stale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["index", "--out", "IDX"], "give a CORPUS to index, or --refresh"),
+        (["index", "/no/such.jsonl", "--out", "IDX"], "no such file or folder"),
+        (["retrieve", "/no/such/index", "q"], "no such index directory"),
+        (["ask", "/no/such/index", "q"], "is not an index directory"),
+        (["update", "/no/such/index", "--delete", "x"], "no such index directory"),
+    ],
+)
+def test_index_command_errors(argv: list[str], message: str, saved: str, tmp_path, capsys) -> None:
+    argv = [a.replace("IDX", str(tmp_path / "idx")) for a in argv]
+    if argv[0] == "index":
+        argv += ["--model", saved]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_corpus_line_is_located(saved: str, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": \n{"id": "c", "text": "also fine"}\n')
+    out = str(tmp_path / "idx")
+    assert main(["index", str(bad), "--out", out, "--model", saved, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2: not valid JSON" in err and "--skip-bad-lines" in err
+    assert main(["index", str(bad), "--out", out, "--model", saved, "--no-progress", "--skip-bad-lines"]) == 0
+    assert "indexed 2 passages" in capsys.readouterr().out

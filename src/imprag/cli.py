@@ -26,12 +26,14 @@ def _offline_by_default() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, from_index: bool = False) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        default="smollm2-135m",
-        help="embedded default name, local folder, or hub id (default: %(default)s, loaded offline)",
+        default=None if from_index else "smollm2-135m",
+        help="embedded default name, local folder, or hub id (default: "
+        + ("the model that built the index" if from_index else "%(default)s, loaded offline")
+        + ")",
     )
     g.add_argument("--b", type=int, default=None, help="retrieval layer b (default: the model's)")
     g.add_argument("--t", type=int, default=None, help="last reading layer t (default: the model's)")
@@ -43,10 +45,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, manifest: dict | None = None):
+    """The model named on the command line, or else the one recorded in an index manifest."""
     from imprag import ImpRAG
 
-    return ImpRAG.from_pretrained(args.model, b=args.b, t=args.t, dtype=args.dtype)
+    name, b, t = args.model, args.b, args.t
+    if name is None and manifest is not None:
+        built = manifest["model"]
+        name = built.get("source") or built["name"]
+        b = built["b"] if b is None else b
+        t = built.get("t") if t is None else t
+    return ImpRAG.from_pretrained(name or "smollm2-135m", b=b, t=t, dtype=args.dtype)
+
+
+def _open_index(directory: str, args: argparse.Namespace, writable: bool = False):
+    """Load the model that matches an index directory and the index itself (stale indexes refused)."""
+    from imprag.retrieval.index import PassageIndex, read_manifest
+
+    manifest = read_manifest(Path(directory))
+    model = _load(args, manifest)
+    return model, PassageIndex.load(directory, model, writable=writable)
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -97,38 +115,134 @@ def _read_jsonl(path: Path, field: str) -> list[dict]:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    prompts = _read_prompts(args)
     passages = _read_passages(args)
-    model = _load(args)
-    kwargs = {"max_new_tokens": args.max_new_tokens, "stop": tuple(args.stop or ())}
-    if args.retrieve:
-        if not passages:
-            raise UsageError("--retrieve needs passages to retrieve from (--passage or --passages-file)")
-        from imprag import InMemoryRetriever
-
-        index = InMemoryRetriever.build(model, passages)
-        results = model.generate(prompts, index=index, k=min(args.k, len(passages)), **kwargs)
+    positional = list(args.prompts)
+    if passages:
+        args.prompts = positional
+        prompts = _read_prompts(args)
+        model = _load(args)
+        results = model.generate(prompts, passages=[passages] * len(prompts), **_decode_options(args))
     else:
-        results = model.generate(prompts, passages=[passages] * len(prompts), **kwargs)
+        if not positional:
+            raise UsageError(
+                "give an index directory and a prompt, or a prompt and passages (-p/--passages-file)"
+            )
+        directory, args.prompts = positional[0], positional[1:]
+        if not Path(directory).is_dir():
+            raise UsageError(
+                f"{directory!r} is not an index directory; build one with `imprag index CORPUS --out DIR`, "
+                "or pass passages to read with -p/--passages-file"
+            )
+        prompts = _read_prompts(args)
+        model, index = _open_index(directory, args)
+        results = model.generate(prompts, index=index, k=args.k, **_decode_options(args))
     for res in results:
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "prompt": res.prompt,
-                        "answer": res.text,
-                        "finish_reason": res.finish_reason,
-                        "passages": [{"id": p.id, "score": p.score, "text": p.text} for p in res.passages],
-                    }
-                )
-            )
+            record = {"prompt": res.prompt, "answer": res.text, "finish_reason": res.finish_reason}
+            print(json.dumps({**record, "passages": [_passage_json(p) for p in res.passages]}))
             continue
         print(f"prompt: {res.prompt!r}\nanswer: {res.text}")
-        for rank, p in enumerate(res.passages, start=1):
-            score = "" if p.score is None else f" score={p.score:.3f}"
-            snippet = p.text if len(p.text) <= 100 else p.text[:97] + "..."
-            print(f"  [{rank}]{score} {snippet}")
+        _print_passages(res.passages)
     return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    prompts = _read_prompts(args)
+    if args.retriever == "implicit":
+        model, index = _open_index(args.index, args)
+        hits = model.retrieve(prompts, index, k=args.k)
+    else:
+        from imprag.retrieval.baselines import load_baseline
+        from imprag.retrieval.index import STORE
+        from imprag.retrieval.store import PassageStore
+
+        store = PassageStore(Path(args.index) / STORE)
+        hits = load_baseline(args.retriever, Path(args.index) / "baselines" / args.retriever, store).retrieve(
+            prompts, args.k
+        )
+    for prompt, found in zip(prompts, hits, strict=True):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "passages": [_passage_json(p) for p in found]}))
+            continue
+        print(f"prompt: {prompt!r}")
+        _print_passages(found)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from imprag import IndexConfig
+    from imprag.distributed import init_from_env
+    from imprag.retrieval.index import build_index
+
+    if args.refresh == bool(args.corpus):
+        raise UsageError("give a CORPUS to index, or --refresh to re-encode the passages already in --out")
+    config = IndexConfig(
+        factory=args.factory,
+        train_size=args.train_size,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+    )
+    options = {
+        "format": args.format,
+        "chunk_size": args.chunk_size,
+        "chunk_overlap": args.chunk_overlap,
+        "skip_bad_lines": args.skip_bad_lines,
+    }
+    dist = init_from_env()
+    model = _load(args)
+    corpus = None if args.refresh else args.corpus
+    index = build_index(
+        model, args.out, corpus, config, options, args.overwrite, progress=not args.no_progress, dist=dist
+    )
+    if index is None:  # ranks other than 0 are done
+        return 0
+    for name in [n for n in (args.baselines or "").split(",") if n]:
+        from imprag.retrieval.baselines import build_baseline
+
+        build_baseline(name, index.store, Path(args.out) / "baselines" / name, progress=not args.no_progress)
+    m = index.manifest
+    print(
+        f"indexed {m['count']} passages into {args.out} ({m['index']['factory']}, dim {m['dim']}, "
+        f"{m['build']['seconds']} s)"
+    )
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from imprag.retrieval.corpus import read_corpus
+
+    if not args.add and not args.delete:
+        raise UsageError("nothing to do: pass --add CORPUS and/or --delete ID ...")
+    model, index = _open_index(args.index, args, writable=True)
+    if args.delete:
+        print(f"deleted {index.delete(args.delete)} passages")
+    if args.add:
+        counts = index.add(
+            model, read_corpus(args.add, format=args.format, skip_bad_lines=args.skip_bad_lines)
+        )
+        print(
+            f"added {counts['added']}, re-encoded {counts['changed']} changed, "
+            f"skipped {counts['unchanged']} unchanged"
+        )
+    return 0
+
+
+def _decode_options(args: argparse.Namespace) -> dict:
+    return {"max_new_tokens": args.max_new_tokens, "stop": tuple(args.stop or ())}
+
+
+def _passage_json(p) -> dict:
+    return {"id": p.id, "title": p.title, "score": p.score, "text": p.text}
+
+
+def _print_passages(passages) -> None:
+    for rank, p in enumerate(passages, start=1):
+        score = "" if p.score is None else f" score={p.score:.3f}"
+        title = f" {p.title} —" if p.title else ""
+        snippet = p.text if len(p.text) <= 90 else p.text[:87] + "..."
+        print(f"  [{rank}]{score}{title} {snippet}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -160,21 +274,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = sub.add_parser(
         "ask",
-        help="answer prompts, reading the given passages in the middle layers",
-        description="Answer prompts with an ImpRAG model. The passages are read by layers b..t; with "
-        "--retrieve the model first picks the top-k of them with its own implicit query.",
+        help="answer prompts: retrieve from an index, or read given passages",
+        description="Answer prompts with an ImpRAG model. `imprag ask INDEX PROMPT...` retrieves the "
+        "top-k passages with the model's implicit query and reads them in layers b..t; "
+        "`imprag ask PROMPT... -p TEXT` reads the given passages instead.",
     )
-    ask.add_argument("prompts", nargs="*", help='prompt text, e.g. "Q: What is the capital of France?\\nA:"')
+    ask.add_argument(
+        "prompts",
+        nargs="*",
+        metavar="[INDEX] PROMPT",
+        help="index directory (unless passages are given), then prompt texts",
+    )
     ask.add_argument("--prompts-file", help='JSONL file with one {"prompt": ...} per line')
     ask.add_argument("-p", "--passage", action="append", help="a passage to read (repeatable)")
     ask.add_argument("--passages-file", help='passages: a .jsonl file of {"text": ...} or one per line')
-    ask.add_argument("--retrieve", action="store_true", help="retrieve the top-k passages by implicit query")
-    ask.add_argument("-k", type=int, default=5, help="passages to retrieve with --retrieve (default 5)")
+    ask.add_argument("-k", type=int, default=5, help="passages to retrieve from the index (default 5)")
     ask.add_argument("--max-new-tokens", type=int, default=32, help="(default %(default)s)")
-    ask.add_argument("--stop", action="append", help='stop string (repeatable), e.g. --stop "\\n"')
+    ask.add_argument("--stop", action="append", help="stop string (repeatable), e.g. --stop $'\\n'")
     ask.add_argument("--json", action="store_true", help="one JSON object per prompt")
-    _add_model_args(ask)
+    _add_model_args(ask, from_index=True)
     ask.set_defaults(func=cmd_ask)
+
+    retrieve = sub.add_parser(
+        "retrieve",
+        help="top-k passages of an index for prompts (implicit query, or a baseline)",
+        description="Retrieve with the model's implicit query (E_q at layer b), or with a baseline built by "
+        "`imprag index --baselines`, which takes the whole prompt as its text query.",
+    )
+    retrieve.add_argument("index", metavar="INDEX", help="index directory built by `imprag index`")
+    retrieve.add_argument("prompts", nargs="*", metavar="PROMPT")
+    retrieve.add_argument("--prompts-file", help='JSONL file with one {"prompt": ...} per line')
+    retrieve.add_argument("-k", type=int, default=5, help="(default %(default)s)")
+    retrieve.add_argument("--retriever", choices=["implicit", "bm25", "minilm"], default="implicit")
+    retrieve.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    _add_model_args(retrieve, from_index=True)
+    retrieve.set_defaults(func=cmd_retrieve)
+
+    index = sub.add_parser(
+        "index",
+        help="encode a corpus with the model's bottom layers into a FAISS index",
+        description="Build an index: store the passages (SQLite), encode them with layers 0..b (resumable: "
+        "run the same command again after an interruption), and index the vectors with FAISS. Runs on N "
+        "processes under `torchrun --standalone --nproc_per_node=N $(which imprag) index ...`.",
+    )
+    index.add_argument(
+        "corpus",
+        nargs="?",
+        metavar="CORPUS",
+        help="a .jsonl/.tsv/KILT file, a text file or folder, or 'wiki-summaries' (embedded)",
+    )
+    index.add_argument("--out", required=True, help="index directory")
+    index.add_argument("--format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "text"])
+    index.add_argument("--chunk-size", type=int, default=100, help="words per passage for text/KILT input")
+    index.add_argument("--chunk-overlap", type=int, default=0, help="words shared by consecutive chunks")
+    index.add_argument(
+        "--skip-bad-lines", action="store_true", help="skip malformed lines instead of failing"
+    )
+    index.add_argument(
+        "--factory", default="Flat", help="FAISS factory string: Flat, IVF1024,PQ32, HNSW32, ..."
+    )
+    index.add_argument("--train-size", type=int, default=100_000, help="vectors used to train IVF/PQ")
+    index.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query")
+    index.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
+    index.add_argument("--batch-size", type=int, default=32, help="passages per forward pass")
+    index.add_argument("--shard-size", type=int, default=2048, help="passages per resumable shard")
+    mode = index.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing index or partial build")
+    mode.add_argument(
+        "--refresh", action="store_true", help="re-encode the passages in --out with this model"
+    )
+    index.add_argument("--baselines", help="also build baseline retrievers: bm25, minilm or bm25,minilm")
+    index.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_model_args(index)
+    index.set_defaults(func=cmd_index)
+
+    update = sub.add_parser("update", help="add, change or delete passages of an index in place")
+    update.add_argument("index", metavar="INDEX")
+    update.add_argument(
+        "--add", metavar="CORPUS", help="passages to add; same ids with new text are re-encoded"
+    )
+    update.add_argument("--delete", nargs="+", metavar="ID", help="passage ids to remove")
+    update.add_argument("--format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "text"])
+    update.add_argument("--skip-bad-lines", action="store_true")
+    _add_model_args(update, from_index=True)
+    update.set_defaults(func=cmd_update)
 
     info = sub.add_parser("info", help="show a model's layer split, embedding size and settings")
     info.add_argument("--json", action="store_true", help="compact JSON")
@@ -197,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from imprag.model.backbone import UnsupportedModelError
     from imprag.model.defaults import MissingPackageError
     from imprag.model.reader import InputError
+    from imprag.retrieval.baselines import BaselineIndexError
+    from imprag.retrieval.corpus import CorpusError
+    from imprag.retrieval.index import InvalidIndexError
 
     expected: tuple[type[BaseException], ...] = (
         UsageError,
@@ -204,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         InputError,
         UnsupportedModelError,
         MissingPackageError,
+        CorpusError,
+        InvalidIndexError,
+        BaselineIndexError,
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -51,3 +51,23 @@ def test_retrieve_then_read_end_to_end(smol: ImpRAG) -> None:
     scores = smol.embed_queries([QUESTION]) @ smol.embed_passages(passages).T
     assert [p.row for p in res.passages] == scores[0].topk(k).indices.tolist()
     assert [p.score for p in res.passages] == pytest.approx(scores[0].topk(k).values.tolist(), rel=1e-5)
+
+
+def test_index_a_few_hundred_real_summaries(smol: ImpRAG, tmp_path) -> None:
+    """Build a real index over 300 Wikipedia summaries: its search equals brute force over embed_passages,
+    and generation reads retrieved, titled passages."""
+    import itertools
+
+    from imprag import IndexConfig, PassageIndex, build_index, read_corpus
+
+    passages = list(itertools.islice(read_corpus("wiki-summaries"), 300))
+    index = build_index(smol, tmp_path / "wiki", passages, IndexConfig(shard_size=128), progress=False)
+    assert len(index) == 300 and index.manifest["model"]["source"] == "smollm2-135m"
+    prompts = ["Q: Who directed 2001: A Space Odyssey?\nA:", "Paris [SEP] country A:"]
+    brute = (smol.embed_queries(prompts) @ smol.embed_passages([p.content for p in passages]).T).topk(5)
+    ids, scores = index.search(smol.embed_queries(prompts), 5)
+    assert ids.tolist() == brute.indices.tolist()
+    torch.testing.assert_close(scores, brute.values, rtol=1e-4, atol=1e-3)
+    again = PassageIndex.load(tmp_path / "wiki", smol)
+    res = smol.generate(["Q: Who directed 2001: A Space Odyssey?\nA:"], index=again, k=3, max_new_tokens=4)[0]
+    assert len(res.passages) == 3 and all(p.title for p in res.passages)

@@ -79,6 +79,8 @@ class ImpRAG:
         split = (split or LayerSplit.default_for(n)).validate_for(n)
         self.config = ImpRAGConfig(split, embedding or EmbeddingConfig(), reader or ReaderConfig())
         self.pad_id = _pad_id(tokenizer, model)
+        self.source: str = str(model.config.name_or_path)
+        """What the model was loaded from (an embedded default's name, a path or a hub id)."""
 
     # -- construction / persistence ----------------------------------------------------------------
 
@@ -134,13 +136,15 @@ class ImpRAG:
         if b is not None and t is None and base.t < b:
             base = LayerSplit(b=b, t=max(b, LayerSplit.default_for(n).t))
         split = LayerSplit(b=base.b if b is None else b, t=base.t if t is None else t)
-        return cls(
+        loaded = cls(
             model,
             tokenizer,
             split,
             embedding or (saved.embedding if saved else None),
             reader or (saved.reader if saved else None),
         )
+        loaded.source = str(name_or_path)
+        return loaded
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save model, tokenizer and `imprag_config.json`; the folder loads in stock transformers too."""

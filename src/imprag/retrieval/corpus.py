@@ -152,7 +152,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
+                line = raw.decode("utf-8").rstrip("\r\n")
+                yield number, line.removeprefix("\ufeff") if number == 1 else line  # drop a UTF-8 BOM
             except UnicodeDecodeError as err:
                 raise CorpusError(
                     f"{path}:{number}: not UTF-8 ({err.reason} at byte {err.start} of the line); "
@@ -215,6 +216,9 @@ def _read_kilt(path: Path, size: int, overlap: int, skip: bool) -> Iterator[Pass
         except json.JSONDecodeError as err:
             _bad(path, number, f"not valid JSON ({err.msg})", skip)
             continue
+        if not isinstance(page, dict):
+            _bad(path, number, "expected a JSON object", skip)
+            continue
         title, paragraphs = page.get("wikipedia_title"), page.get("text")
         page_id = page.get("wikipedia_id", page.get("_id"))
         if not isinstance(title, str) or not isinstance(paragraphs, list) or page_id is None:
@@ -227,7 +231,11 @@ def _read_kilt(path: Path, size: int, overlap: int, skip: bool) -> Iterator[Pass
 
 
 def _read_text(path: Path, size: int, overlap: int) -> Iterator[Passage]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
+    )
     if not files:
         raise CorpusError(f"{path}: no {'/'.join(sorted(TEXT_SUFFIXES))} files found")
     for file in files:

@@ -57,10 +57,12 @@ class StaleIndexError(InvalidIndexError):
 
 def _model_record(model: ImpRAG) -> dict[str, Any]:
     return {
+        "source": model.source,
         "name": str(model.model.config.name_or_path),
         "model_type": model.model.config.model_type,
         "fingerprint": model.retrieval_fingerprint(),
         "b": model.split.b,
+        "t": model.split.t,
         "embedding": dataclasses.asdict(model.config.embedding),
         "l_max": model.config.reader.l_max,
         "dtype": str(model.backbone.dtype).removeprefix("torch."),
@@ -203,6 +205,32 @@ class PassageIndex:
         self.manifest["count"] = int(self.faiss.ntotal)
         self.manifest["corpus_hash"] = self.store.corpus_hash
         atomic_write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of a complete index, or a clear error for a missing, partial or damaged one."""
+    manifest_path = directory / MANIFEST
+    if not directory.is_dir():
+        raise InvalidIndexError(
+            f"{directory}: no such index directory; build one with `imprag index CORPUS --out {directory}`"
+        )
+    if not manifest_path.is_file():
+        if (directory / BUILD).is_file():
+            raise InvalidIndexError(
+                f"{directory} holds an interrupted build (no manifest yet); resume it by running the "
+                f"same `imprag index ... --out {directory}` command again"
+            )
+        raise InvalidIndexError(
+            f"{directory} is not an imprag index (no {MANIFEST}); build one with `imprag index`"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InvalidIndexError(f"{manifest_path} is not valid JSON ({err}); rebuild the index") from err
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise InvalidIndexError(f"{manifest_path}: unsupported index format {version!r}; rebuild it")
+    return manifest
 
 
 def check_model(manifest: dict[str, Any], model: ImpRAG, directory: Path) -> None:
@@ -356,7 +384,8 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
         shutil.rmtree(out / SHARDS, ignore_errors=True)
     elif (out / BUILD).is_file():
         previous = json.loads((out / BUILD).read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(settings)):
+        started = (out / STORE).is_file() or any((out / SHARDS).glob("*.npy"))
+        if started and previous != json.loads(json.dumps(settings)):
             raise InvalidIndexError(
                 f"{out} holds an interrupted build with different settings (model, corpus or index); pass "
                 "--overwrite to start over"
@@ -377,7 +406,14 @@ def _assemble(
         per_shard = max(1, cfg.train_size // max(1, count))
         sample = np.concatenate([np.asarray(v[:per_shard]) for _, v in read_shards(shards, count)])
         log.warning("training %s on %d vectors", cfg.factory, len(sample))
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        try:
+            index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        except RuntimeError as err:
+            raise InvalidIndexError(
+                f"FAISS could not train {cfg.factory!r} on {len(sample)} vectors "
+                f"({str(err).splitlines()[-1]}); use fewer lists/centroids, a larger --train-size, or 'Flat' "
+                "for a small corpus"
+            ) from err
     with tqdm(total=total, unit="vector", desc="indexing", disable=not progress, dynamic_ncols=True) as bar:
         for rows, vectors in read_shards(shards, count):
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), rows)

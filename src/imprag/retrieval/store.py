@@ -51,7 +51,7 @@ class PassageStore:
         self.path = Path(path)
         if not self.path.is_file():
             raise CorpusError(f"{self.path}: no passage store here; build one with `imprag index`")
-        uri = f"file:{self.path}?mode={'rw' if writable else 'ro'}"
+        uri = f"{self.path.resolve().as_uri()}?mode={'rw' if writable else 'ro'}"  # escapes '#', '?', '%'
         self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         try:
             self._db.execute("SELECT count(*) FROM passages").fetchone()
@@ -168,7 +168,9 @@ class PassageStore:
 
     def upsert(self, passages: Iterable[Passage]) -> UpsertResult:
         """Add new ids, update changed ones in place (same row), skip unchanged content."""
-        result = UpsertResult([], [], 0)
+        added: dict[int, None] = {}  # ordered sets: an id repeated in one call is reported once
+        changed: dict[int, None] = {}
+        unchanged = 0
         next_row = self.max_row + 1
         with self._db:
             for passage in passages:
@@ -177,19 +179,21 @@ class PassageStore:
                 ).fetchone()
                 if hit is None:
                     self._db.execute("INSERT INTO passages VALUES (?,?,?,?,?,?)", _row(next_row, passage))
-                    result.added.append(next_row)
+                    added[next_row] = None
                     next_row += 1
                 elif hit[1] == passage.digest:
-                    result.unchanged += 1
+                    unchanged += 1
                 else:
                     self._db.execute("DELETE FROM passages WHERE row = ?", (hit[0],))
                     self._db.execute("INSERT INTO passages VALUES (?,?,?,?,?,?)", _row(hit[0], passage))
-                    result.changed.append(hit[0])
+                    if hit[0] not in added:
+                        changed[hit[0]] = None
             self._rehash()
-        return result
+        return UpsertResult(list(added), list(changed), unchanged)
 
     def delete(self, ids: Sequence[str]) -> list[int]:
         """Remove passages by corpus id; returns their rows (unknown ids are an error)."""
+        ids = list(dict.fromkeys(ids))
         rows = self.rows_of(ids)
         unknown = [pid for pid, r in zip(ids, rows, strict=True) if r is None]
         if unknown:

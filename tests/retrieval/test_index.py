@@ -1,0 +1,216 @@
+"""The passage index: build, search, resume after a crash, staleness, refresh, incremental updates, FAISS
+factories, bad directories, and a 2-process torchrun build equal to a 1-process one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+from torch.testing import assert_close
+
+from imprag import (
+    ImpRAG,
+    IndexConfig,
+    InvalidIndexError,
+    LayerSplit,
+    Passage,
+    PassageIndex,
+    StaleIndexError,
+    build_index,
+)
+from imprag.retrieval.index import MANIFEST, read_manifest
+
+TOPICS = ["capital", "river", "composer", "mountain", "novel", "currency", "bird", "festival"]
+PASSAGES = [
+    Passage(id=f"p{i}", title=f"Topic {i}", text=f"Passage {i} tells about the {TOPICS[i % 8]} number {i}.")
+    for i in range(22)
+]
+PROMPTS = ["Q: Which capital is number 8?\nA:", "Is this statement true? The river 3 is long. A:"]
+
+
+@pytest.fixture
+def model(tokenizer) -> ImpRAG:
+    return ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3))
+
+
+def small(**kw) -> IndexConfig:
+    return IndexConfig(shard_size=4, batch_size=3, **kw)
+
+
+def vectors_of(index: PassageIndex) -> np.ndarray:
+    ids = np.arange(index.store.max_row + 1)
+    return np.stack([index.faiss.reconstruct(int(i)) for i in ids])
+
+
+def test_build_search_and_generate(model: ImpRAG, tmp_path: Path) -> None:
+    index = build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    assert len(index) == 22 and index.dim == model.dim
+    m = index.manifest
+    assert m["model"]["fingerprint"] == model.retrieval_fingerprint() and m["model"]["b"] == 1
+    assert m["count"] == 22 and m["corpus_hash"] == index.store.corpus_hash
+    assert not (tmp_path / "idx" / "shards").exists() and not (tmp_path / "idx" / "build.json").exists()
+    # Search equals brute force over embed_passages of the passages' content (title + text).
+    expected = model.embed_passages([p.content for p in PASSAGES])
+    assert_close(torch.from_numpy(vectors_of(index)), expected)
+    ids, scores = index.search(model.embed_queries(PROMPTS), 3)
+    brute = (model.embed_queries(PROMPTS) @ expected.T).topk(3)
+    assert ids.tolist() == brute.indices.tolist()
+    assert_close(scores, brute.values, rtol=1e-5, atol=1e-4)
+    # The model reads what it retrieves, with corpus ids and titles attached.
+    res = model.generate(PROMPTS, index=index, k=3, max_new_tokens=2)
+    assert [p.row for p in res[0].passages] == ids[0].tolist()
+    assert [p.id for p in res[0].passages] == [PASSAGES[i].id for i in ids[0].tolist()]
+    assert res[0].passages[0].title == PASSAGES[int(ids[0, 0])].title
+
+
+def test_killed_build_resumes_and_equals_an_uninterrupted_one(model: ImpRAG, tmp_path: Path) -> None:
+    reference = build_index(model, tmp_path / "ref", PASSAGES, small(), progress=False)
+    calls = {"n": 0}
+    real = model.embed_passages
+
+    def dies_on_third_shard(texts, batch_size=32):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if the process were killed mid-build
+        return real(texts, batch_size=batch_size)
+
+    model.embed_passages = dies_on_third_shard  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    with pytest.raises(InvalidIndexError, match="interrupted build"):
+        PassageIndex.load(tmp_path / "idx", model)
+    assert len(list((tmp_path / "idx" / "shards").glob("*.vectors.npy"))) == 2
+
+    calls["n"] = -100  # no more failures; count what the resumed build encodes
+    resumed = build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    assert calls["n"] == -100 + 4  # 6 shards in all, 2 were already done
+    np.testing.assert_array_equal(vectors_of(resumed), vectors_of(reference))
+    assert resumed.manifest["corpus_hash"] == reference.manifest["corpus_hash"]
+
+
+def test_resume_with_other_settings_is_refused(model: ImpRAG, tmp_path: Path) -> None:
+    real = model.embed_passages
+    model.embed_passages = lambda texts, batch_size=32: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore
+    with pytest.raises(KeyboardInterrupt):  # killed after storing the passages, before any shard
+        build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    model.embed_passages = real  # type: ignore[method-assign]
+    with pytest.raises(InvalidIndexError, match="interrupted build with different settings"):
+        build_index(model, tmp_path / "idx", PASSAGES, small(factory="HNSW8"), progress=False)
+    index = build_index(
+        model, tmp_path / "idx", PASSAGES, small(factory="HNSW8"), overwrite=True, progress=False
+    )
+    assert len(index) == 22 and index.manifest["index"]["factory"] == "HNSW8"
+
+
+def test_a_different_model_is_a_stale_index_until_refreshed(model: ImpRAG, tokenizer, tmp_path: Path) -> None:
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    other = ImpRAG(tiny_model("llama", seed=1), tokenizer, LayerSplit(1, 3))
+    with pytest.raises(StaleIndexError, match=r"stale.*imprag index --refresh"):
+        PassageIndex.load(tmp_path / "idx", other)
+    deeper = ImpRAG(model.model, tokenizer, LayerSplit(2, 3))
+    with pytest.raises(StaleIndexError, match="b differ"):
+        PassageIndex.load(tmp_path / "idx", deeper)
+    # Same weights, only the top layers changed: still fresh (E_p depends on layers 0..b only).
+    with torch.no_grad():
+        model.model.model.layers[4].mlp.down_proj.weight.mul_(2.0)
+    PassageIndex.load(tmp_path / "idx", model)
+    # Training the bottom layers in place makes it stale (the fingerprint cache notices the change).
+    with torch.no_grad():
+        model.model.model.layers[0].self_attn.k_proj.weight.add_(0.01)
+    with pytest.raises(StaleIndexError):
+        PassageIndex.load(tmp_path / "idx", model)
+    refreshed = build_index(model, tmp_path / "idx", None, small(), progress=False)
+    assert refreshed.manifest["model"]["fingerprint"] == model.retrieval_fingerprint()
+    assert_close(torch.from_numpy(vectors_of(refreshed)), model.embed_passages([p.content for p in PASSAGES]))
+
+
+def test_add_change_and_delete_in_place(model: ImpRAG, tmp_path: Path) -> None:
+    build_index(model, tmp_path / "idx", PASSAGES[:10], small(), progress=False)
+    index = PassageIndex.load(tmp_path / "idx", model, writable=True)
+    changed = Passage(id="p3", title="Topic 3", text="A completely different text about a festival.")
+    counts = index.add(model, [PASSAGES[2], changed, PASSAGES[15]])
+    assert counts == {"added": 1, "changed": 1, "unchanged": 1}
+    assert index.store.rows_of(["p3", "p15"]) == [3, 10]
+    assert_close(torch.from_numpy(index.faiss.reconstruct(3)), model.embed_passages([changed.content])[0])
+    assert index.delete(["p0", "p15"]) == 2
+    again = PassageIndex.load(tmp_path / "idx", model)
+    assert len(again) == 9 and again.manifest["count"] == 9
+    hits = again.search(model.embed_queries(PROMPTS), 9)[0]
+    assert set(hits.flatten().tolist()) == set(range(1, 10))
+    assert again.fetch([3])[0].text == changed.text
+
+
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8", "PQ4x4"])
+def test_other_faiss_factories(model: ImpRAG, tmp_path: Path, factory: str) -> None:
+    index = build_index(model, tmp_path / "idx", PASSAGES, small(factory=factory, nprobe=4), progress=False)
+    assert len(index) == 22 and index.manifest["index"]["factory"] == factory
+    ids, _ = index.search(model.embed_queries(PROMPTS), 5)
+    assert ids.shape == (2, 5) and bool((ids >= 0).all())
+    if factory == "IVF4,Flat":  # probing every list makes IVF exact
+        exact = (model.embed_queries(PROMPTS) @ model.embed_passages([p.content for p in PASSAGES]).T).topk(5)
+        assert ids.tolist() == exact.indices.tolist()
+    if factory == "HNSW8":
+        with pytest.raises(InvalidIndexError, match="cannot remove vectors"):
+            PassageIndex.load(tmp_path / "idx", model, writable=True).delete(["p1"])
+
+
+def test_untrainable_factory_is_explained(model: ImpRAG, tmp_path: Path) -> None:
+    with pytest.raises(InvalidIndexError, match="could not train 'IVF64,PQ4' on 22 vectors"):
+        build_index(model, tmp_path / "idx", PASSAGES, small(factory="IVF64,PQ4"), progress=False)
+
+
+def test_bad_directories(model: ImpRAG, tmp_path: Path) -> None:
+    with pytest.raises(InvalidIndexError, match="no such index directory"):
+        PassageIndex.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidIndexError, match="not an imprag index"):
+        PassageIndex.load(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidIndexError, match="exists and is not an imprag index"):
+        build_index(model, tmp_path / "other", PASSAGES, small(), progress=False)
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    with pytest.raises(InvalidIndexError, match="already holds a complete index"):
+        build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    (tmp_path / "idx" / "vectors.faiss").unlink()
+    with pytest.raises(InvalidIndexError, match=r"vectors\.faiss is missing"):
+        PassageIndex.load(tmp_path / "idx")
+    (tmp_path / "idx" / MANIFEST).write_text("{oops")
+    with pytest.raises(InvalidIndexError, match="not valid JSON"):
+        read_manifest(tmp_path / "idx")
+    index = build_index(model, tmp_path / "ok", PASSAGES, small(), progress=False)
+    with pytest.raises(InvalidIndexError, match="k=30 passages requested but the index holds only 22"):
+        index.search(model.embed_queries(PROMPTS), 30)
+
+
+def test_two_processes_build_the_same_index_as_one(model: ImpRAG, tmp_path: Path) -> None:
+    checkpoint = model.save_pretrained(tmp_path / "model")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n" for p in PASSAGES)
+    )
+    args = ["index", str(corpus), "--model", str(checkpoint), "--shard-size", "4", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "imprag.cli", *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    two = subprocess.run(
+        [*torchrun, "-m", "imprag.cli", *args, "--out", str(tmp_path / "two")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr
+    a, b = PassageIndex.load(tmp_path / "one"), PassageIndex.load(tmp_path / "two")
+    assert b.manifest["build"]["processes"] == 2 and a.manifest["build"]["processes"] == 1
+    assert a.manifest["corpus_hash"] == b.manifest["corpus_hash"] and len(a) == len(b) == 22
+    np.testing.assert_allclose(vectors_of(a), vectors_of(b), rtol=1e-5, atol=1e-6)
