@@ -369,9 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     _offline_by_default()
     args = build_parser().parse_args(argv)
+    # imprag's own progress messages at INFO, everyone else's at WARNING (DEBUG/INFO with -v).
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    mine = logging.StreamHandler()
+    mine.setFormatter(logging.Formatter("imprag: %(message)s"))
+    log.addHandler(mine)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not args.verbose:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs DEBUG lines of its own otherwise
     if not args.verbose:
         from transformers.utils import logging as hf_logging
 

@@ -290,7 +290,7 @@ def build_index(
     count = shard_count(store, cfg.shard_size)
     if dist.is_main:
         est = estimate(len(store), model.dim, cfg.factory)
-        log.warning(
+        log.info(
             "encoding %d passages with layers 0..%d (dim %d, %s) in %d process(es): shards need ~%.1f MB "
             "on disk, the index ~%.1f MB",
             len(store),
@@ -390,7 +390,7 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
                 f"{out} holds an interrupted build with different settings (model, corpus or index); pass "
                 "--overwrite to start over"
             )
-        log.warning("resuming the interrupted build in %s", out)
+        log.info("resuming the interrupted build in %s", out)
     elif out.exists() and any(out.iterdir()):
         raise InvalidIndexError(f"{out} exists and is not an imprag index; choose another --out or empty it")
     out.mkdir(parents=True, exist_ok=True)
@@ -405,7 +405,7 @@ def _assemble(
     if not index.is_trained:
         per_shard = max(1, cfg.train_size // max(1, count))
         sample = np.concatenate([np.asarray(v[:per_shard]) for _, v in read_shards(shards, count)])
-        log.warning("training %s on %d vectors", cfg.factory, len(sample))
+        log.info("training %s on %d vectors", cfg.factory, len(sample))
         try:
             index.train(np.ascontiguousarray(sample, dtype=np.float32))
         except RuntimeError as err:

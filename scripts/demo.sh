@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The README main job: index the 10,033 embedded Wikipedia summaries with SmolLM2's own bottom layers (once;
+# an interrupted build resumes), then answer prompts in the method's four task formats with implicit
+# retrieval, showing the articles each prompt retrieved, and BM25's picks for the same prompts beside them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+IMPRAG=.venv/bin/imprag
+INDEX="${IMPRAG_INDEX:-indexes/wiki-summaries}"
+if [ ! -f "$INDEX/manifest.json" ]; then
+    "$IMPRAG" index wiki-summaries --out "$INDEX" --baselines bm25
+fi
+PROMPTS=(
+    $'Q: Who painted the Mona Lisa?\nA:'
+    "Kenya [SEP] capital Provide the answer corresponding to the relation specified after [SEP] for the entity mentioned before [SEP] A:"
+    "Is this statement true? The Nile flows into the Mediterranean Sea. A:"
+    "The theory of relativity was developed by [START] Einstein [END] in the early 1900s. Output the Wikipedia page title of the entity mentioned between [START] and [END] in the given text A:"
+)
+echo "== ImpRAG: implicit query at layer b, passages read by layers b..t =="
+"$IMPRAG" ask "$INDEX" "${PROMPTS[@]}" -k 5 --max-new-tokens 24 --stop $'\n'
+echo
+echo "== for comparison: BM25 with the whole prompt as the query =="
+"$IMPRAG" retrieve "$INDEX" "${PROMPTS[@]}" -k 3 --retriever bm25
