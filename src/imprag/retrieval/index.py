@@ -290,14 +290,22 @@ def build_index(
     count = shard_count(store, cfg.shard_size)
     if dist.is_main:
         est = estimate(len(store), model.dim, cfg.factory)
+        weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
+        hidden = model.model.config.hidden_size * model.backbone.dtype.itemsize
+        # Per process: the weights, one batch's activations (a few hidden-size tensors per token plus
+        # the attention scores), one shard of vectors. It does not grow with the corpus.
+        batch = cfg.batch_size * model.config.reader.l_max
+        working = batch * (16 * hidden + 4 * model.backbone.num_heads * model.config.reader.l_max)
         log.info(
-            "encoding %d passages with layers 0..%d (dim %d, %s) in %d process(es): shards need ~%.1f MB "
-            "on disk, the index ~%.1f MB",
+            "encoding %d passages with layers 0..%d (dim %d, %s) in %d process(es): ~%.0f MB memory per "
+            "process (weights %.0f MB), shards ~%.1f MB on disk, the index ~%.1f MB",
             len(store),
             model.split.b,
             model.dim,
             settings["model"]["dtype"],
             dist.world,
+            (weights + working + cfg.shard_size * model.dim * 4) / 1e6,
+            weights / 1e6,
             est["shards_bytes"] / 1e6,
             est["index_bytes"] / 1e6,
         )
