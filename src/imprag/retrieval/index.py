@@ -97,29 +97,7 @@ class PassageIndex:
     def load(cls, directory: str | Path, model: ImpRAG | None = None, writable: bool = False) -> PassageIndex:
         """Open a complete index; with `model`, refuse it if stale."""
         directory = Path(directory)
-        manifest_path = directory / MANIFEST
-        if not directory.is_dir():
-            raise InvalidIndexError(
-                f"{directory}: no such index directory; build one with "
-                f"`imprag index CORPUS --out {directory}`"
-            )
-        if not manifest_path.is_file():
-            if (directory / BUILD).is_file():
-                raise InvalidIndexError(
-                    f"{directory} holds an interrupted build (no manifest yet); resume it by running the "
-                    f"same `imprag index ... --out {directory}` command again"
-                )
-            raise InvalidIndexError(
-                f"{directory} is not an imprag index (no {MANIFEST}); build one with `imprag index`"
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise InvalidIndexError(f"{manifest_path} is not valid JSON ({err}); rebuild the index") from err
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise InvalidIndexError(
-                f"{manifest_path}: unsupported index format {manifest.get('format_version')!r}"
-            )
+        manifest = read_manifest(directory)
         for name in (STORE, VECTORS):
             if not (directory / name).is_file():
                 raise InvalidIndexError(f"{directory / name} is missing; the index is damaged: rebuild it")
