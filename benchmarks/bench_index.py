@@ -16,11 +16,14 @@ throughout).
    with `PassageIndex.set_search_params` semantics. Vectors come from a Gaussian mixture (1000 centers)
    whose overall mean and covariance are fitted to the real E_p vectors of part 1 (E_p is far from
    isotropic: a dominant mean direction and a low effective rank). 1000 queries from the same mixture.
-   Per config: single-query latency p50/p99 (200 one-query calls) and batch-of-1000 throughput, both as
-   ratios against exact Flat search in the same run; recall@10 against Flat; serialized index bytes per
-   passage; build time (also as a fraction of the time ImpRAG needs to encode that many passages, at the
-   rate measured in part 1). HNSW32 is measured on 1/4 of the vectors if building it on all of them is
-   projected to exceed --hnsw-budget seconds (the output says so).
+   Per config: single-query latency p50/p99 (200 one-query calls, 1 faiss thread as a server answering
+   one query at a time would; p50 with faiss's default threads too) and batch-of-1000 throughput (default
+   threads), both as ratios against exact Flat search in the same run; recall@10 against Flat; serialized
+   index bytes per passage; build time (also as a fraction of the time ImpRAG needs to encode that many
+   passages, at the rate measured in part 1). HNSW32 is measured on 1/4 of the vectors if building it on
+   all of them is projected to exceed --hnsw-budget seconds (the output says so). Diagnostics: the IVF
+   without PQ (where recall is lost), the PQ training time without polysemous training, and a realism
+   check running the same small search problems on the real E_p of part 1 and on as many mixture vectors.
 
 Run:  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_index.py [--quick]
       (writes benchmarks/results/bench_index.json)
@@ -234,6 +237,37 @@ class Mixture:
         return out
 
 
+def realism(real: np.ndarray, mixture: Mixture) -> dict[str, dict[str, float]]:
+    """The same small search problems on real E_p and on as many mixture vectors (1/8 of them are the
+    queries): how many distinct passages fill the exact top-10s (hubness), and the recall@10 of PQ32, a
+    small IVF and HNSW32. Shows how far the synthetic vectors are from real ones for each index type."""
+    out = {}
+    for name, data in (("real", real), ("synthetic", mixture.sample(len(real)))):
+        queries = len(data) // 8
+        base, q = np.ascontiguousarray(data[:-queries]), np.ascontiguousarray(data[-queries:])
+        exact = faiss.IndexFlatIP(base.shape[1])
+        exact.add(base)
+        truth = exact.search(q, K)[1]
+        row = {
+            "vectors": len(base),
+            "queries": queries,
+            "distinct_share_of_top10": len(np.unique(truth)) / truth.size,
+        }
+        checks = [("HNSW32", None), ("IVF16,Flat", 2), ("IVF16,Flat", 4)]
+        if len(base) >= 2 * 256:  # PQ's 256 centroids per subspace need enough points
+            checks.insert(0, ("PQ32np", None))
+        for factory, nprobe in checks:
+            index = faiss.index_factory(base.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+            index.train(base)
+            index.add(base)
+            label = factory if nprobe is None else f"{factory} nprobe={nprobe}"
+            if nprobe is not None:
+                faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+            row[f"recall_at_10 {label}"] = recall(index.search(q, K)[1], truth)
+        out[name] = row
+    return out
+
+
 def train_sample(x: np.ndarray, cfg: IndexConfig) -> np.ndarray:
     """The training sample `_assemble` would draw: the first train_size // shards vectors of each shard."""
     shards = math.ceil(len(x) / cfg.shard_size)
@@ -385,6 +419,16 @@ def search(
     for nprobe in (16, 64):
         record(ivf, index, info, n, nprobe=nprobe)
     del index
+    # diagnostic: the same IVF without PQ, to split the recall loss into coarse quantizer vs PQ codes
+    coarse = ivf.split(",")[0] + ",Flat"
+    index, _ = build(coarse, x, cfg)
+    out["diagnostic_ivf_flat_recall_at_10"] = {"config": coarse}
+    for nprobe in (16, 64):
+        set_params(index, nprobe, None)
+        out["diagnostic_ivf_flat_recall_at_10"][f"nprobe={nprobe}"] = recall(
+            index.search(queries, K)[1], flat_reference(n)["ids"]
+        )
+    del index
     index, info, size = build_hnsw("HNSW32", x, hnsw_budget_s)
     for ef in (64, 128):
         record("HNSW32", index, info, size, ef_search=ef)
@@ -425,12 +469,16 @@ def main() -> None:
     minilm = MiniLMRetriever(None, faiss.IndexFlatIP(dim), "", minilm_model, batch_size=BATCH)  # type: ignore[arg-type]
     print(f"encoding {n_passages} passages (ImpRAG / MiniLM / full forward, interleaved per batch)...")
     enc, real = encoding(model, minilm, summaries(n_passages))
+    described = (
+        f"{MODEL} (b={model.split.b}, t={model.split.t}), {str(model.backbone.dtype).removeprefix('torch.')}"
+    )
     del model, minilm, minilm_model
 
     print("peak memory of encode_shards in fresh processes...")
     mem = memory([256, 1024] if args.quick else [512, 2048], shard_size=256)
 
     mixture = Mixture(real)
+    check = realism(real, mixture)
     searches = {}
     for n, ivf in ((10_000, "IVF256,PQ32"), (large, "IVF1024,PQ32")):
         print(f"search over {n} synthetic vectors...")
@@ -448,10 +496,11 @@ def main() -> None:
             "faiss": faiss.__version__,
             "bf16_matmul_peak_gflop_s_start_end": [peak_start / 1e9, peak_end / 1e9],
         },
-        "model": f"{MODEL} (b=7, t=29), bf16",
+        "model": described,
+        "hnsw_budget_s": args.hnsw_budget,
         "encoding": enc,
         "memory": mem,
-        "synthetic_vectors": mixture.stats,
+        "synthetic_vectors": {**mixture.stats, "realism_check": check},
         "search": searches,
         "runtime_s": time.perf_counter() - started,
         "command": "HF_HUB_OFFLINE=1 python benchmarks/bench_index.py" + (" --quick" if args.quick else ""),
@@ -519,8 +568,8 @@ def print_table(r: dict[str, Any]) -> None:
                 notes.append(f"{n}: {row['note']}")
             if "train_s_without_polysemous" in row and row["params"].get("nprobe") == 16:
                 notes.append(
-                    f"{n}: {row['config']} trained in {row['train_s']:.1f}s, of which polysemous PQ training "
-                    f"is all but {row['train_s_without_polysemous']:.1f}s (the same factory + 'np')"
+                    f"{n}: {row['config']} trained in {row['train_s']:.1f}s; with 'np' appended (no "
+                    f"polysemous PQ training, unused by search) in {row['train_s_without_polysemous']:.1f}s"
                 )
     print(
         "p50/p99: one-query calls with 1 faiss thread (p50 x: speedup over exact Flat on the same vectors, "
@@ -530,6 +579,19 @@ def print_table(r: dict[str, Any]) -> None:
     )
     for note in notes:
         print(f"note {note}")
+    for n, block in r["search"].items():
+        diag = block["diagnostic_ivf_flat_recall_at_10"]
+        recalls = ", ".join(f"{k} {v:.3f}" for k, v in diag.items() if k != "config")
+        print(f"diagnostic {n}: {diag['config']} (no PQ) recall@10 {recalls}")
+    print("\nrealism check (same small problem on real E_p and on mixture vectors):")
+    check = s["realism_check"]
+    keys = [k for k in check["real"] if k not in ("vectors", "queries")]
+    print(f"{'':44s}{'real':>10s}{'synthetic':>11s}")
+    for key in keys:
+        print(
+            f"{key.replace('recall_at_10 ', 'R@10 '):44s}{check['real'][key]:>10.3f}"
+            f"{check['synthetic'][key]:>11.3f}"
+        )
 
 
 if __name__ == "__main__":
