@@ -214,3 +214,47 @@ def test_two_processes_build_the_same_index_as_one(model: ImpRAG, tmp_path: Path
     assert b.manifest["build"]["processes"] == 2 and a.manifest["build"]["processes"] == 1
     assert a.manifest["corpus_hash"] == b.manifest["corpus_hash"] and len(a) == len(b) == 22
     np.testing.assert_allclose(vectors_of(a), vectors_of(b), rtol=1e-5, atol=1e-6)
+
+
+def _interrupt_on_call(model: ImpRAG, call: int) -> None:
+    real, calls = model.embed_passages, {"n": 0}
+
+    def dies(texts, batch_size=32):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(texts, batch_size=batch_size)
+
+    model.embed_passages = dies  # type: ignore[method-assign]
+
+
+def test_refresh_never_reuses_shards_of_another_model(model: ImpRAG, tokenizer, tmp_path: Path) -> None:
+    _interrupt_on_call(model, 3)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    other = ImpRAG(tiny_model("llama", seed=5), tokenizer, LayerSplit(1, 3))
+    refreshed = build_index(other, tmp_path / "idx", None, small(), progress=False)
+    assert_close(torch.from_numpy(vectors_of(refreshed)), other.embed_passages([p.content for p in PASSAGES]))
+
+
+def test_interrupted_update_is_detected_and_refresh_repairs_it(model: ImpRAG, tmp_path: Path) -> None:
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    index = PassageIndex.load(tmp_path / "idx", model, writable=True)
+    changed = Passage(id="p0", title="Topic 0", text="New text for passage zero.")
+    _interrupt_on_call(model, 1)
+    with pytest.raises(KeyboardInterrupt):
+        index.add(model, [changed])
+    del model.embed_passages
+    with pytest.raises(InvalidIndexError, match="disagree"):
+        PassageIndex.load(tmp_path / "idx", model)
+    repaired = build_index(model, tmp_path / "idx", None, small(), progress=False)
+    assert_close(torch.from_numpy(repaired.faiss.reconstruct(0)), model.embed_passages([changed.content])[0])
+
+
+def test_manifest_without_required_keys_is_damaged(model: ImpRAG, tmp_path: Path) -> None:
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    (tmp_path / "idx" / MANIFEST).write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(InvalidIndexError, match="lacks"):
+        read_manifest(tmp_path / "idx")
+    with pytest.raises(InvalidIndexError, match="lacks"):
+        build_index(model, tmp_path / "idx", None, small(), progress=False)

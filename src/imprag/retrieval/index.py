@@ -103,12 +103,18 @@ class PassageIndex:
                 raise InvalidIndexError(f"{directory / name} is missing; the index is damaged: rebuild it")
         if model is not None:
             check_model(manifest, model, directory)
+        store = PassageStore(directory / STORE, writable=writable)
+        if store.corpus_hash != manifest["corpus_hash"]:
+            raise InvalidIndexError(
+                f"{directory}: the passage store and the vectors disagree (an update was interrupted?); "
+                f"re-encode the stored passages with `imprag index --refresh --out {directory}`"
+            )
         vectors = faiss.read_index(str(directory / VECTORS))
         if vectors.ntotal != manifest["count"]:
             raise InvalidIndexError(
                 f"{directory}: {vectors.ntotal} vectors but the manifest says {manifest['count']}; rebuild it"
             )
-        return cls(directory, manifest, vectors, PassageStore(directory / STORE, writable=writable))
+        return cls(directory, manifest, vectors, store)
 
     # -- the Retriever interface --------------------------------------------------------------------
 
@@ -208,6 +214,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise InvalidIndexError(f"{manifest_path}: unsupported index format {version!r}; rebuild it")
+    missing = [key for key in ("model", "dim", "count", "corpus_hash", "index") if key not in manifest]
+    if missing:
+        raise InvalidIndexError(f"{manifest_path} lacks {missing}; the index is damaged: rebuild it")
     return manifest
 
 
@@ -289,21 +298,41 @@ def build_index(
         )
     encode_shards(model, store, out / SHARDS, cfg.shard_size, cfg.batch_size, dist.rank, dist.world, progress)
     dist.barrier()
-    if not dist.is_main:
-        dist.barrier()
-        return None
+    error = None
+    if dist.is_main:
+        try:
+            _finish(out, store, count, settings, model.dim, cfg, dist.world, started, progress)
+        except Exception as err:  # as above: let the other ranks stop too
+            error = err
+    if dist.broadcast_error(error is not None):
+        raise error or InvalidIndexError("rank 0 could not assemble the index (see its error)")
+    return PassageIndex.load(out, model) if dist.is_main else None
+
+
+def _finish(
+    out: Path,
+    store: PassageStore,
+    count: int,
+    settings: dict[str, Any],
+    dim: int,
+    cfg: IndexConfig,
+    processes: int,
+    started: float,
+    progress: bool,
+) -> None:
+    """Rank 0: check every shard is there, build the FAISS index, write the manifest last, clean up."""
     done = set(shards_done(out / SHARDS, count))
     missing = [i for i in range(count) if i not in done and _has_rows(store, i, cfg)]
     if missing:
         raise InvalidIndexError(
             f"shards {missing[:5]} were not encoded; run the same command again to resume"
         )
-    vectors = _assemble(out / SHARDS, count, model.dim, len(store), cfg, progress)
+    vectors = _assemble(out / SHARDS, count, dim, len(store), cfg, progress)
     _write_faiss(vectors, out / VECTORS)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model": settings["model"],
-        "dim": model.dim,
+        "dim": dim,
         "count": int(vectors.ntotal),
         "corpus_hash": store.corpus_hash,
         "corpus": settings["corpus"],
@@ -318,7 +347,7 @@ def build_index(
         "build": {
             "shard_size": cfg.shard_size,
             "batch_size": cfg.batch_size,
-            "processes": dist.world,
+            "processes": processes,
             "seconds": round(time.time() - started, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
@@ -326,8 +355,6 @@ def build_index(
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(out / SHARDS, ignore_errors=True)
     (out / BUILD).unlink(missing_ok=True)
-    dist.barrier()
-    return PassageIndex.load(out, model)
 
 
 def _store_corpus(
@@ -342,6 +369,13 @@ def _store_corpus(
         PassageStore.build(path, passages, progress=bar.update)
 
 
+def _read_build(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / BUILD).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def _has_rows(store: PassageStore, i: int, cfg: IndexConfig) -> bool:
     return any(True for _ in store.iter_rows(i * cfg.shard_size, (i + 1) * cfg.shard_size, batch=1))
 
@@ -354,10 +388,13 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
             raise InvalidIndexError(
                 f"{out}: nothing to refresh (no passage store); build it with `imprag index CORPUS`"
             )
-        if complete:
-            old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-            settings["corpus"], settings["corpus_options"] = old.get("corpus"), old.get("corpus_options", {})
-            (out / MANIFEST).unlink()  # from here on the directory is a build in progress
+        previous = read_manifest(out) if complete else _read_build(out)
+        if previous:
+            settings["corpus"] = previous.get("corpus")
+            settings["corpus_options"] = previous.get("corpus_options", {})
+        if complete or (previous or {}).get("model") != json.loads(json.dumps(settings["model"])):
+            # Shards encoded by another model (or a finished index) must not be reused.
+            (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is a build in progress
             shutil.rmtree(out / SHARDS, ignore_errors=True)
     elif complete and not overwrite:
         raise InvalidIndexError(
