@@ -101,7 +101,7 @@ def test_batch_rows_read_their_own_passages(tokenizer, padding_side: str) -> Non
         assert_close(alone, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_passages_change_the_output_only_through_the_middle_layers(tiny: ImpRAG) -> None:
+def test_reading_passages_changes_the_output(tiny: ImpRAG) -> None:
     prompt = batch_tokens([_seq(20, 6)], [L_MAX], 0)
     alone = tiny.forward(prompt)
     reading = tiny.forward(prompt, pack_passages([[_seq(21, 10)]], 0))

@@ -280,16 +280,22 @@ class ImpRAG:
         offsets = [len(p) * self.config.reader.l_max for p in passages]
         return self.prompt_batch(prompts, offsets, padding_side), self.passage_batch(passages, offsets)
 
-    def passage_tokens(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of passages, each truncated to l_max (the same tokens whether embedded or read)."""
-        return tokenize(self.tokenizer, texts, "passage", max_tokens=self.config.reader.l_max)
+    def passage_tokens(self, texts: Sequence[str], warn: bool = False) -> list[list[int]]:
+        """Token ids of passages, each truncated to l_max (the same tokens whether embedded or read).
+        With `warn`, log which passages lost tokens (used for passages a caller hands to `generate`)."""
+        l_max = self.config.reader.l_max
+        ids = tokenize(self.tokenizer, texts, "passage")
+        if warn and any(len(row) > l_max for row in ids):
+            cut = [n for n, row in enumerate(ids) if len(row) > l_max]
+            log.warning("passage(s) %s truncated to l_max=%d tokens", cut, l_max)
+        return [row[:l_max] for row in ids]
 
     def passage_batch(
         self, passages: Sequence[Sequence[str]], offsets: Sequence[int] | None = None
     ) -> TokenBatch:
         """Pack each prompt's passages into one row, laid out below that prompt's start `offsets[i]`
         (default: len(passages[i]) * l_max, as `generate` does for given passages)."""
-        rows = [self.passage_tokens(p) if len(p) else [] for p in passages]
+        rows = [self.passage_tokens(p, warn=True) if len(p) else [] for p in passages]
         if offsets is None:
             offsets = [len(p) * self.config.reader.l_max for p in passages]
         ends = offsets if self.config.reader.layout == "flush" else None
@@ -301,9 +307,9 @@ class ImpRAG:
         position k*l_max (k defaults to reader.k). Pre-RoPE vectors barely depend on k (bf16 rounding);
         post-RoPE ones do."""
         ids = tokenize(self.tokenizer, prompts, "prompt")
-        offset = (self.config.reader.k if k is None else k) * self.config.reader.l_max
-        self._check_lengths(ids, [offset] * len(ids), 0)
-        return self._embed(ids, [offset] * len(ids), batch_size, passage=False)
+        offsets = [(self.config.reader.k if k is None else k) * self.config.reader.l_max] * len(ids)
+        self._check_lengths(ids, offsets, 0)
+        return self._embed(ids, offsets, batch_size, passage=False)
 
     @torch.no_grad()
     def embed_passages(self, texts: Sequence[str], batch_size: int = 32) -> Tensor:
@@ -431,12 +437,6 @@ class ImpRAG:
                 f"passages must be one list of strings per prompt ({count} lists), e.g. "
                 "passages=[['text a', 'text b']] for one prompt"
             )
-        l_max = self.config.reader.l_max
-        for i, row in enumerate(passages):
-            if row:
-                long = [n for n, ids in enumerate(self.passage_tokens(row)) if len(ids) >= l_max]
-                if long:
-                    log.warning("prompt %d: passage(s) %s truncated to l_max=%d tokens", i, long, l_max)
 
     def _check_k(self, k: int | None, index: Retriever) -> int:
         if not (callable(getattr(index, "search", None)) and callable(getattr(index, "fetch", None))):

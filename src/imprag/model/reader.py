@@ -65,9 +65,8 @@ def tokenize(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     what: str,
-    max_tokens: int | None = None,
 ) -> list[list[int]]:
-    """Token ids of each text (with the tokenizer's own special tokens), truncated to `max_tokens`.
+    """Token ids of each text (with the tokenizer's own special tokens).
 
     Raises InputError for an empty list, a non-string or a text with no tokens, naming its index.
     """
@@ -80,10 +79,7 @@ def tokenize(
             raise InputError(f"{what} {i} is a {type(text).__name__}, expected a string")
         if not text.strip():
             raise InputError(f"{what} {i} is empty; remove it or give it some text")
-    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    if max_tokens is not None:
-        encoded = [ids[:max_tokens] for ids in encoded]
-    return encoded
+    return tokenizer(list(texts), add_special_tokens=True)["input_ids"]
 
 
 def batch_tokens(

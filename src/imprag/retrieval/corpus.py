@@ -166,7 +166,8 @@ def _bad(path: Path, number: int, why: str, skip: bool) -> None:
         raise CorpusError(f"{path}:{number}: {why} (pass --skip-bad-lines to skip such lines)")
 
 
-def _read_jsonl(path: Path, skip: bool) -> Iterator[Passage]:
+def _json_objects(path: Path, skip: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-empty line of a JSONL file; bad lines reported or skipped."""
     for number, line in _lines(path):
         if not line.strip():
             continue
@@ -178,6 +179,11 @@ def _read_jsonl(path: Path, skip: bool) -> Iterator[Passage]:
         if not isinstance(row, dict):
             _bad(path, number, "expected a JSON object", skip)
             continue
+        yield number, row
+
+
+def _read_jsonl(path: Path, skip: bool) -> Iterator[Passage]:
+    for number, row in _json_objects(path, skip):
         pid, text = row.pop("id", None), row.pop("text", None)
         title = row.pop("title", "") or ""
         if pid is None or not isinstance(text, str) or not isinstance(title, str):
@@ -208,17 +214,7 @@ def _read_dpr(path: Path, skip: bool) -> Iterator[Passage]:
 
 
 def _read_kilt(path: Path, size: int, overlap: int, skip: bool) -> Iterator[Passage]:
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            page = json.loads(line)
-        except json.JSONDecodeError as err:
-            _bad(path, number, f"not valid JSON ({err.msg})", skip)
-            continue
-        if not isinstance(page, dict):
-            _bad(path, number, "expected a JSON object", skip)
-            continue
+    for number, page in _json_objects(path, skip):
         title, paragraphs = page.get("wikipedia_title"), page.get("text")
         page_id = page.get("wikipedia_id", page.get("_id"))
         if not isinstance(title, str) or not isinstance(paragraphs, list) or page_id is None:

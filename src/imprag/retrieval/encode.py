@@ -64,7 +64,7 @@ def encode_shards(
     count = shard_count(store, shard_size)
     done = set(shards_done(directory, count))
     todo = [i for i in range(count) if i % world == rank and i not in done]
-    total = sum(_rows_in(store, i, shard_size) for i in todo)
+    total = sum(store.count_rows(i * shard_size, (i + 1) * shard_size) for i in todo)
     if done and rank == 0:
         log.info("resuming: %d of %d shards already encoded", len(done), count)
     bar = tqdm(
@@ -89,10 +89,6 @@ def encode_shards(
             encoded += len(rows)
             bar.update(len(rows))
     return encoded
-
-
-def _rows_in(store: PassageStore, i: int, shard_size: int) -> int:
-    return sum(len(chunk) for chunk in store.iter_rows(i * shard_size, (i + 1) * shard_size))
 
 
 def read_shards(directory: Path, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -322,7 +322,8 @@ def _finish(
 ) -> None:
     """Rank 0: check every shard is there, build the FAISS index, write the manifest last, clean up."""
     done = set(shards_done(out / SHARDS, count))
-    missing = [i for i in range(count) if i not in done and _has_rows(store, i, cfg)]
+    size = cfg.shard_size
+    missing = [i for i in range(count) if i not in done and store.count_rows(i * size, (i + 1) * size)]
     if missing:
         raise InvalidIndexError(
             f"shards {missing[:5]} were not encoded; run the same command again to resume"
@@ -374,10 +375,6 @@ def _read_build(out: Path) -> dict[str, Any] | None:
         return json.loads((out / BUILD).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _has_rows(store: PassageStore, i: int, cfg: IndexConfig) -> bool:
-    return any(True for _ in store.iter_rows(i * cfg.shard_size, (i + 1) * cfg.shard_size, batch=1))
 
 
 def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool) -> None:

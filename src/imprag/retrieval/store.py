@@ -143,6 +143,12 @@ class PassageStore:
             out.append(None if hit is None else hit[0])
         return out
 
+    def count_rows(self, start: int, stop: int) -> int:
+        """Number of passages with rows in [start, stop)."""
+        return self._db.execute(
+            "SELECT count(*) FROM passages WHERE row >= ? AND row < ?", (start, stop)
+        ).fetchone()[0]
+
     def iter_rows(self, start: int = 0, stop: int | None = None, batch: int = BATCH) -> Iterator[list[int]]:
         """Row ids in [start, stop), ascending, in chunks of at most `batch` (keyset pagination)."""
         last = start - 1
