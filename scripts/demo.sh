@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README main job: index the 10,033 embedded Wikipedia summaries with SmolLM2's own bottom layers (once;
 # an interrupted build resumes), then answer prompts in the method's four task formats with implicit
-# retrieval, showing the articles each prompt retrieved, and BM25's picks for the same prompts beside them.
+# retrieval, showing the articles each prompt retrieved, and BM25's picks for the same prompts beside them;
+# finally build the benchmark and score three systems on a small sample of its test split (the full run is
+# in docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -11,7 +13,7 @@ if [ ! -f "$INDEX/manifest.json" ]; then
     "$IMPRAG" index wiki-summaries --out "$INDEX" --baselines bm25
 fi
 PROMPTS=(
-    $'Q: Who painted the Mona Lisa?\nA:'
+    "Q: Who painted the Mona Lisa? A:"
     "Kenya [SEP] capital Provide the answer corresponding to the relation specified after [SEP] for the entity mentioned before [SEP] A:"
     "Is this statement true? The Nile flows into the Mediterranean Sea. A:"
     "The theory of relativity was developed by [START] Einstein [END] in the early 1900s. Output the Wikipedia page title of the entity mentioned between [START] and [END] in the given text A:"
@@ -21,3 +23,9 @@ echo "== ImpRAG: implicit query at layer b, passages read by layers b..t =="
 echo
 echo "== for comparison: BM25 with the whole prompt as the query =="
 "$IMPRAG" retrieve "$INDEX" "${PROMPTS[@]}" -k 3 --retriever bm25
+echo
+echo "== the benchmark: build it, then score closed-book, BM25 and ImpRAG on 8 test items per task =="
+BENCH="${IMPRAG_BENCH:-data/benchmark}"
+[ -f "$BENCH/benchmark.json" ] || "$IMPRAG" data build --out "$BENCH"
+"$IMPRAG" eval --data "$BENCH" --index "$INDEX" --system closed-book,bm25,imprag-zero-shot \
+    --out runs/demo --limit 8 --shots 3

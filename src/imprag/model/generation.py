@@ -105,6 +105,7 @@ def decode(
             tokens[row].append(tok)
             if cfg.stop:
                 text = tokenizer.decode(tokens[row], skip_special_tokens=True)
+                text = text[len(text) - len(text.lstrip()) :]  # stops count after leading whitespace
                 cut = _first_stop(text, cfg.stop)
                 if cut is not None:
                     texts[row], reasons[row] = text[:cut], "stop"

@@ -23,6 +23,7 @@ from typing import Any, Literal
 __all__ = [
     "EMBEDDED_CORPORA",
     "CorpusError",
+    "CorpusHash",
     "Passage",
     "chunk_words",
     "read_corpus",
@@ -54,6 +55,20 @@ class Passage:
     def digest(self) -> str:
         """Content hash: a changed title or text changes it; metadata does not."""
         return hashlib.sha256(f"{self.title}\x00{self.text}".encode()).hexdigest()[:32]
+
+
+class CorpusHash:
+    """Running hash of (id, content hash) pairs in corpus order: a passage store's `corpus_hash`."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+
+    def add(self, pid: str, digest: str) -> None:
+        self._sha.update(f"{pid}\x00{digest}\n".encode())
+
+    @property
+    def value(self) -> str:
+        return self._sha.hexdigest()[:32]
 
 
 def chunk_words(text: str, size: int = 100, overlap: int = 0) -> list[str]:

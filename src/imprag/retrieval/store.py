@@ -8,7 +8,6 @@ looks finished.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imprag.retrieval.corpus import CorpusError, Passage
+from imprag.retrieval.corpus import CorpusError, CorpusHash, Passage
 
 __all__ = ["PassageStore", "UpsertResult"]
 
@@ -77,12 +76,12 @@ class PassageStore:
         db = sqlite3.connect(tmp)
         try:
             db.executescript(SCHEMA)
-            corpus = hashlib.sha256()
+            corpus = CorpusHash()
             batch: list[tuple] = []
             row = 0
             for passage in passages:
                 batch.append(_row(row, passage))
-                corpus.update(f"{passage.id}\x00{passage.digest}\n".encode())
+                corpus.add(passage.id, passage.digest)
                 row += 1
                 if len(batch) == BATCH:
                     _insert(db, batch)
@@ -95,7 +94,7 @@ class PassageStore:
                 progress(len(batch))
             if row == 0:
                 raise CorpusError("the corpus has no passages")
-            db.execute("INSERT INTO info VALUES ('corpus_hash', ?)", (corpus.hexdigest()[:32],))
+            db.execute("INSERT INTO info VALUES ('corpus_hash', ?)", (corpus.value,))
             db.commit()
             db.close()
             os.replace(tmp, path)
@@ -210,10 +209,10 @@ class PassageStore:
         return [r for r in rows if r is not None]
 
     def _rehash(self) -> None:
-        corpus = hashlib.sha256()
+        corpus = CorpusHash()
         for pid, digest in self._db.execute("SELECT pid, digest FROM passages ORDER BY row"):
-            corpus.update(f"{pid}\x00{digest}\n".encode())
-        self._db.execute("UPDATE info SET value = ? WHERE key = 'corpus_hash'", (corpus.hexdigest()[:32],))
+            corpus.add(pid, digest)
+        self._db.execute("UPDATE info SET value = ? WHERE key = 'corpus_hash'", (corpus.value,))
 
     def close(self) -> None:
         self._db.close()

@@ -1,0 +1,576 @@
+"""`imprag data build`: the benchmark, written deterministically from the installed data packages.
+
+Every item has gold answers and gold evidence passage ids in the corpus (`wiki-summaries`, whose passage id
+is the article title). Each candidate item is checked before it is kept: some gold answer (for fact
+checking, the true fact behind the claim) must occur in an evidence passage; failures are dropped and
+counted. Splits are assigned by a seeded hash of a group key (the country, the target article, the FanOutQA
+question), so all items about one entity share a split and two builds with one seed are identical.
+
+Hardness, and where it comes from (the paper's unseen formats are hard in the same ways):
+- entity linking marks a *partial* mention (a surname, an acronym, a short form) inside a sentence of
+  *another* article, so the raw prompt is mostly about the wrong article and the answer is not a copy;
+- slot filling and fact checking name the entity but not in question form, with the task instruction
+  making up most of the prompt;
+- fact-check False claims swap in a value of the same kind (another country's capital, another article's
+  description of the same topic), so topical similarity cannot decide them.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import importlib.metadata
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from imprag.data.benchmark import MANIFEST, SPLITS, Benchmark, BenchmarkError, Item
+from imprag.data.sources import Country, package_versions, read_countries, read_fanout_leaves, read_trivia
+from imprag.data.tasks import TASKS, get_task
+from imprag.evaluation.metrics import answer_in_text, normalize_answer
+from imprag.io import atomic_directory
+from imprag.retrieval.corpus import CorpusHash, Passage, read_corpus
+
+__all__ = ["BuildConfig", "build_benchmark", "build_items"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    seed: int = 0
+    dev_fraction: float = 1 / 3
+    """Share of groups in dev for tasks without a train split (the rest is test)."""
+    describe_eval: int = 300
+    """Articles in each of dev and test of `describe`; the rest is its train split."""
+    max_items: dict[str, int] = field(
+        default_factory=lambda: {"denoise": 3000, "sentence": 3000, "reading": 3000}
+    )
+    """Caps per task (applied per split, after the seeded shuffle)."""
+
+
+@dataclass
+class Candidate:
+    """An item before splitting: `group` decides the split; `support` must occur in an evidence passage."""
+
+    task: str
+    key: str
+    fields: dict[str, str]
+    answers: list[str]
+    evidence: list[str]
+    oracle_query: str
+    group: str
+    support: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _hash01(seed: int, text: str) -> float:
+    digest = hashlib.sha256(f"{seed}\x00{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+_ABBREV = re.compile(r"\b(?:[A-Z]|St|Mr|Mrs|Dr|Jr|Sr|c|ca|e\.g|i\.e|U\.S|No|vs)\.$")
+
+
+def sentences(text: str) -> list[str]:
+    """Split text into sentences; a split after a common abbreviation or initial is undone."""
+    out: list[str] = []
+    for piece in _SENTENCE.split(text.strip()):
+        if out and _ABBREV.search(out[-1]):
+            out[-1] += " " + piece
+        else:
+            out.append(piece)
+    return [s for s in out if s]
+
+
+def _base(title: str) -> str:
+    return re.sub(r"\s*\([^)]*\)$", "", title).strip()
+
+
+# -- seen format: open QA ------------------------------------------------------------------------------
+
+
+def _describe(corpus: dict[str, Passage]) -> list[Candidate]:
+    by_desc = collections.Counter(normalize_answer(p.meta.get("description") or "") for p in corpus.values())
+    out = []
+    for p in corpus.values():
+        desc = (p.meta.get("description") or "").strip()
+        if (
+            not desc
+            or by_desc[normalize_answer(desc)] > 1
+            or normalize_answer(p.title) in normalize_answer(desc)
+        ):
+            continue  # shared descriptions are ambiguous; ones that contain the title give it away
+        question = f"Which article is described by: {desc}?"
+        out.append(Candidate("describe", p.id, {"question": question}, [p.title], [p.id], desc, p.id))
+    return out
+
+
+def _fanoutqa(corpus: dict[str, Passage]) -> list[Candidate]:
+    out, seen = [], set()
+    for leaf in read_fanout_leaves():
+        if leaf.evidence_title not in corpus or leaf.question in seen:
+            continue
+        seen.add(leaf.question)
+        out.append(
+            Candidate(
+                "fanoutqa", leaf.question, {"question": leaf.question}, [leaf.answer],
+                [leaf.evidence_title], leaf.question, leaf.top_id,
+            )
+        )  # fmt: skip
+    return out
+
+
+_STOP = frozenset(
+    "what which who whom whose when where why how that this these those with from into about for and the "  # noqa: SIM905
+    "was were are is has have had been does did its their there than then they them".split()
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in normalize_answer(text).split() if len(w) > 3 and w not in _STOP}
+
+
+def _trivia(corpus: dict[str, Passage]) -> list[Candidate]:
+    """Evidence: the article titled like the answer, else the passages holding the answer that share the
+    most content words (at least two) with the question (at most 3). One-letter/one-digit answers are
+    dropped: they occur everywhere and prove nothing."""
+    by_title = {normalize_answer(p.title): p.id for p in corpus.values()}
+    norm = {p.id: f" {normalize_answer(p.content)} " for p in corpus.values()}
+    words_of = {pid: set(text.split()) for pid, text in norm.items()}
+    out = []
+    for question, answer in read_trivia():
+        ans = normalize_answer(answer)
+        if len(ans) < 3:
+            continue
+        if ans in by_title:
+            evidence = [by_title[ans]]
+        else:
+            words = _content_words(question)
+            scored = [(len(words & words_of[pid]), pid) for pid, text in norm.items() if f" {ans} " in text]
+            best = max((s for s, _ in scored), default=0)
+            evidence = sorted(pid for s, pid in scored if s == best and best >= 2)[:3]
+        if evidence:
+            out.append(
+                Candidate("trivia", question, {"question": question}, [answer], evidence, question, question)
+            )
+    return out
+
+
+# -- unseen formats ------------------------------------------------------------------------------------
+
+
+def _continent(c: Country) -> str:
+    if c.region != "Americas":
+        return c.region
+    return "South America" if c.subregion == "South America" else "North America"
+
+
+def _currency_answers(name: str) -> list[str]:
+    words = name.split()
+    return [name] + ([words[-1]] if len(words) > 1 and len(words[-1]) > 3 else [])
+
+
+def _country_facts(corpus: dict[str, Passage]) -> list[tuple[Country, str, list[str]]]:
+    """(country, relation, gold values) for every country that has a corpus article."""
+    facts = []
+    for c in read_countries():
+        if c.name not in corpus:
+            continue
+        relations = [
+            ("capital", list(c.capitals)),
+            ("continent", [_continent(c)]),
+            ("currency", _currency_answers(c.currencies[0]) if c.currencies else []),
+            ("official language", list(c.languages)),
+        ]
+        for rel, values in relations:
+            # a value named like the country itself (the language "Tuvalu") is found in any article about
+            # it, so it proves nothing: drop it
+            values = [v for v in values if v and normalize_answer(v) != normalize_answer(c.name)]
+            if values:
+                facts.append((c, rel, values))
+    return facts
+
+
+def _slot_filling(corpus: dict[str, Passage]) -> list[Candidate]:
+    return [
+        Candidate(
+            "slot-filling", f"{c.name}/{rel}", {"entity": c.name, "relation": rel}, values, [c.name],
+            f"{c.name} {rel}", c.name,
+        )
+        for c, rel, values in _country_facts(corpus)
+    ]  # fmt: skip
+
+
+_FACT_CLAIMS = {
+    "capital": "The capital of {entity} is {value}.",
+    "continent": "{entity} is a country in {value}.",
+    "currency": "The currency of {entity} is the {value}.",
+    "official language": "{value} is an official language of {entity}.",
+}
+
+
+def _fact_check(corpus: dict[str, Passage], rng: random.Random) -> list[Candidate]:
+    """One claim per fact; True or False is fixed later per split (balanced). `meta` holds both claims."""
+    out = []
+    facts = _country_facts(corpus)
+    pool: dict[str, list[str]] = collections.defaultdict(list)
+    for _, rel, values in facts:
+        pool[rel].append(values[0])
+    for c, rel, values in facts:
+        wrong = sorted({v for v in pool[rel] if normalize_answer(v) not in map(normalize_answer, values)})
+        if not wrong:
+            continue
+        claim = _FACT_CLAIMS[rel]
+        true = claim.format(entity=c.name, value=values[0])
+        false = claim.format(entity=c.name, value=rng.choice(wrong))
+        stated = _currency_answers(values[0]) if rel == "currency" else [values[0]]  # what the claim says
+        out.append(_claim(f"{c.name}/{rel}", true, false, c.name, stated, c.name))
+    # Wikipedia descriptions: "X is <its description>" vs the description of another article of its topic.
+    lower = _lowercase_words(corpus.values())
+    by_topic: dict[str, list[Passage]] = collections.defaultdict(list)
+    for p in corpus.values():
+        if p.meta.get("description"):
+            by_topic[p.meta.get("topic") or ""].append(p)
+    geography = len(out)
+    stated = [
+        p
+        for p in sorted(corpus.values(), key=lambda p: p.id)
+        if p.meta.get("description")
+        and p.meta.get("topic") != "Uncategorized"
+        and answer_in_text(p.meta["description"].strip(), p.text)
+    ]  # only descriptions the summary itself states can be checked against it
+    for p in rng.sample(stated, min(len(stated), geography)):  # as many as geography claims
+        desc = p.meta["description"].strip()
+        others = [o for o in by_topic[p.meta.get("topic") or ""] if o.id != p.id]
+        other = rng.choice(others).meta["description"].strip()
+        if normalize_answer(other) == normalize_answer(desc):
+            continue
+        true, false = (f"{p.title} is {_noun_phrase(d, lower)}." for d in (desc, other))
+        out.append(_claim(p.id, true, false, p.id, [desc], p.id))
+    return out
+
+
+def _claim(key: str, true: str, false: str, evidence: str, support: list[str], group: str) -> Candidate:
+    return Candidate(
+        "fact-check", key, {"statement": true}, ["True"], [evidence], f"{evidence}", group, support,
+        meta={"true_claim": true, "false_claim": false},
+    )  # fmt: skip
+
+
+def _lowercase_words(passages: Iterable[Passage]) -> set[str]:
+    """Words seen lower-case somewhere: their capitalised form at a description's start is not a name."""
+    words: set[str] = set()
+    for p in passages:
+        words.update(w for w in re.findall(r"[A-Za-z]+", p.text) if w.islower())
+    return words
+
+
+def _noun_phrase(desc: str, lower: set[str]) -> str:
+    first, _, rest = desc.partition(" ")
+    if first.lower() in lower and not first[1:2].isupper():
+        desc = f"{first.lower()} {rest}".strip()
+        first = first.lower()
+    if first.lower() in {"a", "an", "the"} or (first[:1].isdigit() and not rest):
+        return desc
+    return f"{'an' if first[:1].lower() in 'aeiou' else 'a'} {desc}"
+
+
+def _entity_linking(corpus: dict[str, Passage], rng: random.Random) -> list[Candidate]:
+    """Partial mentions of article B -- a distinctive word of its title (a surname, "Everest") or its
+    acronym -- found in a sentence of another article A.
+
+    Noise filters (each from a failure seen in samples): word forms come only from titles made of
+    capitalised words (a name: not "Burmese language", "Messier 87", "Christ the Redeemer"), and are their
+    last word, or the first before a generic head like "Sea" (not first names: "Gottfried", "August"); a
+    word form must belong to exactly one title and never occur lower-case in the corpus ("Doors", "Parks");
+    an adjective-like form before a noun is skipped ("Norwegian archipelago"); an acronym must spell the
+    initials of B's title and be introduced right after it; the mention must stand alone (no capitalised
+    word right before or after, no hyphen: "Lake Volta", "Richard III"); A's own title must not contain it
+    (the subject referring to itself); and A's sentence must be about B's world: A's title occurs in B's
+    summary or the sentence shares at least two content words with it."""
+    bases = collections.Counter(_base(t).lower() for t in corpus)
+    lower = _lowercase_words(corpus.values())
+    owners: dict[str, set[str]] = collections.defaultdict(set)  # capitalised title word -> titles using it
+    forms: dict[str, list[str]] = collections.defaultdict(list)
+    for p in corpus.values():
+        base = _base(p.title)
+        words = base.split()
+        for w in words:
+            owners[w].add(p.id)
+        if len(words) > 1 and words[0] != "The" and all(re.fullmatch(r"[A-Z][a-z'\-]{2,}", w) for w in words):
+            # a proper name: its last word (a surname, "Huron" of Lake Huron), or its first when the last
+            # is a generic head ("Caspian" of Caspian Sea)
+            forms[words[0] if words[-1] in _GENERIC_HEADS else words[-1]].append(p.id)
+        acronym = re.search(rf"{re.escape(base)} \(([A-Z]{{2,6}})\)", p.text)
+        initials = "".join(w[0] for w in words if w[:1].isupper())
+        if acronym and acronym.group(1) == initials:
+            forms[acronym.group(1)].append(p.id)
+    usable = {
+        f: ids[0]
+        for f, ids in forms.items()
+        if len(ids) == 1
+        and not bases[f.lower()]
+        and (f.isupper() or (len(owners[f]) == 1 and f.lower() not in lower))
+    }
+    pattern = re.compile(
+        r"(?<![\w\-–'])(" + "|".join(sorted(map(re.escape, usable), key=len, reverse=True)) + r")(?![\w\-–])"
+    )
+    found: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
+    for a in sorted(corpus.values(), key=lambda p: p.id):
+        for sent in sentences(a.text):
+            if len(sent.split()) < 8:
+                continue
+            for m in pattern.finditer(sent):
+                target, mention = usable[m.group(1)], m.group(1)
+                b = corpus[target]
+                if (
+                    target == a.id
+                    or mention in a.title
+                    or _base(target).lower() in sent.lower()  # the full name would make it a copy task
+                    or _inside_name(sent, m.start(), m.end())
+                    or _attributive(mention, sent[m.end() :])
+                    or not (
+                        _base(a.title) in b.text
+                        or len((_content_words(sent) & _content_words(b.text)) - {mention.lower()}) >= 2
+                    )
+                ):
+                    continue
+                marked = f"{sent[: m.start()]}[START] {mention} [END]{sent[m.end() :]}"
+                found[target].append((a.id, mention, marked))
+    out = []
+    for target in sorted(found):
+        source, mention, marked = rng.choice(found[target])
+        out.append(
+            Candidate(
+                "entity-linking", f"{target}<-{source}", {"context": marked}, [corpus[target].title],
+                [target], mention, target, support=[mention], meta={"mention": mention, "source": source},
+            )
+        )  # fmt: skip
+    return out
+
+
+_GENERIC_HEADS = frozenset(
+    # not "River": rivers share their names with states and regions ("Missouri", "Colorado")
+    "Sea Ocean Empire Caliphate Dynasty Kingdom Mountains Desert Islands Gulf Strait".split()  # noqa: SIM905
+)
+
+
+def _attributive(mention: str, rest: str) -> bool:
+    """An adjective-like form used before a noun ("Norwegian archipelago", "Asian continent") names the
+    country or region, not the article it was taken from."""
+    nxt = rest.split()[0] if rest.split() else ""
+    return bool(re.search(r"(ian|ean|ese|ish|ic|an)$", mention)) and nxt.isalpha() and nxt.islower()
+
+
+def _inside_name(sentence: str, start: int, end: int) -> bool:
+    """Whether a capitalised word touches the span (part of a longer name: "Lake Volta", "Richard III")."""
+    before = sentence[:start].split()
+    after = sentence[end:].split()
+    glued_before = bool(before) and sentence[:start].rstrip()[-1:] not in ",;:()\"'"
+    return (glued_before and before[-1][:1].isupper()) or (bool(after) and after[0][:1].isupper())
+
+
+# -- retrieval-free training tasks ---------------------------------------------------------------------
+
+
+def _denoise(p: Passage, rng: random.Random) -> Candidate | None:
+    words = p.text.split()
+    if len(words) < 30:
+        return None
+    spans, taken = [], set()
+    for _ in range(2):
+        size = rng.randint(2, 4)
+        start = rng.randrange(0, len(words) - size)
+        span = range(start, start + size)
+        if taken & set(range(start - 1, start + size + 1)):
+            continue
+        taken.update(span)
+        spans.append((start, size))
+    spans.sort()
+    out, answers, pos = [], [], 0
+    for start, size in spans:
+        out += words[pos:start] + ["[START]"] + ["_"] * size + ["[END]"]
+        answers.append(" ".join(words[start : start + size]))
+        pos = start + size
+    out += words[pos:]
+    answer = "; ".join(answers)
+    return Candidate("denoise", p.id, {"context": " ".join(out)}, [answer], [p.id], "", p.id, [answers[0]])
+
+
+def _sentence(p: Passage, rng: random.Random) -> Candidate | None:
+    sents = sentences(p.text)
+    if len(sents) < 2:
+        return None
+    i = rng.randrange(len(sents) - 1)
+    if rng.random() < 0.5:
+        fields, answer = {"context": sents[i], "relation": "next sentence"}, sents[i + 1]
+    else:
+        fields, answer = {"context": sents[i + 1], "relation": "previous sentence"}, sents[i]
+    return Candidate("sentence", p.id, fields, [answer], [p.id], "", p.id)
+
+
+def _reading(p: Passage, rng: random.Random) -> Candidate | None:
+    desc = (p.meta.get("description") or "").strip()
+    if not desc or not answer_in_text(desc, p.text):
+        return None
+    question = f"Which phrase in the text describes {p.title}?"
+    return Candidate("reading", p.id, {"context": p.content, "question": question}, [desc], [p.id], "", p.id)
+
+
+# -- assembly ------------------------------------------------------------------------------------------
+
+
+def _check(c: Candidate, corpus: dict[str, Passage]) -> bool:
+    support = c.support if c.support is not None else c.answers
+    return all(e in corpus for e in c.evidence) and any(
+        answer_in_text(s, corpus[e].content) for e in c.evidence for s in support
+    )
+
+
+def build_items(
+    corpus: dict[str, Passage],
+    tasks: Iterable[str],
+    config: BuildConfig,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[Item], dict[str, dict[str, int]]]:
+    """All items of the chosen tasks, split and checked, and per-task counts (kept per split, dropped)."""
+    tasks = list(tasks)
+
+    def rng(task: str) -> random.Random:  # one stream per task: a task's items never depend on the others
+        return random.Random(f"{config.seed}/{task}")
+
+    builders: dict[str, Callable[[], list[Candidate]]] = {
+        "describe": lambda: _describe(corpus),
+        "fanoutqa": lambda: _fanoutqa(corpus),
+        "trivia": lambda: _trivia(corpus),
+        "slot-filling": lambda: _slot_filling(corpus),
+        "fact-check": lambda: _fact_check(corpus, rng("fact-check")),
+        "entity-linking": lambda: _entity_linking(corpus, rng("entity-linking")),
+    }
+    items: list[Item] = []
+    stats: dict[str, dict[str, int]] = {}
+    eval_evidence: set[str] = set()
+    for task in [t for t in builders if t in tasks]:
+        candidates = builders[task]()
+        kept = [c for c in candidates if _check(c, corpus)]
+        split_items = _split(task, kept, config)
+        if task == "fact-check":
+            _balance(split_items, config.seed)
+        for it in split_items:
+            if it.split != "train":
+                eval_evidence.update(it.evidence)
+        items += split_items
+        stats[task] = _counts(split_items, dropped=len(candidates) - len(kept))
+        if progress:
+            progress(task)
+    # Retrieval-free tasks: training only, from articles that are no dev/test item's evidence (so training
+    # on them cannot teach the model a test answer by heart).
+    makers = {"denoise": _denoise, "sentence": _sentence, "reading": _reading}
+    free = [p for pid, p in sorted(corpus.items()) if pid not in eval_evidence]
+    for task in [t for t in makers if t in tasks]:
+        stream = rng(task)
+        made = [makers[task](p, stream) for p in free]
+        candidates = [c for c in made if c is not None]
+        kept = [c for c in candidates if _check(c, corpus)]
+        kept.sort(key=lambda c: _hash01(config.seed, f"{task}\x00{c.key}"))
+        split_items = [_item(c, "train") for c in kept[: config.max_items.get(task, len(kept))]]
+        items += split_items
+        stats[task] = _counts(split_items, dropped=len(candidates) - len(kept))
+        if progress:
+            progress(task)
+    return items, stats
+
+
+def _split(task: str, kept: list[Candidate], config: BuildConfig) -> list[Item]:
+    order = sorted(kept, key=lambda c: (_hash01(config.seed, f"{task}\x00{c.group}"), c.key))
+    if task in ("trivia", "fanoutqa"):  # small, unseen data in the seen format: all of it is test
+        return [_item(c, "test") for c in order]
+    if task == "describe":
+        n = config.describe_eval
+        return [_item(c, "dev" if i < n else "test" if i < 2 * n else "train") for i, c in enumerate(order)]
+    # unseen formats: dev/test by group (the entity), never trained on
+    return [
+        _item(c, "dev" if _hash01(config.seed, f"group\x00{c.group}") < config.dev_fraction else "test")
+        for c in order
+    ]
+
+
+def _balance(items: list[Item], seed: int) -> None:
+    """Make every other fact-check claim of each split False (in seeded order): balanced labels."""
+    for split in SPLITS:
+        rows = sorted(
+            (it for it in items if it.split == split), key=lambda it: _hash01(seed, f"tf\x00{it.id}")
+        )
+        for it in rows[1::2]:
+            it.fields["statement"] = it.meta["false_claim"]
+            it.answers = ["False"]
+
+
+def _item(c: Candidate, split: str) -> Item:
+    return Item(
+        id=f"{c.task}/{c.key}", task=c.task, split=split, fields=c.fields, answers=c.answers,
+        evidence=c.evidence, oracle_query=c.oracle_query, meta=c.meta,
+    )  # fmt: skip
+
+
+def _counts(items: list[Item], dropped: int) -> dict[str, int]:
+    counts = collections.Counter(it.split for it in items)
+    return {**{s: counts.get(s, 0) for s in SPLITS}, "dropped": dropped}
+
+
+def build_benchmark(
+    out: str | Path,
+    tasks: Iterable[str] | None = None,
+    config: BuildConfig | None = None,
+    corpus: str = "wiki-summaries",
+    overwrite: bool = False,
+) -> Benchmark:
+    """Build the benchmark into directory `out` (atomically: a crash leaves no half-written benchmark)."""
+    config = config or BuildConfig()
+    out = Path(out)
+    tasks = list(tasks) if tasks is not None else list(TASKS)
+    for task in tasks:
+        get_task(task)  # unknown names are errors before any work
+    if (out / MANIFEST).exists() and not overwrite:
+        raise BenchmarkError(f"{out} already holds a benchmark; pass overwrite=True (--overwrite) to rebuild")
+    passages = list(read_corpus(corpus))
+    by_id = {p.id: p for p in passages}
+    hasher = CorpusHash()
+    for p in passages:
+        hasher.add(p.id, p.digest)
+    with tqdm(total=len(tasks), desc="building tasks", unit="task") as bar:
+
+        def step(task: str) -> None:
+            bar.set_postfix_str(task)
+            bar.update(1)
+
+        items, stats = build_items(by_id, tasks, config, progress=step)
+    with atomic_directory(out) as tmp:
+        for split in SPLITS:
+            for task in tasks:
+                rows = [it.to_json() for it in items if it.task == task and it.split == split]
+                if rows:
+                    (tmp / split).mkdir(exist_ok=True)
+                    (tmp / split / f"{task}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+        manifest = {
+            "format": 1,
+            "seed": config.seed,
+            "config": asdict(config),
+            "corpus": {"name": corpus, "hash": hasher.value, "count": len(passages)},
+            "counts": {t: {s: n for s, n in stats[t].items() if s != "dropped"} for t in tasks},
+            "dropped": {t: stats[t]["dropped"] for t in tasks},
+            "formats": {t: get_task(t).format for t in tasks},
+            "packages": package_versions(),
+            "imprag": importlib.metadata.version("imprag"),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return Benchmark.load(out)

