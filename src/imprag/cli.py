@@ -305,7 +305,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"unknown system(s) {', '.join(map(repr, unknown)) or repr(args.system)}; "
             f"known: {', '.join(SYSTEMS)}"
         )
-    tasks = _task_list(args.tasks, bench.tasks) if args.tasks else tasks_of("seen") + tasks_of("unseen")
+    if args.tasks:
+        tasks = _task_list(args.tasks, bench.tasks)
+    else:  # the seen and unseen tasks that have this split (fanoutqa and trivia are test only)
+        tasks = [t for t in tasks_of("seen") + tasks_of("unseen") if bench.counts.get(t, {}).get(args.split)]
+    for task in tasks:
+        bench.items(task, args.split)  # unknown task / empty split: an error before the model loads
     manifest = None
     if args.index:
         manifest = read_manifest(Path(args.index))
@@ -334,6 +339,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             seed=args.seed, record=record, overwrite=args.overwrite, shots=args.shots,
         )  # fmt: skip
     table = write_report(out, args.split)
+    if args.merge_into:
+        from imprag.evaluation.report import benchmark_rows, load_summaries, merge_rows
+
+        merge_rows(args.merge_into, benchmark_rows(load_summaries([out / name for name in systems])))
     print(table, end="")
     print(f"predictions, metrics, results.md, benchmark.json and chart.png in {out}")
     return 0
@@ -482,6 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0, help="recorded with the run (decoding is greedy)")
     ev.add_argument("--overwrite", action="store_true", help="discard an earlier run in OUT/SYSTEM")
+    ev.add_argument(
+        "--merge-into",
+        metavar="FILE",
+        help="also merge the rows of these systems into a results JSON list (e.g. results/benchmark.json), "
+        "replacing rows of the same system, task, split and shots",
+    )
     _add_model_args(ev, from_index=True)
     ev.set_defaults(func=cmd_eval)
 

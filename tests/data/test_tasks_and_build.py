@@ -402,6 +402,38 @@ def test_no_retrieval_tasks_avoid_eval_evidence(built: Benchmark, all_items: dic
             assert it.split == "train" and not set(it.evidence) & evaluated, it.id
 
 
+def test_training_never_touches_what_is_evaluated(built: Benchmark, all_items: dict[str, list[Item]]) -> None:
+    """No train item (describe's train split included) is about an article a dev/test item uses as
+    evidence or as its entity-linking sentence's source."""
+    protected = {
+        pid
+        for items in all_items.values()
+        for it in items
+        if it.split != "train"
+        for pid in [*it.evidence, it.meta.get("source")]
+        if pid
+    }
+    train = [it for items in all_items.values() for it in items if it.split == "train"]
+    assert len(train) > 10_000 and built.manifest["held_out"]["describe"] > 0
+    assert [it.id for it in train if set(it.evidence) & protected] == []
+
+
+def test_item_kinds_that_proved_uninformative_are_gone(all_items: dict[str, list[Item]]) -> None:
+    assert all(len(it.meta.get("description", it.oracle_query).split()) >= 4 for it in all_items["describe"])
+    assert not [it.id for it in all_items["slot-filling"] if it.fields["relation"] == "continent"]
+    # False description claims swap in a description with the same head noun (same kind of thing)
+    for it in all_items["fact-check"]:
+        if it.id.count("/") == 1:  # a description claim: fact-check/<article>
+            true, false = it.meta["true_claim"], it.meta["false_claim"]
+            assert true != false and _head_of_claim(true) == _head_of_claim(false), it.id
+
+
+def _head_of_claim(claim: str) -> str:
+    from imprag.data.build import _head
+
+    return _head(claim.split(" is ", 1)[1].removeprefix("a ").removeprefix("an ").rstrip("."))
+
+
 def test_unseen_entities_do_not_cross_splits(all_items: dict[str, list[Item]]) -> None:
     """Items are split by entity: an evidence article of the unseen tasks lies in one split only, and a
     country's slot-filling items are all in one split."""

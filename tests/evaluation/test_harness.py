@@ -352,6 +352,7 @@ def test_resume_with_more_tasks(bench: Benchmark, tmp_path) -> None:
         ({"name": "other"}, "system"),
         ({"record": {"model": {"source": "another"}}}, "model"),
         ({"shots": 1}, "shots"),
+        ({"batch_size": 2}, "batch_size"),
     ],
 )
 def test_other_settings_need_overwrite(bench: Benchmark, tmp_path, change: dict, word: str) -> None:
@@ -360,7 +361,7 @@ def test_other_settings_need_overwrite(bench: Benchmark, tmp_path, change: dict,
     bench = Benchmark.load(write_benchmark(tmp_path / "bench2", [*ITEMS, dev, train]))
     out = tmp_path / "run"
     base = {"limit": None, "seed": 0, "split": "test", "name": "fake", "record": {"model": {"source": "m"}}}
-    base["shots"] = 0
+    base["shots"], base["batch_size"] = 0, 8
     evaluate(FakeSystem(), bench, ["describe"], base["split"], out, limit=None, seed=0, record=base["record"])
     settings = {**base, **change}
 
@@ -369,6 +370,7 @@ def test_other_settings_need_overwrite(bench: Benchmark, tmp_path, change: dict,
         evaluate(
             system, bench, ["describe"], settings["split"], out, limit=settings["limit"],
             seed=settings["seed"], record=settings["record"], overwrite=overwrite, shots=settings["shots"],
+            batch_size=settings["batch_size"],
         )  # fmt: skip
         return system
 
@@ -383,6 +385,19 @@ def test_other_settings_need_overwrite(bench: Benchmark, tmp_path, change: dict,
     # the old predictions are gone: the file holds exactly the new run's items
     assert [r["id"] for r in predictions(out, "describe")] == expected
     assert json.loads((out / "run.json").read_text())["seed"] == settings["seed"]
+
+
+def test_time_is_kept_across_resumes_and_reset_by_overwrite(bench: Benchmark, tmp_path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="crashed"):
+        evaluate(FakeSystem(fail_after=1), bench, TASK_NAMES, "test", out, batch_size=2)
+    spent = json.loads((out / "seconds.json").read_text())  # written per batch: survives the crash
+    assert spent["wall"] > 0 and spent["cpu"] >= 0
+    (out / "seconds.json").write_text(json.dumps({"wall": 1000.0, "cpu": 500.0}))  # as if it had been long
+    summary = evaluate(FakeSystem(), bench, TASK_NAMES, "test", out, batch_size=2)
+    assert 1000.0 <= summary["seconds"]["wall"] < 1100 and 500.0 <= summary["seconds"]["cpu"] < 600
+    fresh = evaluate(FakeSystem(), bench, TASK_NAMES, "test", out, batch_size=2, overwrite=True)
+    assert fresh["seconds"]["wall"] < 100  # the old run's time is not carried into a new one
 
 
 def test_damaged_run_json(bench: Benchmark, tmp_path) -> None:
@@ -437,6 +452,29 @@ def saved(tmp_path, tokenizer) -> str:
     path = tmp_path / "model"
     ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3)).save_pretrained(path)
     return str(path)
+
+
+def test_eval_dev_split_defaults_to_tasks_that_have_it(saved: str, tmp_path) -> None:
+    dev = Item("describe/dev0", "describe", "dev", _question("d0"), ["Alpha"], ["A0"])
+    bench = Benchmark.load(write_benchmark(tmp_path / "bench2", [*ITEMS, dev]))
+    out = tmp_path / "out"
+    argv = ["eval", "--data", str(bench.directory), "--out", str(out), "--split", "dev", "--model", saved]
+    assert main(argv) == 0  # fact-check and slot-filling have no dev items here: left out, not an error
+    run = json.loads((out / "closed-book" / "run.json").read_text())
+    assert run["tasks"] == ["describe"]
+
+
+def test_eval_merges_rows_into_a_results_file(bench: Benchmark, saved: str, tmp_path) -> None:
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"system": "other", "task": "describe", "split": "test", "shots": 0}]))
+    argv = ["eval", "--data", str(bench.directory), "--out", str(tmp_path / "out"), "--model", saved]
+    argv += ["--limit", "1", "--tasks", "describe", "--merge-into", str(results)]
+    assert main(argv) == 0
+    assert main(argv) == 0  # again: the same rows are replaced, not duplicated
+    rows = json.loads(results.read_text())
+    assert [(r["system"], r["task"], r.get("n")) for r in rows] == [
+        ("other", "describe", None), ("closed-book", "describe", 1),
+    ]  # fmt: skip
 
 
 def test_eval_closed_book_end_to_end(bench: Benchmark, saved: str, tmp_path, capsys) -> None:

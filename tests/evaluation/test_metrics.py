@@ -26,9 +26,11 @@ from imprag.evaluation.metrics import (
         ("The Eiffel Tower.", "eiffel tower"),
         ("An apple a day", "apple day"),
         ("theatre", "theatre"),  # articles are whole words only
-        ("“Rock–paper”…", "rock paper"),  # typographic quotes and dashes are punctuation too
-        ("U.S.A.", "u s"),  # as in SQuAD: punctuation goes first, so the lone "a" is an article
-        ("rock'n'roll", "rock n roll"),
+        ("“Rock–paper”…", "rock paper"),  # typographic quotes are deleted; dashes separate words
+        ("U.S.A.", "usa"),  # as in SQuAD, punctuation is deleted ("D.C." == "DC")
+        ("Washington, D.C.", "washington dc"),
+        ("Porto-Novo", "portonovo"),
+        ("rock'n'roll", "rocknroll"),
         ("", ""),
         ("the a an", ""),
     ],

@@ -99,16 +99,18 @@ def _base(title: str) -> str:
 
 
 def _describe(corpus: dict[str, Passage]) -> list[Candidate]:
+    """Descriptions that pick out one article: unique, not containing the title, and of at least four words
+    (shorter ones such as "Physics phenomenon" or "Group of stars" fit many articles)."""
     by_desc = collections.Counter(normalize_answer(p.meta.get("description") or "") for p in corpus.values())
     out = []
     for p in corpus.values():
         desc = (p.meta.get("description") or "").strip()
         if (
-            not desc
+            len(desc.split()) < 4
             or by_desc[normalize_answer(desc)] > 1
             or normalize_answer(p.title) in normalize_answer(desc)
         ):
-            continue  # shared descriptions are ambiguous; ones that contain the title give it away
+            continue
         question = f"Which article is described by: {desc}?"
         out.append(Candidate("describe", p.id, {"question": question}, [p.title], [p.id], desc, p.id))
     return out
@@ -117,9 +119,10 @@ def _describe(corpus: dict[str, Passage]) -> list[Candidate]:
 def _fanoutqa(corpus: dict[str, Passage]) -> list[Candidate]:
     out, seen = [], set()
     for leaf in read_fanout_leaves():
-        if leaf.evidence_title not in corpus or leaf.question in seen:
+        key = normalize_answer(leaf.question)  # "capital of China?" asked twice in different words/case
+        if leaf.evidence_title not in corpus or key in seen:
             continue
-        seen.add(leaf.question)
+        seen.add(key)
         out.append(
             Candidate(
                 "fanoutqa", leaf.question, {"question": leaf.question}, [leaf.answer],
@@ -151,10 +154,10 @@ def _trivia(corpus: dict[str, Passage]) -> list[Candidate]:
         ans = normalize_answer(answer)
         if len(ans) < 3:
             continue
-        if ans in by_title:
-            evidence = [by_title[ans]]
+        words = _content_words(question)
+        if ans in by_title and words & words_of[by_title[ans]]:  # the article named like the answer, if it
+            evidence = [by_title[ans]]  # is about the question (not the disease "Cancer" for the zodiac)
         else:
-            words = _content_words(question)
             scored = [(len(words & words_of[pid]), pid) for pid, text in norm.items() if f" {ans} " in text]
             best = max((s for s, _ in scored), default=0)
             evidence = sorted(pid for s, pid in scored if s == best and best >= 2)[:3]
@@ -201,12 +204,15 @@ def _country_facts(corpus: dict[str, Passage]) -> list[tuple[Country, str, list[
 
 
 def _slot_filling(corpus: dict[str, Passage]) -> list[Candidate]:
+    """Not "continent": "Europe" or "Asia" occurs in almost every passage read, so its answer recall says
+    nothing about retrieval."""
     return [
         Candidate(
             "slot-filling", f"{c.name}/{rel}", {"entity": c.name, "relation": rel}, values, [c.name],
             f"{c.name} {rel}", c.name,
         )
         for c, rel, values in _country_facts(corpus)
+        if rel != "continent"
     ]  # fmt: skip
 
 
@@ -219,7 +225,11 @@ _FACT_CLAIMS = {
 
 
 def _fact_check(corpus: dict[str, Passage], rng: random.Random) -> list[Candidate]:
-    """One claim per fact; True or False is fixed later per split (balanced). `meta` holds both claims."""
+    """One claim per fact; True or False is fixed later per split (balanced). `meta` holds both claims.
+
+    False claims swap in a value of the same kind: another country's capital (currency, language,
+    continent), or another article's description with the same head noun ("Pancreas is an organ of the
+    ..." vs another organ), so the topic alone cannot give the claim away."""
     out = []
     facts = _country_facts(corpus)
     pool: dict[str, list[str]] = collections.defaultdict(list)
@@ -233,30 +243,44 @@ def _fact_check(corpus: dict[str, Passage], rng: random.Random) -> list[Candidat
         true = claim.format(entity=c.name, value=values[0])
         false = claim.format(entity=c.name, value=rng.choice(wrong))
         stated = _currency_answers(values[0]) if rel == "currency" else [values[0]]  # what the claim says
-        out.append(_claim(f"{c.name}/{rel}", true, false, c.name, stated, c.name))
-    # Wikipedia descriptions: "X is <its description>" vs the description of another article of its topic.
+        candidate = _claim(f"{c.name}/{rel}", true, false, c.name, stated, c.name)
+        if _check(candidate, corpus):
+            out.append(candidate)
+    # Wikipedia descriptions the summary itself states (so it can be checked), as many as geography claims
     lower = _lowercase_words(corpus.values())
-    by_topic: dict[str, list[Passage]] = collections.defaultdict(list)
-    for p in corpus.values():
-        if p.meta.get("description"):
-            by_topic[p.meta.get("topic") or ""].append(p)
-    geography = len(out)
-    stated = [
-        p
-        for p in sorted(corpus.values(), key=lambda p: p.id)
-        if p.meta.get("description")
-        and p.meta.get("topic") != "Uncategorized"
-        and answer_in_text(p.meta["description"].strip(), p.text)
-    ]  # only descriptions the summary itself states can be checked against it
-    for p in rng.sample(stated, min(len(stated), geography)):  # as many as geography claims
+    by_head: dict[str, list[Passage]] = collections.defaultdict(list)
+    stated_desc = []
+    for p in sorted(corpus.values(), key=lambda p: p.id):
+        desc = (p.meta.get("description") or "").strip()
+        if desc:
+            by_head[_head(desc)].append(p)
+            if answer_in_text(desc, p.text):
+                stated_desc.append(p)
+    rng.shuffle(stated_desc)
+    claims = []
+    for p in stated_desc:
         desc = p.meta["description"].strip()
-        others = [o for o in by_topic[p.meta.get("topic") or ""] if o.id != p.id]
-        other = rng.choice(others).meta["description"].strip()
-        if normalize_answer(other) == normalize_answer(desc):
+        others = [
+            o for o in by_head[_head(desc)]
+            if o.id != p.id and normalize_answer(o.meta["description"]) != normalize_answer(desc)
+        ]  # fmt: skip
+        if not others:
             continue
-        true, false = (f"{p.title} is {_noun_phrase(d, lower)}." for d in (desc, other))
-        out.append(_claim(p.id, true, false, p.id, [desc], p.id))
-    return out
+        true, false = (
+            f"{p.title} is {_noun_phrase(d, lower)}." for d in (desc, rng.choice(others).meta["description"])
+        )
+        claims.append(_claim(p.id, true, false, p.id, [desc], p.id))
+        if len(claims) == len(out):
+            break
+    return out + claims
+
+
+def _head(description: str) -> str:
+    """The head noun of a description: the last word before "of"/"in"/"from"/a comma ("organ")."""
+    words = re.split(r"\s+(?:of|in|from|for|by|on|at|with|that|who|which)\s+|,", description.lower())[
+        0
+    ].split()
+    return words[-1] if words else ""
 
 
 def _claim(key: str, true: str, false: str, evidence: str, support: list[str], group: str) -> Candidate:
@@ -348,13 +372,15 @@ def _entity_linking(corpus: dict[str, Passage], rng: random.Random) -> list[Cand
                 found[target].append((a.id, mention, marked))
     out = []
     for target in sorted(found):
-        source, mention, marked = rng.choice(found[target])
-        out.append(
-            Candidate(
-                "entity-linking", f"{target}<-{source}", {"context": marked}, [corpus[target].title],
-                [target], mention, target, support=[mention], meta={"mention": mention, "source": source},
-            )
-        )  # fmt: skip
+        by_source = {source: (source, mention, marked) for source, mention, marked in found[target]}
+        # up to three mentions of one target, from different articles (one split: grouped by target)
+        for source, mention, marked in rng.sample(sorted(by_source.values()), min(3, len(by_source))):
+            out.append(
+                Candidate(
+                    "entity-linking", f"{target}<-{source}", {"context": marked}, [corpus[target].title],
+                    [target], mention, target, support=[mention], meta={"mention": mention, "source": source},
+                )
+            )  # fmt: skip
     return out
 
 
@@ -456,26 +482,36 @@ def build_items(
         "fact-check": lambda: _fact_check(corpus, rng("fact-check")),
         "entity-linking": lambda: _entity_linking(corpus, rng("entity-linking")),
     }
-    items: list[Item] = []
-    stats: dict[str, dict[str, int]] = {}
-    eval_evidence: set[str] = set()
-    for task in [t for t in builders if t in tasks]:
-        candidates = builders[task]()
+    # Every evaluation task is built even when not asked for: which articles are held out of training
+    # depends on all of them, and must not change with the selection.
+    built: dict[str, tuple[list[Item], int]] = {}
+    for task, make in builders.items():
+        candidates = make()
         kept = [c for c in candidates if _check(c, corpus)]
         split_items = _split(task, kept, config)
         if task == "fact-check":
             _balance(split_items, config.seed)
-        for it in split_items:
-            if it.split != "train":
-                eval_evidence.update(it.evidence)
-        items += split_items
-        stats[task] = _counts(split_items, dropped=len(candidates) - len(kept))
-        if progress:
+        built[task] = (split_items, len(candidates) - len(kept))
+        if progress and task in tasks:
             progress(task)
-    # Retrieval-free tasks: training only, from articles that are no dev/test item's evidence (so training
-    # on them cannot teach the model a test answer by heart).
+    # Articles a dev/test item is about (its evidence, an entity-linking sentence's own article) are held out
+    # of every training task, so training cannot teach a test answer or context by heart.
+    protected = {
+        pid
+        for split_items, _ in built.values()
+        for it in split_items
+        if it.split != "train"
+        for pid in [*it.evidence, *([it.meta["source"]] if "source" in it.meta else [])]
+    }
+    items: list[Item] = []
+    stats: dict[str, dict[str, int]] = {}
+    for task in [t for t in builders if t in tasks]:
+        split_items, dropped = built[task]
+        kept_items = [it for it in split_items if it.split != "train" or not set(it.evidence) & protected]
+        items += kept_items
+        stats[task] = _counts(kept_items, dropped=dropped, held_out=len(split_items) - len(kept_items))
     makers = {"denoise": _denoise, "sentence": _sentence, "reading": _reading}
-    free = [p for pid, p in sorted(corpus.items()) if pid not in eval_evidence]
+    free = [p for pid, p in sorted(corpus.items()) if pid not in protected]
     for task in [t for t in makers if t in tasks]:
         stream = rng(task)
         made = [makers[task](p, stream) for p in free]
@@ -522,9 +558,9 @@ def _item(c: Candidate, split: str) -> Item:
     )  # fmt: skip
 
 
-def _counts(items: list[Item], dropped: int) -> dict[str, int]:
+def _counts(items: list[Item], dropped: int, held_out: int = 0) -> dict[str, int]:
     counts = collections.Counter(it.split for it in items)
-    return {**{s: counts.get(s, 0) for s in SPLITS}, "dropped": dropped}
+    return {**{s: counts.get(s, 0) for s in SPLITS}, "dropped": dropped, "held_out": held_out}
 
 
 def build_benchmark(
@@ -566,8 +602,9 @@ def build_benchmark(
             "seed": config.seed,
             "config": asdict(config),
             "corpus": {"name": corpus, "hash": hasher.value, "count": len(passages)},
-            "counts": {t: {s: n for s, n in stats[t].items() if s != "dropped"} for t in tasks},
+            "counts": {t: {s: stats[t][s] for s in SPLITS} for t in tasks},
             "dropped": {t: stats[t]["dropped"] for t in tasks},
+            "held_out": {t: stats[t]["held_out"] for t in tasks},
             "formats": {t: get_task(t).format for t in tasks},
             "packages": package_versions(),
             "imprag": importlib.metadata.version("imprag"),

@@ -5,6 +5,7 @@ continues where it stopped.
                                          split, limit, seed, package versions (written first; a resumed run
                                          must match it)
     OUT/predictions/{task}.jsonl         one scored prediction per item (appended, fsynced per batch)
+    OUT/seconds.json                     generation time so far, kept across resumes
     OUT/metrics.json                     rows {system, task, format, split, n, em, recall, f1,
                                          article_recall} and averages over seen and unseen tasks
 """
@@ -33,6 +34,9 @@ from imprag.io import atomic_write_text
 __all__ = ["EvalError", "demonstrations", "evaluate", "score_item", "summarize"]
 
 log = logging.getLogger(__name__)
+
+SECONDS = "seconds.json"
+"""Time spent generating so far (wall and CPU), updated after every batch so an interrupted run keeps it."""
 
 STOP = ("\n", " Q:", " A:", " B:")
 """An answer ends at a newline or where the model starts a new template field (untrained models often
@@ -124,6 +128,7 @@ def evaluate(
         "limit": limit,
         "seed": seed,
         "shots": shots,
+        "batch_size": batch_size,  # bf16 batches are padded: batching can change a prediction slightly
         "demonstrations": {task: [d.id for d in demos[task]] for task in tasks},
         "benchmark": {k: benchmark.manifest.get(k) for k in ("seed", "corpus", "counts", "packages")},
         **(record or {}),
@@ -131,8 +136,8 @@ def evaluate(
     _start_or_resume(out, run, overwrite)
     done = {task: _read_predictions(out / "predictions" / f"{task}.jsonl") for task in tasks}
     todo = sum(len([it for it in items[t] if it.id not in done[t]]) for t in tasks)
-    started = time.perf_counter()
-    cpu = time.process_time()
+    spent = _previous_seconds(out / SECONDS)  # a resumed run adds to the time already spent
+    wall, cpu = time.perf_counter(), time.process_time()
     with tqdm(total=todo, desc=f"{system.describe()['system']} {split}", unit="item") as bar:
         for task_name in tasks:
             task = get_task(task_name)
@@ -149,14 +154,16 @@ def evaluate(
                 _append(path, recs)
                 done[task_name].update({r["id"]: r for r in recs})
                 bar.update(len(batch))
+                spent = {
+                    "wall": spent["wall"] + time.perf_counter() - wall,
+                    "cpu": spent["cpu"] + time.process_time() - cpu,
+                }
+                wall, cpu = time.perf_counter(), time.process_time()
+                atomic_write_text(out / SECONDS, json.dumps(spent) + "\n")
     name = system.describe()["system"]
     records = {t: [done[t][it.id] for it in items[t]] for t in tasks}
     summary = summarize(name, split, records, shots)
-    before = _previous_seconds(out / "metrics.json")  # a resumed run adds to the time already spent
-    summary["seconds"] = {
-        "wall": round(before["wall"] + time.perf_counter() - started, 1),
-        "cpu": round(before["cpu"] + time.process_time() - cpu, 1),
-    }
+    summary["seconds"] = {key: round(value, 1) for key, value in spent.items()}  # generation time
     summary["run"] = run
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -178,7 +185,7 @@ def demonstrations(benchmark: Benchmark, task: str, shots: int) -> list[Item]:
 
 def _previous_seconds(path: Path) -> dict[str, float]:
     try:
-        seconds = json.loads(path.read_text(encoding="utf-8"))["seconds"]
+        seconds = json.loads(path.read_text(encoding="utf-8"))
         return {"wall": float(seconds["wall"]), "cpu": float(seconds["cpu"])}
     except (OSError, ValueError, KeyError, TypeError):
         return {"wall": 0.0, "cpu": 0.0}
@@ -204,7 +211,7 @@ def _start_or_resume(out: Path, run: dict[str, Any], overwrite: bool) -> None:
             before = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise EvalError(f"{path} is damaged ({e}); rerun with --overwrite") from e
-        same = ("system", "split", "limit", "seed", "shots", "model", "index", "benchmark")
+        same = ("system", "split", "limit", "seed", "shots", "batch_size", "model", "index", "benchmark")
         changed = [k for k in same if before.get(k) != run.get(k)]
         if changed:
             raise EvalError(
@@ -213,9 +220,9 @@ def _start_or_resume(out: Path, run: dict[str, Any], overwrite: bool) -> None:
             )
         if before.get("tasks") != run["tasks"]:
             log.info("resuming %s with tasks %s (before: %s)", out, run["tasks"], before.get("tasks"))
-    elif overwrite and (out / "predictions").is_dir():
-        for old in (out / "predictions").glob("*.jsonl"):
-            old.unlink()
+    elif overwrite:
+        for old in [*(out / "predictions").glob("*.jsonl"), out / "metrics.json", out / SECONDS]:
+            old.unlink(missing_ok=True)
     run = {
         **run,
         "python": platform.python_version(),

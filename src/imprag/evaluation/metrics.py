@@ -28,14 +28,16 @@ __all__ = [
 ]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans(dict.fromkeys(string.punctuation + "‘’“”–—…", " "))
+_PUNCT = str.maketrans(dict.fromkeys(string.punctuation + "‘’“”…"))  # deleted, as in SQuAD ("D.C." = "DC")
+_DASHES = str.maketrans(dict.fromkeys("–—", " "))  # dashes separate words ("Rutherford–Bohr")
 
 
 def normalize_answer(text: str) -> str:
-    """Lower case, fold accents, drop punctuation and the articles a/an/the, squeeze spaces."""
+    """Lower case, fold accents, delete punctuation (dashes separate words), drop the articles a/an/the,
+    squeeze spaces."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = text.translate(_PUNCT)
+    text = text.translate(_DASHES).translate(_PUNCT)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
