@@ -270,12 +270,17 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     tasks = _task_list(args.tasks, TASKS) if args.tasks else None
     bench = build_benchmark(args.out, tasks, BuildConfig(seed=args.seed), overwrite=args.overwrite)
     if args.json:
-        print(json.dumps({"counts": bench.counts, "dropped": bench.manifest["dropped"]}))
+        print(json.dumps({k: bench.manifest[k] for k in ("counts", "dropped", "held_out")}))
         return 0
-    print(f"{'task':16} {'format':13} {'train':>6} {'dev':>6} {'test':>6} {'dropped':>8}")
+    print(f"{'task':16} {'format':13} {'train':>6} {'dev':>6} {'test':>6} {'dropped':>8} {'held out':>9}")
     for task, counts in bench.counts.items():
         fmt, dropped = bench.manifest["formats"][task], bench.manifest["dropped"][task]
-        print(f"{task:16} {fmt:13} {counts['train']:>6} {counts['dev']:>6} {counts['test']:>6} {dropped:>8}")
+        held = bench.manifest["held_out"][task]
+        print(
+            f"{task:16} {fmt:13} {counts['train']:>6} {counts['dev']:>6} {counts['test']:>6} {dropped:>8} "
+            f"{held:>9}"
+        )
+    print("dropped: failed the evidence check; held out: train items about an article a dev/test item uses")
     print(f"written to {args.out} (seed {args.seed})")
     return 0
 

@@ -588,6 +588,7 @@ def test_cli_data_build(tmp_path, capsys, built: Benchmark) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed["counts"] == {"slot-filling": built.counts["slot-filling"]}
     assert printed["dropped"] == {"slot-filling": built.manifest["dropped"]["slot-filling"]}
+    assert printed["held_out"] == {"slot-filling": 0}
     assert _files(out) == {
         n: d for n, d in _files(built.directory).items() if n.endswith("/slot-filling.jsonl")
     }
@@ -599,12 +600,13 @@ def test_cli_data_build(tmp_path, capsys, built: Benchmark) -> None:
     assert main(["data", "build", "--out", str(out), "--tasks", "slot-filling", "--overwrite"]) == 0
     lines = capsys.readouterr().out.splitlines()
     c = built.counts["slot-filling"]
-    assert lines[0].split() == ["task", "format", "train", "dev", "test", "dropped"]
+    assert lines[0].split() == ["task", "format", "train", "dev", "test", "dropped", "held", "out"]
     assert lines[1].split() == [
         "slot-filling", "unseen", "0", str(c["dev"]), str(c["test"]),
-        str(built.manifest["dropped"]["slot-filling"]),
+        str(built.manifest["dropped"]["slot-filling"]), "0",
     ]  # fmt: skip
-    assert lines[2] == f"written to {out} (seed 0)"
+    assert lines[2].startswith("dropped: failed the evidence check")
+    assert lines[3] == f"written to {out} (seed 0)"
 
 
 def test_cli_data_build_unknown_task(tmp_path, capsys) -> None:

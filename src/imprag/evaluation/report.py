@@ -38,22 +38,31 @@ def _cell(em: float | None, recall: float | None) -> str:
     return f"{100 * em:.1f}" + (f" ({100 * recall:.1f})" if recall is not None else "")
 
 
-def markdown_table(summaries: Sequence[dict[str, Any]], recall: str = "recall") -> str:
-    """One row per system: EM (or accuracy) per task with `recall` in parentheses, then averages."""
+def markdown_table(
+    summaries: Sequence[dict[str, Any]], recall: str | None = "recall", value: str = "em"
+) -> str:
+    """One row per system: `value` (EM, or accuracy for fact-check) per task with `recall` in parentheses
+    (None: no parentheses), then averages over seen, unseen and all tasks."""
     tasks = _ordered_tasks(summaries)
     head = [f"{t} ({TASKS[t].format})" for t in tasks] + ["avg seen", "avg unseen", "avg"]
     lines = ["| system | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for s in summaries:
         by_task = {r["task"]: r for r in s["rows"]}
         name = s["rows"][0]["system"] if s["rows"] else "?"
-        cells = [_cell(by_task[t]["em"], by_task[t][recall]) if t in by_task else "-" for t in tasks]
+        cells = [
+            _cell(by_task[t][value], by_task[t][recall] if recall else None) if t in by_task else "-"
+            for t in tasks
+        ]
         for group in ("seen", "unseen", "all"):
             avg = s["averages"].get(group, {})
-            cells.append(_cell(avg.get("em"), avg.get(recall)))
+            cells.append(_cell(avg.get(value), avg.get(recall) if recall else None))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    ns = {r["task"]: r["n"] for s in summaries for r in s["rows"]}
+    ns: dict[str, set[int]] = {}
+    for s in summaries:
+        for r in s["rows"]:
+            ns.setdefault(r["task"], set()).add(r["n"])
     lines.append("")
-    lines.append("n per task: " + ", ".join(f"{t} {ns[t]}" for t in tasks))
+    lines.append("n per task: " + ", ".join(f"{t} {'/'.join(map(str, sorted(ns[t])))}" for t in tasks))
     return "\n".join(lines) + "\n"
 
 
@@ -128,8 +137,12 @@ def write_report(out: str | Path, split: str) -> str:
         f"# Results on the {split} split ({', '.join(map(str, shots))}-shot)\n\n"
         "EM (accuracy for fact-check), answer recall of the passages read in parentheses, %:\n\n"
         + table
-        + "\nGold-article recall of the passages read, %:\n\n"
-        + markdown_table(found, recall="article_recall").replace(" (", " [").replace(") |", "] |")
+        + "\nGold-article recall of the passages read (an evidence passage among them), %:\n\n"
+        + markdown_table(
+            [s for s in found if s["averages"].get("all", {}).get("article_recall") is not None],
+            recall=None,
+            value="article_recall",
+        )
     )
     text += "\nTime per system (all tasks, this machine):\n\n" + "".join(
         f"- {s['rows'][0]['system']}: {sum(r['n'] for r in s['rows'])} items, "
