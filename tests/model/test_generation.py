@@ -3,6 +3,8 @@ that equals naive decoding recomputing everything for every token."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -222,3 +224,20 @@ def test_stop_strings_count_after_leading_whitespace(tiny: ImpRAG) -> None:
     assert reason == "stop"
     assert text == tok.decode(word)
     assert ids == [*newline, *word, *newline]
+
+
+def test_truncation_is_reported_for_given_passages_only(
+    tiny: ImpRAG, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Passages handed to generate are warned about when cut to l_max; passages from an index were embedded
+    cut the same way, so reading them again is not news (an evaluation would log it for every batch)."""
+    long = " ".join(["word"] * 400)
+    assert len(tiny.tokenizer.encode(long)) > tiny.config.reader.l_max
+    with caplog.at_level(logging.WARNING, logger="imprag"):
+        tiny.generate(PROMPTS[:1], passages=[[long]], max_new_tokens=1)
+    assert f"truncated to l_max={tiny.config.reader.l_max}" in caplog.text
+    caplog.clear()
+    index = InMemoryRetriever.build(tiny, [long, *PASSAGES[:2]])
+    with caplog.at_level(logging.WARNING, logger="imprag"):
+        out = tiny.generate(PROMPTS[:1], index=index, k=3, max_new_tokens=1)
+    assert len(out[0].passages) == 3 and "truncated" not in caplog.text

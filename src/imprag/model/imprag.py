@@ -291,11 +291,12 @@ class ImpRAG:
         return [row[:l_max] for row in ids]
 
     def passage_batch(
-        self, passages: Sequence[Sequence[str]], offsets: Sequence[int] | None = None
+        self, passages: Sequence[Sequence[str]], offsets: Sequence[int] | None = None, warn: bool = True
     ) -> TokenBatch:
         """Pack each prompt's passages into one row, laid out below that prompt's start `offsets[i]`
-        (default: len(passages[i]) * l_max, as `generate` does for given passages)."""
-        rows = [self.passage_tokens(p, warn=True) if len(p) else [] for p in passages]
+        (default: len(passages[i]) * l_max, as `generate` does for given passages). `warn` logs
+        truncation (off for passages from an index, which were embedded truncated the same way)."""
+        rows = [self.passage_tokens(p, warn=warn) if len(p) else [] for p in passages]
         if offsets is None:
             offsets = [len(p) * self.config.reader.l_max for p in passages]
         ends = offsets if self.config.reader.layout == "flush" else None
@@ -379,7 +380,8 @@ class ImpRAG:
                 read[:] = self._search(index, query, k)  # type: ignore[arg-type]
             if not any(read):
                 return None
-            return self.passage_batch([[p.content for p in row] for row in read], offsets)
+            contents = [[p.content for p in row] for row in read]
+            return self.passage_batch(contents, offsets, warn=index is None)
 
         pre = self._prefill(batch, passages_for, cache=True)
         last = torch.tensor(batch.lengths) - 1  # right padding: last valid column per row
