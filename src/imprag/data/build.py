@@ -48,8 +48,8 @@ class BuildConfig:
     seed: int = 0
     dev_fraction: float = 1 / 3
     """Share of groups in dev for tasks without a train split (the rest is test)."""
-    describe_eval: int = 300
-    """Articles in each of dev and test of `describe`; the rest is its train split."""
+    eval_size: int = 300
+    """Items in each of dev and test of a task that also has a train split (`describe`); the rest is train."""
     max_items: dict[str, int] = field(
         default_factory=lambda: {"denoise": 3000, "sentence": 3000, "reading": 3000}
     )
@@ -527,13 +527,15 @@ def build_items(
 
 
 def _split(task: str, kept: list[Candidate], config: BuildConfig) -> list[Item]:
+    """Assign splits by the task's policy; the order (and dev/test membership) is a seeded hash of the
+    item's group, so one entity never straddles two splits."""
     order = sorted(kept, key=lambda c: (_hash01(config.seed, f"{task}\x00{c.group}"), c.key))
-    if task in ("trivia", "fanoutqa"):  # small, unseen data in the seen format: all of it is test
-        return [_item(c, "test") for c in order]
-    if task == "describe":
-        n = config.describe_eval
+    policy = get_task(task).splits
+    if policy in ("test", "train"):
+        return [_item(c, policy) for c in order]
+    if policy == "train-dev-test":  # fixed-size dev and test, the rest is train
+        n = config.eval_size
         return [_item(c, "dev" if i < n else "test" if i < 2 * n else "train") for i, c in enumerate(order)]
-    # unseen formats: dev/test by group (the entity), never trained on
     return [
         _item(c, "dev" if _hash01(config.seed, f"group\x00{c.group}") < config.dev_fraction else "test")
         for c in order

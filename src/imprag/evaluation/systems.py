@@ -1,11 +1,11 @@
-"""The systems the benchmark compares, behind one interface: `answer(prompts, queries) -> predictions`.
+"""The systems the benchmark compares, behind one interface: `answer(prompts, queries, decode, demos)`.
 
-| name               | retrieval                                           | reading                         |
+| name | retrieval | reading |
 |---|---|---|
-| closed-book        | none                                                | the prompt alone                |
+| closed-book | none | the prompt alone |
 | bm25, minilm | BM25 / all-MiniLM-L6-v2 with the whole prompt | passages pasted before the prompt |
 | minilm-oracle | MiniLM with the item's hand-built ideal query | passages pasted before the prompt |
-| imprag-zero-shot   | the model's own layer-b query state (implicit)      | middle layers b..t (ImpRAG)     |
+| imprag-zero-shot | the model's own layer-b query state (implicit) | middle layers b..t (ImpRAG) |
 
 Every system generates with the same model and greedy decoding, so differences come from what is read.
 Later systems (trained ImpRAG, RA-IT, RA-DIT) plug in by implementing `System` and joining `SYSTEMS`.
