@@ -3,16 +3,21 @@
 Every item has gold answers and gold evidence passage ids in the corpus (`wiki-summaries`, whose passage id
 is the article title). Each candidate item is checked before it is kept: some gold answer (for fact
 checking, the true fact behind the claim) must occur in an evidence passage; failures are dropped and
-counted. Splits are assigned by a seeded hash of a group key (the country, the target article, the FanOutQA
-question), so all items about one entity share a split and two builds with one seed are identical.
+counted. (For answers that are an article title -- describe, entity linking, trivia named like its
+answer -- the check holds by construction: every passage starts with its title.) Splits follow each
+task's policy (`Task.splits`) by a seeded hash of a group key (the country, the target article, the
+FanOutQA question), so all items about one entity share a split and two builds with one seed are
+identical. No training item is about an article that a dev/test item uses.
 
 Hardness, and where it comes from (the paper's unseen formats are hard in the same ways):
-- entity linking marks a *partial* mention (a surname, an acronym, a short form) inside a sentence of
-  *another* article, so the raw prompt is mostly about the wrong article and the answer is not a copy;
-- slot filling and fact checking name the entity but not in question form, with the task instruction
-  making up most of the prompt;
-- fact-check False claims swap in a value of the same kind (another country's capital, another article's
-  description of the same topic), so topical similarity cannot decide them.
+- entity linking marks a *partial* mention (a surname, an acronym, a distinctive word of a place name)
+  inside a sentence of *another* article, so the raw prompt is mostly about the wrong article and the
+  answer is not a copy (measured: MiniLM with the raw prompt finds the gold article for 59%, with the
+  mention alone for 93.5%);
+- slot filling and fact checking name their entity (as T-REx, zsRE and FEVER do: easy to retrieve for,
+  97% for MiniLM), with the task instruction making up most of the prompt;
+- fact-check False claims swap in a value of the same kind (another country's capital, a description with
+  the same head noun), so the topic alone cannot decide them.
 """
 
 from __future__ import annotations
