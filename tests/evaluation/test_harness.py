@@ -71,14 +71,25 @@ BY_PROMPT = {it.prompt: it.id for it in ITEMS}
 
 
 def expected_rows(system: str = "fake", shots: int = 0) -> list[dict[str, Any]]:
-    def row(task: str, fmt: str, n: int, em: float, recall, f1, article) -> dict[str, Any]:
+    def row(task: str, fmt: str, n: int, em: float, recall, f1, article, hub) -> dict[str, Any]:
         return {"system": system, "task": task, "format": fmt, "split": "test", "shots": shots, "n": n,
-                "em": em, "recall": recall, "f1": f1, "article_recall": article}  # fmt: skip
+                "em": em, "recall": recall, "f1": f1, "article_recall": article,
+                "hub_share": hub[0], "distinct_top1": hub[1]}  # fmt: skip
 
+    # hubness over the items that read something: describe's top-1s A0, X, A2 are all different (1/3, 3)
     return [
-        row("describe", "seen", 4, 0.5, 0.5, pytest.approx((1 + 0 + 1 + 2 / 3) / 4), 0.5),
-        row("fact-check", "unseen", 2, 0.5, None, None, 0.5),
-        row("slot-filling", "unseen", 1, 1.0, 1.0, 1.0, 0.0),
+        row(
+            "describe",
+            "seen",
+            4,
+            0.5,
+            0.5,
+            pytest.approx((1 + 0 + 1 + 2 / 3) / 4),
+            0.5,
+            (pytest.approx(1 / 3), 3),
+        ),
+        row("fact-check", "unseen", 2, 0.5, None, None, 0.5, (1.0, 1)),
+        row("slot-filling", "unseen", 1, 1.0, 1.0, 1.0, 0.0, (1.0, 1)),
     ]
 
 
@@ -231,7 +242,8 @@ def test_summarize_without_seen_or_unseen_tasks() -> None:
     summary = summarize("s", "train", records, shots=2)
     assert summary["rows"] == [
         {"system": "s", "task": "reading", "format": "no-retrieval", "split": "train", "shots": 2, "n": 2,
-         "em": 0.5, "recall": None, "f1": 0.75, "article_recall": None},
+         "em": 0.5, "recall": None, "f1": 0.75, "article_recall": None, "hub_share": None,
+         "distinct_top1": None},
     ]  # fmt: skip
     assert summary["averages"] == {}
 

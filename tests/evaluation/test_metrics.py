@@ -158,3 +158,11 @@ def test_average_skips_none() -> None:
     assert average([{"em": 0.0}, {"em": 0.0}], "em") == 0.0  # zeros count (not dropped as falsy)
     assert average([{"em": None}, {"x": 1.0}], "em") is None
     assert average([], "em") is None
+
+
+def test_hubness() -> None:
+    from imprag.evaluation.metrics import hubness
+
+    assert hubness(["a", "b", "a", "c", None]) == (0.5, 3)  # 2 of the 4 queries that retrieved hit "a"
+    assert hubness(["p"] * 5) == (1.0, 1)  # a collapsed retriever
+    assert hubness([None, None]) is None and hubness([]) is None

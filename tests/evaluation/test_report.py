@@ -84,6 +84,7 @@ def test_benchmark_rows_keys() -> None:
     del extra["rows"][0]["f1"]
     rows = benchmark_rows([closed_book(), extra])
     keys = ["system", "task", "format", "split", "shots", "n", "em", "recall", "f1", "article_recall"]
+    keys += ["hub_share", "distinct_top1"]
     assert [list(r) for r in rows] == [keys] * 3
     assert [(r["system"], r["task"]) for r in rows] == [
         ("closed-book", "fact-check"),
@@ -91,7 +92,7 @@ def test_benchmark_rows_keys() -> None:
         ("x", "trivia"),
     ]
     assert rows[2]["f1"] is None and "extra" not in rows[2]
-    assert rows[1] == row("closed-book", "describe", "seen", 4, 0.5)
+    assert rows[1] == row("closed-book", "describe", "seen", 4, 0.5, hub_share=None, distinct_top1=None)
 
 
 def test_merge_rows_replaces_same_system_task_split(tmp_path) -> None:

@@ -80,6 +80,9 @@ def summarize(
         row["n"] = len(recs)
         for key in ("em", "recall", "f1", "article_recall"):
             row[key] = metrics.average(recs, key)
+        retrieved = any(r.get("article_recall") is not None for r in recs)  # a system that retrieves
+        hub = metrics.hubness([r["read"][0] if r.get("read") else None for r in recs]) if retrieved else None
+        row["hub_share"], row["distinct_top1"] = hub if hub else (None, None)
         rows.append(row)
     averages = {}
     for fmt in ("seen", "unseen"):

@@ -21,6 +21,7 @@ __all__ = [
     "article_recall",
     "average",
     "exact_match",
+    "hubness",
     "normalize_answer",
     "parse_bool",
     "token_f1",
@@ -92,6 +93,17 @@ def answer_recall(passages: Sequence[str], golds: Sequence[str]) -> float:
 def article_recall(passage_ids: Iterable[str | None], evidence: Iterable[str]) -> float:
     """1.0 when one of the read passages is one of the item's evidence passages."""
     return float(bool(set(passage_ids) & set(evidence)))
+
+
+def hubness(top1: Sequence[str | None]) -> tuple[float, int] | None:
+    """Retrieval health over a set of queries: the share of queries whose top-1 passage is the single most
+    frequent top-1, and the number of distinct top-1 passages (None when nothing was retrieved). A
+    collapsed retriever sends every query to one hub: share 1.0, one distinct passage."""
+    hits = [t for t in top1 if t is not None]
+    if not hits:
+        return None
+    counts = collections.Counter(hits)
+    return counts.most_common(1)[0][1] / len(hits), len(counts)
 
 
 def average(rows: Sequence[Mapping[str, float | None]], key: str) -> float | None:

@@ -67,8 +67,10 @@ def markdown_table(
 
 
 def benchmark_rows(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows {system, task, format, split, n, em, recall, f1, article_recall} (recall null when n/a)."""
-    keys = ("system", "task", "format", "split", "shots", "n", "em", "recall", "f1", "article_recall")
+    """Rows {system, task, format, split, shots, n, em, recall, f1, article_recall, hub_share,
+    distinct_top1} (null where it does not apply, e.g. recall for closed-book)."""
+    keys = ("system", "task", "format", "split", "shots", "n", "em", "recall", "f1", "article_recall",
+            "hub_share", "distinct_top1")  # fmt: skip
     return [{k: r.get(k) for k in keys} for s in summaries for r in s["rows"]]
 
 
