@@ -353,6 +353,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from imprag.data import Benchmark
+    from imprag.retrieval.baselines import load_baseline
+    from imprag.retrieval.index import PassageIndex
+    from imprag.training.targets import PseudoLabelConfig, cached_pseudo_labels
+
+    bench = Benchmark.load(args.data)
+    tasks = _task_list(args.tasks, bench.tasks)
+    config = PseudoLabelConfig(
+        positives=args.positives, negatives=args.negatives, query=args.query, seed=args.seed
+    )
+    store = PassageIndex.load(args.index).store
+    if store.corpus_hash != bench.manifest["corpus"]["hash"]:
+        raise UsageError(f"{args.index} indexes another corpus than the benchmark {args.data} was built over")
+    teacher = load_baseline(args.teacher, Path(args.index) / "baselines" / args.teacher, store)
+    for task in tasks:
+        items = bench.items(task, args.split)[: args.limit]
+        labels, cached = cached_pseudo_labels(
+            args.out, args.teacher, store.corpus_hash, f"{task}-{args.split}", items, teacher, config
+        )
+        gold = sum(
+            bool(set(label.positives) & set(it.evidence)) for label, it in zip(labels, items, strict=True)
+        )
+        print(
+            f"{task} {args.split}: {len(labels)} items, gold evidence among the {args.positives} positives "
+            f"for {gold / len(labels):.1%} ({'cached' if cached else 'computed'}) in {args.out}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imprag",
@@ -504,6 +534,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(ev, from_index=True)
     ev.set_defaults(func=cmd_eval)
+
+    pl = sub.add_parser(
+        "pseudo-label",
+        help="teacher-retriever positives and hard negatives for training items (cached)",
+        description="Rank the passage store with a teacher retriever for each item of the chosen tasks: "
+        "the top --positives are positives, --negatives hard negatives are sampled from ranks 10-50 (never "
+        "the item's gold evidence). Cached under OUT by teacher and corpus hash.",
+    )
+    pl.add_argument("--data", required=True, help="benchmark directory (`imprag data build`)")
+    pl.add_argument("--index", required=True, help="index directory with the teacher's baseline index")
+    pl.add_argument("--teacher", default="minilm", choices=["minilm", "bm25"], help="(default: %(default)s)")
+    pl.add_argument("--tasks", default="describe", help="comma-separated tasks (default: %(default)s)")
+    pl.add_argument(
+        "--split", default="train", choices=["train", "dev", "test"], help="(default: %(default)s)"
+    )
+    pl.add_argument("--out", required=True, help="cache directory")
+    pl.add_argument("--positives", type=int, default=5, help="(default: %(default)s)")
+    pl.add_argument("--negatives", type=int, default=4, help="hard negatives per item (default: %(default)s)")
+    pl.add_argument("--query", default="prompt", choices=["prompt", "oracle"], help="(default: %(default)s)")
+    pl.add_argument("--limit", type=int, help="first N items per task")
+    pl.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    pl.set_defaults(func=cmd_pseudo_label)
 
     info = sub.add_parser("info", help="show a model's layer split, embedding size and settings")
     info.add_argument("--json", action="store_true", help="compact JSON")
