@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 __all__ = ["Dist", "init_from_env"]
 
@@ -35,6 +36,22 @@ class Dist:
         flag = torch.tensor([1 if failed else 0])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        """Every rank's `tensor` concatenated along dim 0 in rank order, (world * B, ...); every rank must
+        pass the same shape. Only this rank's slice keeps its gradient; the others are constants here.
+
+        This is the usual in-batch-negatives scheme: each rank scores its queries against all ranks'
+        passages and backpropagates into its own embeddings only. Query gradients are exact; a passage
+        gets gradient only from its own rank's queries (the terms where other ranks' queries score it are
+        dropped -- `torch.distributed.nn.all_gather` would keep them at the cost of a backward
+        all-reduce). The ranks' losses sum to the one-process loss (the 2-process test checks all three)."""
+        if self.world == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        dist.all_gather(parts, tensor.detach().contiguous())
+        parts[self.rank] = tensor
+        return torch.cat(parts, dim=0)
 
 
 def init_from_env() -> Dist:
