@@ -21,11 +21,13 @@ from imprag.data import (
     DataPackageError,
     Item,
     build_benchmark,
+    builders,
     get_task,
     tasks_of,
 )
 from imprag.data import build as build_module
-from imprag.data.build import build_items, sentences
+from imprag.data.build import build_items
+from imprag.data.builders import sentences
 from imprag.evaluation.metrics import answer_in_text, normalize_answer
 from imprag.retrieval.corpus import CorpusError, read_corpus
 
@@ -318,7 +320,7 @@ def _fill_masks(context: str, answer: str) -> str:
 
 
 _CLAIMS = {rel: re.compile("^" + re.escape(t).replace(r"\{entity\}", "(?P<entity>.+)").replace(
-    r"\{value\}", "(?P<value>.+)") + "$") for rel, t in build_module._FACT_CLAIMS.items()}  # fmt: skip
+    r"\{value\}", "(?P<value>.+)") + "$") for rel, t in builders._FACT_CLAIMS.items()}  # fmt: skip
 
 
 def _claim_value(item: Item, claim: str) -> tuple[str | None, str]:
@@ -333,7 +335,7 @@ def _claim_value(item: Item, claim: str) -> tuple[str | None, str]:
 
 
 def test_fact_check_claims(all_items: dict[str, list[Item]], corpus: dict) -> None:
-    facts = {(c.name, rel): values for c, rel, values in build_module._country_facts(corpus)}
+    facts = {(c.name, rel): values for c, rel, values in builders._country_facts(corpus)}
     n_false = 0
     for it in all_items["fact-check"]:
         true, false = it.meta["true_claim"], it.meta["false_claim"]
@@ -429,7 +431,7 @@ def test_item_kinds_that_proved_uninformative_are_gone(all_items: dict[str, list
 
 
 def _head_of_claim(claim: str) -> str:
-    from imprag.data.build import _head
+    from imprag.data.builders import _head
 
     return _head(claim.split(" is ", 1)[1].removeprefix("a ").removeprefix("an ").rstrip("."))
 
