@@ -267,7 +267,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_data_build(args: argparse.Namespace) -> int:
     from imprag.data import TASKS, BuildConfig, build_benchmark
 
-    tasks = _task_list(args.tasks, TASKS) if args.tasks else None
+    tasks = _names(args.tasks, TASKS) if args.tasks else None
     bench = build_benchmark(args.out, tasks, BuildConfig(seed=args.seed), overwrite=args.overwrite)
     if args.json:
         print(json.dumps({k: bench.manifest[k] for k in ("counts", "dropped", "held_out")}))
@@ -285,14 +285,25 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task_list(text: str, known) -> list[str]:
+def _names(text: str, known, kind: str = "task") -> list[str]:
+    """A comma-separated list of names, each one of `known` (a one-line error lists them otherwise)."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in names if t not in known]
     if unknown or not names:
         raise UsageError(
-            f"unknown task(s) {', '.join(map(repr, unknown)) or repr(text)}; known tasks: {', '.join(known)}"
+            f"unknown {kind}(s) {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"known {kind}s: {', '.join(known)}"
         )
     return names
+
+
+def _check_same_corpus(bench, corpus_hash: str, index: str) -> None:
+    if corpus_hash != bench.manifest["corpus"]["hash"]:
+        raise UsageError(
+            f"{index} indexes another corpus than the benchmark {bench.directory} was built over "
+            f"(corpus hash {corpus_hash} vs {bench.manifest['corpus']['hash']}); "
+            "index the benchmark's corpus (`imprag index wiki-summaries --out DIR`)"
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -303,15 +314,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from imprag.retrieval.index import read_manifest
 
     bench = Benchmark.load(args.data)
-    systems = [s.strip() for s in args.system.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown or not systems:
-        raise UsageError(
-            f"unknown system(s) {', '.join(map(repr, unknown)) or repr(args.system)}; "
-            f"known: {', '.join(SYSTEMS)}"
-        )
+    systems = _names(args.system, SYSTEMS, "system")
     if args.tasks:
-        tasks = _task_list(args.tasks, bench.tasks)
+        tasks = _names(args.tasks, bench.tasks)
     else:  # the seen and unseen tasks that have this split (fanoutqa and trivia are test only)
         tasks = [t for t in tasks_of("seen") + tasks_of("unseen") if bench.counts.get(t, {}).get(args.split)]
     for task in tasks:
@@ -319,12 +324,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     manifest = None
     if args.index:
         manifest = read_manifest(Path(args.index))
-        if manifest["corpus_hash"] != bench.manifest["corpus"]["hash"]:
-            raise UsageError(
-                f"{args.index} indexes another corpus than the benchmark {args.data} was built over "
-                f"(corpus hash {manifest['corpus_hash']} vs {bench.manifest['corpus']['hash']}); "
-                "index the benchmark's corpus (`imprag index wiki-summaries --out DIR`)"
-            )
+        _check_same_corpus(bench, manifest["corpus_hash"], args.index)
     elif any(s != "closed-book" for s in systems):
         raise UsageError("retrieval systems need --index DIR (built with `--baselines bm25,minilm`)")
     model = _load(args, manifest)
@@ -360,13 +360,12 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from imprag.training.targets import PseudoLabelConfig, cached_pseudo_labels
 
     bench = Benchmark.load(args.data)
-    tasks = _task_list(args.tasks, bench.tasks)
+    tasks = _names(args.tasks, bench.tasks)
     config = PseudoLabelConfig(
         positives=args.positives, negatives=args.negatives, query=args.query, seed=args.seed
     )
     store = PassageIndex.load(args.index).store
-    if store.corpus_hash != bench.manifest["corpus"]["hash"]:
-        raise UsageError(f"{args.index} indexes another corpus than the benchmark {args.data} was built over")
+    _check_same_corpus(bench, store.corpus_hash, args.index)
     teacher = load_baseline(args.teacher, Path(args.index) / "baselines" / args.teacher, store)
     for task in tasks:
         items = bench.items(task, args.split)[: args.limit]

@@ -437,7 +437,7 @@ def test_eval_help(capsys) -> None:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--system", "nope"], "unknown system(s) 'nope'; known: closed-book, bm25, minilm"),
+        (["--system", "nope"], "unknown system(s) 'nope'; known systems: closed-book, bm25, minilm"),
         (["--system", "closed-book,bm25"], "retrieval systems need --index DIR"),
         (
             ["--tasks", "describe,trivia"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "Country",
     "DataPackageError",
     "FanoutLeaf",
+    "installed_versions",
     "package_versions",
     "read_countries",
     "read_fanout_leaves",
@@ -68,15 +70,20 @@ def _json(module: str, *parts: str) -> Any:
         raise DataPackageError(f"{path} is not valid JSON ({e}); reinstall {PACKAGES[module][0]}") from e
 
 
-def package_versions() -> dict[str, str | None]:
-    """Installed version of every data package (None when missing), recorded next to built data."""
+def installed_versions(dists: Iterable[str]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when missing), recorded next to built data and runs."""
     out: dict[str, str | None] = {}
-    for dist, _ in PACKAGES.values():
+    for dist in dists:
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed version of every data package."""
+    return installed_versions(dist for dist, _ in PACKAGES.values())
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ continues where it stopped.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from imprag.config import DecodeConfig
 from imprag.data.benchmark import Benchmark, Item
+from imprag.data.sources import installed_versions
 from imprag.data.tasks import Task, get_task
 from imprag.evaluation import metrics
 from imprag.evaluation.systems import Prediction, System
@@ -197,16 +197,6 @@ def _previous_seconds(path: Path) -> dict[str, float]:
 VERSIONED = ("imprag", "torch", "transformers", "faiss-cpu", "sentence-transformers", "bm25s", "numpy")
 
 
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in VERSIONED:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def _start_or_resume(out: Path, run: dict[str, Any], overwrite: bool) -> None:
     path = out / "run.json"
     if path.is_file() and not overwrite:
@@ -230,7 +220,7 @@ def _start_or_resume(out: Path, run: dict[str, Any], overwrite: bool) -> None:
         **run,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": _versions(),
+        "versions": installed_versions(VERSIONED),
     }
     atomic_write_text(path, json.dumps(run, indent=2, default=str) + "\n")
 

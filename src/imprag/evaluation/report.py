@@ -128,11 +128,8 @@ ORDER = ("closed-book", "bm25", "minilm", "minilm-oracle", "imprag-zero-shot", "
 def write_report(out: str | Path, split: str) -> str:
     """Combine every system evaluated under `out` on `split` into results.md, benchmark.json, chart.png."""
     out = Path(out)
-    found = []
-    for path in sorted(out.glob("*/metrics.json")):
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        if summary["rows"] and summary["rows"][0]["split"] == split:
-            found.append(summary)
+    every = load_summaries(sorted(path.parent for path in out.glob("*/metrics.json")))
+    found = [summary for summary in every if summary["rows"] and summary["rows"][0]["split"] == split]
     found.sort(key=lambda s: (ORDER.index(n) if (n := s["rows"][0]["system"]) in ORDER else len(ORDER), n))
     table = markdown_table(found)
     shots = sorted({r.get("shots", 0) for s in found for r in s["rows"]})
