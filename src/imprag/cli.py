@@ -382,6 +382,19 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from imprag.distributed import init_from_env
+    from imprag.training.config import load_train_config
+    from imprag.training.loop import train
+
+    config = load_train_config(args.config, args.overrides)
+    final = train(config, args.out, init_from_env(), progress=not args.no_progress)
+    print(
+        f"trained {config.total_steps} steps; the model is in {final} (logs: {Path(args.out) / 'log.jsonl'})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imprag",
@@ -556,6 +569,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     pl.set_defaults(func=cmd_pseudo_label)
 
+    tr = sub.add_parser(
+        "train",
+        help="train retrieval and generation jointly (warmup on pseudo labels, then self-distillation)",
+        description="Train an ImpRAG model from a recipe (configs/*.yaml) with `section.field=value` "
+        "overrides. Resumes from the newest checkpoint in OUT; writes OUT/log.jsonl, "
+        "OUT/checkpoints/step-N and the final model in OUT/model. Under `torchrun --nproc_per_node=N` the "
+        "global batch is split over N processes.",
+    )
+    tr.add_argument("--config", help="recipe YAML (default: the built-in defaults)")
+    tr.add_argument("--out", required=True, help="run directory (checkpoints, logs, the final model)")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-4 data.index=DIR")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=cmd_train)
+
     info = sub.add_parser("info", help="show a model's layer split, embedding size and settings")
     info.add_argument("--json", action="store_true", help="compact JSON")
     _add_model_args(info)
@@ -590,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from imprag.retrieval.baselines import BaselineIndexError
     from imprag.retrieval.corpus import CorpusError
     from imprag.retrieval.index import InvalidIndexError
+    from imprag.training.data import TrainingDataError
+    from imprag.training.loop import TrainingError
 
     expected: tuple[type[BaseException], ...] = (
         UsageError,
@@ -603,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         BenchmarkError,
         DataPackageError,
         EvalError,
+        TrainingDataError,
+        TrainingError,
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -6,9 +6,11 @@
 | bm25, minilm | BM25 / all-MiniLM-L6-v2 with the whole prompt | passages pasted before the prompt |
 | minilm-oracle | MiniLM with the item's hand-built ideal query | passages pasted before the prompt |
 | imprag-zero-shot | the model's own layer-b query state (implicit) | middle layers b..t (ImpRAG) |
+| imprag-warmup, imprag | as above, after training (stage 1 only / both stages) | middle layers b..t |
+| ra-it | MiniLM with the whole prompt (as minilm), the LM fine-tuned with passages pasted | pasted |
 
 Every system generates with the same model and greedy decoding, so differences come from what is read.
-Later systems (trained ImpRAG, RA-IT, RA-DIT) plug in by implementing `System` and joining `SYSTEMS`.
+Trained systems are the same classes over a trained model (`imprag eval --model runs/X/model`).
 """
 
 from __future__ import annotations
@@ -152,10 +154,16 @@ def _text(kind: str, name: str, oracle: bool = False) -> Factory:
     return make
 
 
-def _implicit(model: ImpRAG, index_dir: Path, k: int) -> System:
-    from imprag.retrieval.index import PassageIndex
+def _implicit(name: str) -> Factory:
+    """ImpRAG under `name`: the zero-shot model, or a trained one (`--model runs/X/model`, the index
+    refreshed with it) reported as `imprag-warmup` (stage 1 only) or `imprag` (warmup + distillation)."""
 
-    return ImplicitRetrieval(model, PassageIndex.load(index_dir, model), "imprag-zero-shot", k)
+    def make(model: ImpRAG, index_dir: Path, k: int) -> System:
+        from imprag.retrieval.index import PassageIndex
+
+        return ImplicitRetrieval(model, PassageIndex.load(index_dir, model), name, k)
+
+    return make
 
 
 SYSTEMS: dict[str, Factory] = {
@@ -163,5 +171,10 @@ SYSTEMS: dict[str, Factory] = {
     "bm25": _text("bm25", "bm25"),
     "minilm": _text("minilm", "minilm"),
     "minilm-oracle": _text("minilm", "minilm-oracle", oracle=True),
-    "imprag-zero-shot": _implicit,
+    "imprag-zero-shot": _implicit("imprag-zero-shot"),
+    "imprag-warmup": _implicit("imprag-warmup"),
+    "imprag": _implicit("imprag"),
+    # RA-IT: MiniLM with the whole prompt, passages pasted, the LM fine-tuned on the same data
+    # (`imprag train ... objective.system=ra-it`, evaluated with --model runs/X/model).
+    "ra-it": _text("minilm", "ra-it"),
 }

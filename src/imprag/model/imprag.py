@@ -103,6 +103,9 @@ class ImpRAG:
         default split; `dtype` (e.g. "bfloat16") defaults to the embedded model's measured-fastest dtype or
         the checkpoint's own. Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
         """
+        adapter = Path(name_or_path) / "adapter_config.json"
+        if adapter.is_file():  # a LoRA checkpoint from `imprag train`: its base model + the adapter, merged
+            return cls._from_adapter(Path(name_or_path), b, t, dtype, embedding, reader, **hf_kwargs)
         path: str | Path = name_or_path
         chosen = _as_dtype(dtype)
         default_split = None
@@ -145,6 +148,45 @@ class ImpRAG:
         )
         loaded.source = str(name_or_path)
         return loaded
+
+    @classmethod
+    def _from_adapter(
+        cls,
+        directory: Path,
+        b: int | None,
+        t: int | None,
+        dtype: DtypeLike,
+        embedding: EmbeddingConfig | None,
+        reader: ReaderConfig | None,
+        **hf_kwargs: Any,
+    ) -> ImpRAG:
+        try:
+            from peft import PeftModel
+        except ImportError as err:
+            raise InputError(
+                f"{directory} is a LoRA adapter; loading it needs peft (pip install peft)"
+            ) from err
+        base = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
+        base_name = base.get("base_model_name_or_path")
+        if not base_name:
+            raise InputError(f"{directory}/adapter_config.json names no base_model_name_or_path")
+        saved = ImpRAGConfig.load(directory)
+        loaded = cls.from_pretrained(
+            base_name,
+            b=b if b is not None else saved and saved.split.b,
+            t=t if t is not None else saved and saved.split.t,
+            dtype=dtype,
+            embedding=embedding or (saved.embedding if saved else None),
+            reader=reader or (saved.reader if saved else None),
+            **hf_kwargs,
+        )
+        # Merge in fp32 and cast back, so a bf16 base is not rounded twice.
+        target = loaded.model.dtype
+        merged = PeftModel.from_pretrained(loaded.model.float(), directory).merge_and_unload()
+        result = cls(merged.to(target).eval(), loaded.tokenizer, loaded.split, loaded.config.embedding,
+                     loaded.config.reader)  # fmt: skip
+        result.source = str(directory)
+        return result
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save model, tokenizer and `imprag_config.json`; the folder loads in stock transformers too."""
@@ -215,10 +257,16 @@ class ImpRAG:
         """E_p (B, D): layers 0..b-1 and layer b's projections only."""
         return self._bottom(passages, passage=True)
 
-    def forward(self, prompts: TokenBatch, passages: TokenBatch | None = None) -> Tensor:
-        """Logits (B, T, V) of the prompts, each reading its row of packed `passages` in layers b..t."""
+    def forward(
+        self, prompts: TokenBatch, passages: TokenBatch | None = None, select: Tensor | None = None
+    ) -> Tensor:
+        """Logits (B, T, V) of the prompts, each reading its row of packed `passages` in layers b..t.
+
+        With `select` (B, T) bool, only the selected positions' logits, (n, V) in row-major order (training
+        needs the answer positions only; the full (B, T, V) tensor is mostly vocabulary-sized waste)."""
         pre = self._prefill(prompts, lambda _: passages, cache=False)
-        return self.backbone.logits(pre.hidden)
+        hidden = pre.hidden if select is None else pre.hidden[select.to(pre.hidden.device)]
+        return self.backbone.logits(hidden)
 
     __call__ = forward
 

@@ -1,0 +1,278 @@
+"""The training configuration: small typed dataclasses, one per concern, validated when built.
+
+A recipe is a YAML file of these dataclasses (`configs/*.yaml`); `load_train_config(path, overrides)` reads
+it, applies dotted command-line overrides (`optim.lr=1e-4`), and refuses unknown keys. The resolved
+config is written next to every checkpoint, so a run can always be reproduced and resumed.
+
+Marks as on the method page: [P] the paper's value, [D] our decision where the paper is silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from imprag.config import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "EngineConfig",
+    "EvalConfig",
+    "ModelSpec",
+    "ObjectiveConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "load_train_config",
+]
+
+Group = Literal["bottom", "middle", "top"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "smollm2-135m"
+    """Embedded default name, local folder or hub id of the model to train."""
+    b: int | None = None
+    """Retrieval layer (default: the model's own split)."""
+    t: int | None = None
+    """Last reading layer (default: the model's own split)."""
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Weights dtype of the frozen base. LoRA adapters and fully trained weights are kept in fp32."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    benchmark: str = ""
+    """A benchmark directory built by `imprag data build`."""
+    index: str = ""
+    """An index directory over the benchmark's corpus with the teacher baseline built
+    (`imprag index wiki-summaries --out DIR --baselines minilm`); its passage store is the candidate pool."""
+    retrieval_tasks: tuple[str, ...] = ("describe",)
+    """Tasks trained with retrieval (their train split) [P: NQ, HotpotQA]."""
+    instruction_tasks: tuple[str, ...] = ("denoise", "sentence", "reading")
+    """Tasks trained without passages [P: instruction tuning + the two synthetic tasks]."""
+    cap: int = 5000
+    """At most this many train items per task [P: 5k each]."""
+    mix: tuple[float, float, float] = (0.5, 0.4, 0.1)
+    """Share of steps that are retrieval / instruction / plain-corpus LM batches [P: ~10% LM; D: rest]."""
+    teacher: Literal["minilm", "bm25"] = "minilm"
+    """Teacher retriever for the warmup pseudo labels [P: Contriever; here MiniLM]."""
+    positives: int = 5
+    """Teacher top-n passages taken as positives [P]."""
+    hard_negatives: int = 4
+    """Hard negatives per item, sampled from teacher ranks 10-50 [P: a few, < 10]."""
+    random_negatives: int = 8
+    """Corpus passages drawn at random per process and step, shared by all its queries as extra negatives
+    [D]: in-batch negatives alone never push down a passage that is never in a batch (hubness)."""
+    label_cache: str = ""
+    """Where pseudo labels are cached (default: OUT/pseudo-labels)."""
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    system: Literal["imprag", "ra-it"] = "imprag"
+    """'imprag': J_gen + lambda * J_ret, passages read by the middle layers. 'ra-it' (the paper's baseline):
+    the teacher's top read_k passages pasted before the prompt, J_gen only (the retriever stays frozen)."""
+    warmup_epochs: int = 3
+    """Epochs of stage 1 (pseudo-label NCE) before self-distillation [P: 3 of 10]."""
+    ret_weight: float = 1.0
+    """lambda in J = J_gen + lambda * J_ret [D]."""
+    tau_r: float = 8.0
+    """Retriever temperature: s(q,p)/tau_r. 8 = sqrt(head_dim) of SmolLM2, the attention's own scale [D]."""
+    tau_t: float = 1.0
+    """Target temperature on log P_LM(answer | p, prompt) [D]."""
+    answer_logprob: Literal["sum", "mean"] = "sum"
+    """How an answer's token log-probabilities make log P_LM(answer | p) [D]."""
+    read_k: int = 3
+    """Passages the generator reads per retrieval example during training [D; the paper reads 10]."""
+    read: Literal["retrieved", "positives"] = "retrieved"
+    """What it reads: the retriever's current top read_k among the item's candidates (default), or the
+    teacher's top positives."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    """Linear learning-rate warmup, then cosine decay to 10% over the run."""
+    batch_size: int = 8
+    """Global batch (examples per step over all processes); must divide by the process count."""
+    epochs: int = 10
+    """Epochs of the schedule [P: 10]."""
+    steps_per_epoch: int = 50
+    """Optimizer steps per epoch (an epoch is a fixed step budget, not a pass over every item)."""
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    train_groups: tuple[Group, ...] = ("bottom", "middle", "top")
+    """Layer groups that learn (others frozen). Embeddings and the LM head stay frozen."""
+    lora_r: int = 8
+    """LoRA rank through peft on the trained groups' attention and MLP projections; 0 = full fine-tuning."""
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    autocast: bool = True
+    """bf16 autocast for the forward passes (AMX on CPU, tensor cores on GPU)."""
+    checkpoint_every: int = 50
+    """Steps between checkpoints (an epoch end always writes one)."""
+    keep_checkpoints: int = 2
+    log_every: int = 1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = ("describe", "slot-filling", "fact-check", "entity-linking")
+    """Dev tasks whose gold-article recall and hubness are measured at epoch ends."""
+    per_task: int = 50
+    """Dev items per task."""
+    pool: int = 2000
+    """Random corpus passages searched beside the dev items' gold articles (a pool, not the full corpus:
+    re-encoding the whole corpus every epoch would cost more than training on CPU)."""
+    k: int = 10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        o, opt, d, e = self.objective, self.optim, self.data, self.engine
+        checks = [
+            (opt.batch_size >= 1, "optim.batch_size must be >= 1"),
+            (
+                opt.epochs >= 1 and opt.steps_per_epoch >= 1,
+                "optim.epochs and optim.steps_per_epoch must be >= 1",
+            ),
+            (0 <= o.warmup_epochs <= opt.epochs, "objective.warmup_epochs must lie in [0, optim.epochs]"),
+            (o.tau_r > 0 and o.tau_t > 0, "objective.tau_r and objective.tau_t must be > 0"),
+            (o.read_k >= 1, "objective.read_k must be >= 1"),
+            (opt.lr > 0, "optim.lr must be > 0"),
+            (
+                len(d.mix) == 3 and min(d.mix) >= 0 and sum(d.mix) > 0,
+                "data.mix needs 3 shares >= 0, not all 0",
+            ),
+            (d.positives >= 1, "data.positives must be >= 1"),
+            (d.hard_negatives >= 0 and d.random_negatives >= 0, "data negatives must be >= 0"),
+            (e.lora_r >= 0, "engine.lora_r must be >= 0 (0 = full fine-tuning)"),
+            (bool(e.train_groups), "engine.train_groups must name at least one of bottom, middle, top"),
+            (e.checkpoint_every >= 1 and e.keep_checkpoints >= 1, "engine checkpoint settings must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        bad = sorted(set(e.train_groups) - {"bottom", "middle", "top"})
+        if bad:
+            raise ConfigError(f"engine.train_groups: unknown group(s) {bad}; use bottom, middle, top")
+
+    @property
+    def total_steps(self) -> int:
+        return self.optim.epochs * self.optim.steps_per_epoch
+
+    def stage(self, step: int) -> Literal["warmup", "distill"]:
+        """The training stage of a (0-based) step."""
+        return "warmup" if step // self.optim.steps_per_epoch < self.objective.warmup_epochs else "distill"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _build(cls, data, "")
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """A recipe YAML (or the defaults) with `section.field=value` overrides (values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as err:
+            raise ConfigError(f"cannot read the training config {path}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (model, data, objective, ...)")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.field=value (e.g. optim.lr=1e-4)")
+        node = data
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {name} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path or 'training config'}: {err}") from err
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """A dataclass from a mapping, recursively; unknown keys and wrong types are errors naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where or 'the config'}; known keys are {sorted(known)}"
+        )
+    values = {
+        name: _coerce(hints[name], value, f"{where}.{name}".lstrip(".")) for name, value in data.items()
+    }
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in get_args(hint):
+            return None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+        origin = get_origin(hint)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{where} must be one of {list(get_args(hint))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        inner = get_args(hint)[0]
+        return tuple(_coerce(inner, v, where) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,213 @@
+"""Training examples and the step schedule (method page, "Training data").
+
+Three kinds of batches, each step one kind, drawn by `DataConfig.mix`:
+
+    retrieval    a seen-format task's train items with teacher pseudo labels (positives, hard negatives);
+                 trained with J_gen + lambda * J_ret, the generator reading passages
+    instruction  retrieval-free tasks (phrase denoising, next/previous sentence, reading comprehension),
+                 trained with J_gen only, reading nothing
+    lm           plain corpus text (the passage's body given its title), J_gen over every body token
+
+Which examples a step sees is a pure function of (seed, step): each kind's items are walked in seeded
+permutations, one pass after another, so a resumed run sees exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from imprag.data.benchmark import Benchmark, Item
+from imprag.retrieval.store import PassageStore
+from imprag.training.config import DataConfig
+from imprag.training.targets import PseudoLabel, PseudoLabelConfig, cached_pseudo_labels
+
+__all__ = ["KINDS", "Example", "TrainingData", "TrainingDataError", "load_training_data"]
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["retrieval", "instruction", "lm"]
+KINDS: tuple[Kind, ...] = ("retrieval", "instruction", "lm")
+
+
+class TrainingDataError(ValueError):
+    """Training data that cannot be used as given; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    kind: Kind
+    prompt: str
+    answer: str
+    """The target text the prompt is continued with (loss on these tokens only)."""
+    positives: tuple[int, ...] = ()
+    """Passage-store rows of the teacher's positives (retrieval examples)."""
+    negatives: tuple[int, ...] = ()
+    """Passage-store rows of the hard negatives."""
+    evidence: tuple[int, ...] = ()
+    """Rows of the gold articles (logged as training recall, never used as labels)."""
+
+    @property
+    def candidates(self) -> tuple[int, ...]:
+        return self.positives + self.negatives
+
+
+def answer_text(answer: str) -> str:
+    """How an answer continues a prompt ending in 'A:': a space, the answer, and a newline that ends it
+    (the evaluation stops at a newline)."""
+    return f" {answer.strip()}\n"
+
+
+class TrainingData:
+    """Examples per kind plus the passage store their candidate rows point into."""
+
+    def __init__(
+        self,
+        examples: dict[Kind, list[Example]],
+        store: PassageStore,
+        mix: Sequence[float],
+        seed: int = 0,
+        lm_rows: int | None = None,
+    ) -> None:
+        self.examples = {kind: list(examples.get(kind, [])) for kind in KINDS}
+        self.store = store
+        self.seed = seed
+        self.lm_rows = len(store) if lm_rows is None else lm_rows
+        weights = dict(zip(KINDS, mix, strict=True))
+        if weights["lm"] > 0 and self.lm_rows:
+            self.examples["lm"] = []  # drawn from the store on demand (see `_lm`)
+        self.weights = {
+            k: w for k, w in weights.items() if w > 0 and ((k == "lm" and self.lm_rows) or self.examples[k])
+        }
+        if not self.weights:
+            raise TrainingDataError("no training examples: every kind with a share in data.mix is empty")
+        self._kinds: list[Kind] = []
+        self._orders: dict[tuple[Kind, int], list[int]] = {}
+
+    def kind_of(self, step: int) -> Kind:
+        """The kind of batch at `step` (seeded, independent of anything but seed and step)."""
+        while len(self._kinds) <= step:
+            rng = random.Random(f"{self.seed}/kind/{len(self._kinds)}")
+            kinds, weights = zip(*self.weights.items(), strict=True)
+            self._kinds.append(rng.choices(kinds, weights)[0])
+        return self._kinds[step]
+
+    def batch(self, step: int, size: int) -> tuple[Kind, list[Example]]:
+        """The global batch of `step`: its kind and `size` examples."""
+        kind = self.kind_of(step)
+        ordinal = sum(1 for s in range(step) if self.kind_of(s) == kind)  # batches of this kind before
+        if kind == "lm":
+            return kind, self._lm(ordinal, size)
+        items = self.examples[kind]
+        out = []
+        for n in range(ordinal * size, (ordinal + 1) * size):
+            epoch, pos = divmod(n, len(items))
+            out.append(items[self._order(kind, epoch)[pos]])
+        return kind, out
+
+    def _order(self, kind: Kind, epoch: int) -> list[int]:
+        """The seeded permutation of a kind's items for one pass over them."""
+        key = (kind, epoch)
+        if key not in self._orders:
+            order = list(range(len(self.examples[kind])))
+            random.Random(f"{self.seed}/{kind}/{epoch}").shuffle(order)
+            self._orders = {key: order}  # passes are walked in order: keep only the current one
+        return self._orders[key]
+
+    def random_rows(self, step: int, rank: int, count: int) -> list[int]:
+        """`count` random store rows for extra negatives of this rank at this step."""
+        rng = random.Random(f"{self.seed}/random/{step}/{rank}")
+        return [rng.randrange(self.lm_rows) for _ in range(count)] if self.lm_rows else []
+
+    def _lm(self, ordinal: int, size: int) -> list[Example]:
+        rng = random.Random(f"{self.seed}/lm/{ordinal}")
+        rows = [rng.randrange(self.lm_rows) for _ in range(size)]
+        out = []
+        for passage in self.store.get(rows):
+            words = passage.text.split()
+            out.append(
+                Example(f"lm:{passage.id}", "lm", passage.title or words[0], "\n" + " ".join(words[:120]))
+            )
+        return out
+
+
+def load_training_data(config: DataConfig, out: Path, seed: int = 0) -> TrainingData:
+    """Examples from a built benchmark (train splits) and pseudo labels from the index's teacher."""
+    from imprag.retrieval.index import PassageIndex
+
+    if not config.benchmark or not config.index:
+        raise TrainingDataError(
+            "data.benchmark and data.index are required: build them with `imprag data build --out BENCH` and "
+            "`imprag index wiki-summaries --out INDEX --baselines minilm`"
+        )
+    bench = Benchmark.load(config.benchmark)
+    index = PassageIndex.load(config.index)
+    store = index.store
+    if bench.manifest["corpus"]["hash"] != store.corpus_hash:
+        raise TrainingDataError(
+            f"{config.index} indexes another corpus than {config.benchmark} was built over; index the "
+            "benchmark's corpus"
+        )
+    examples: dict[Kind, list[Example]] = {"retrieval": [], "instruction": []}
+    label_config = PseudoLabelConfig(positives=config.positives, negatives=config.hard_negatives, seed=seed)
+    teacher = None
+    for task in config.retrieval_tasks:
+        items = _checked(bench.items(task, "train")[: config.cap], task)
+        if teacher is None:
+            teacher = _teacher(config, Path(config.index), store)
+        cache = config.label_cache or str(out / "pseudo-labels")
+        labels, cached = cached_pseudo_labels(
+            cache, config.teacher, store.corpus_hash, f"{task}-train", items, teacher, label_config
+        )
+        log.info("%s: %d pseudo labels (%s)", task, len(labels), "cached" if cached else "computed")
+        examples["retrieval"] += [
+            _retrieval_example(item, label, store) for item, label in zip(items, labels, strict=True)
+        ]
+    for task in config.instruction_tasks:
+        items = _checked(bench.items(task, "train")[: config.cap], task)
+        examples["instruction"] += [
+            Example(it.id, "instruction", it.prompt, answer_text(it.answers[0])) for it in items
+        ]
+    return TrainingData(examples, store, config.mix, seed)
+
+
+def _checked(items: list[Item], task: str) -> list[Item]:
+    for item in items:
+        if not item.answers or not item.answers[0].strip():
+            raise TrainingDataError(
+                f"{task} train item {item.id} has no answer; every training item needs one"
+            )
+    return items
+
+
+def _teacher(config: DataConfig, index: Path, store: PassageStore):
+    from imprag.retrieval.baselines import load_baseline
+
+    folder = index / "baselines" / config.teacher
+    if not folder.exists():
+        raise TrainingDataError(
+            f"{index} has no {config.teacher} teacher; build it with "
+            f"`imprag index wiki-summaries --out {index} --baselines {config.teacher} --overwrite`"
+        )
+    return load_baseline(config.teacher, folder, store)
+
+
+def _retrieval_example(item: Item, label: PseudoLabel, store: PassageStore) -> Example:
+    rows = store.rows_of(label.positives + label.negatives + list(item.evidence))
+    missing = [pid for pid, row in zip(label.positives + label.negatives, rows, strict=False) if row is None]
+    if missing:
+        raise TrainingDataError(
+            f"pseudo labels of item {item.id} name passage(s) {missing[:3]} that are not in the index store; "
+            "delete the label cache (data.label_cache) to recompute them against this index"
+        )
+    n_pos, n_neg = len(label.positives), len(label.negatives)
+    evidence = tuple(r for r in rows[n_pos + n_neg :] if r is not None)
+    return Example(
+        item.id, "retrieval", item.prompt, answer_text(item.answers[0]),
+        tuple(rows[:n_pos]), tuple(rows[n_pos : n_pos + n_neg]), evidence,  # type: ignore[arg-type]
+    )  # fmt: skip

@@ -1,0 +1,75 @@
+"""Retrieval health during training: gold-article recall of held-out dev prompts, and hubness.
+
+`environment.md` shows a naive warmup collapsing into hubs (one passage the top-1 of most queries) while its
+training loss looks fine, so the loop measures what matters at every epoch end: for up to `per_task` dev
+items of each task, whether a gold article is among the top-k of a pool made of every item's gold articles
+plus `pool` random corpus passages (re-encoding the whole corpus each epoch would cost more than training
+on a CPU; the final numbers come from `imprag eval` over a full index), and the hub share and number of
+distinct top-1 passages (`evaluation.metrics.hubness`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from imprag.data.benchmark import Benchmark
+from imprag.evaluation.metrics import hubness
+from imprag.model.imprag import ImpRAG
+from imprag.retrieval.store import PassageStore
+from imprag.training.config import EvalConfig
+
+__all__ = ["RetrievalHealth"]
+
+
+@dataclass
+class RetrievalHealth:
+    prompts: dict[str, list[str]]
+    """Task -> dev prompts."""
+    gold: dict[str, list[set[int]]]
+    """Task -> the gold article rows of each prompt."""
+    pool: list[int]
+    """Store rows searched (every gold row plus random ones), sorted."""
+    store: PassageStore
+    k: int = 10
+
+    @classmethod
+    def from_benchmark(
+        cls, bench: Benchmark, store: PassageStore, config: EvalConfig, seed: int = 0
+    ) -> RetrievalHealth:
+        prompts: dict[str, list[str]] = {}
+        gold: dict[str, list[set[int]]] = {}
+        for task in config.tasks:
+            items = bench.items(task, "dev")[: config.per_task]
+            prompts[task] = [it.prompt for it in items]
+            gold[task] = [{r for r in store.rows_of(it.evidence) if r is not None} for it in items]
+        rng = random.Random(f"{seed}/health")
+        extra = rng.sample(range(len(store)), min(config.pool, len(store)))
+        pool = sorted(set(extra).union(*(g for rows in gold.values() for g in rows)))
+        return cls(prompts, gold, pool, store, config.k)
+
+    def __call__(self, model: ImpRAG) -> dict[str, Any]:
+        """Per task: recall@k of a gold article, hub share and distinct top-1s; and their means."""
+        texts = [p.content for p in self.store.get(self.pool)]
+        e_p = model.embed_passages(texts)  # (P, D)
+        pool = torch.tensor(self.pool)
+        report: dict[str, Any] = {}
+        for task, prompts in self.prompts.items():
+            scores = model.embed_queries(prompts) @ e_p.T  # (n, P)
+            top = pool[scores.topk(min(self.k, len(self.pool)), dim=1).indices]  # (n, k) store rows
+            hits = [bool(set(row.tolist()) & g) for row, g in zip(top, self.gold[task], strict=True)]
+            share, distinct = hubness([str(int(r)) for r in top[:, 0]]) or (0.0, 0)
+            report[task] = {
+                "recall": round(sum(hits) / len(hits), 3),
+                "hub_share": round(share, 3),
+                "distinct_top1": distinct,
+            }
+        rows = list(report.values())
+        report["mean"] = {
+            key: round(sum(r[key] for r in rows) / len(rows), 3) for key in ("recall", "hub_share")
+        }
+        report["pool"] = len(self.pool)
+        return report

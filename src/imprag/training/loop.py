@@ -1,0 +1,451 @@
+"""The training loop: one loop for 1..N processes (method page, "Training").
+
+Every step is one kind of global batch (`training/data.py`); each process takes its equal slice.
+
+    retrieval step   E_p of the slice's candidates (teacher positives + hard negatives + a few random corpus
+                     passages), gathered from every process as in-batch negatives; E_q of the prompts;
+                     s = E_q . E_p.
+                     stage 1 (warmup):  J_ret = multi-label NCE against the pseudo labels
+                     stage 2 (distill): J_ret = KL(P_T || P_R) over the item's own candidates, P_T from the
+                                        answer's log-likelihood reading each single candidate (no grad)
+                     J_gen: the answer, reading the retriever's current top read_k own candidates
+    instruction/lm   J_gen only, reading nothing
+
+Gradients are averaged over processes with one all_reduce of a flat buffer per step (DDP's reducer needs
+the forward to go through its wrapper; our layer loop calls the modules directly). The generation loss is
+scaled by each process's share of the global answer tokens and the retrieval losses are means over equal
+slices, so the averaged gradient is the global-batch gradient (up to the in-batch passage terms that
+`Dist.all_gather` drops).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from imprag.distributed import Dist
+from imprag.io import atomic_directory, atomic_write_text
+from imprag.model.imprag import ImpRAG
+from imprag.model.reader import TokenBatch, batch_tokens, tokenize
+from imprag.training.checkpoint import (
+    export_model,
+    latest_checkpoint,
+    prepare_model,
+    restore_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from imprag.training.config import TrainConfig
+from imprag.training.data import Example, TrainingData
+from imprag.training.losses import distillation_kl, multi_label_nce
+
+__all__ = ["Sequences", "Trainer", "TrainingError", "answer_logprobs", "build_sequences"]
+
+log = logging.getLogger(__name__)
+
+MAX_ANSWER_TOKENS = 160
+SCORE_CHUNK = 16  # single-candidate forwards per chunk when scoring P_T
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, a run directory of another config); says what to do."""
+
+
+@dataclass
+class Sequences:
+    """Prompt + answer token rows laid out after their passages, with the answer positions marked."""
+
+    batch: TokenBatch  # (B, T)
+    targets: Tensor  # (B, T) the next token at each position
+    answer: Tensor  # (B, T) bool: the target at this position is an answer token
+
+    @property
+    def rows(self) -> Tensor:
+        """Row of each selected answer position, (n,)."""
+        return self.answer.nonzero()[:, 0]
+
+
+def build_sequences(
+    model: ImpRAG, prompts: Sequence[str], answers: Sequence[str], reads: Sequence[int]
+) -> Sequences:
+    """Token rows `prompt + answer`; row i starts at reads[i] * l_max (after the passages it reads)."""
+    prompt_ids = tokenize(model.tokenizer, prompts, "prompt")
+    answer_ids = [
+        ids[:MAX_ANSWER_TOKENS]
+        for ids in model.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    ]
+    if any(not ids for ids in answer_ids):
+        raise TrainingError("an answer has no tokens; every training example needs a non-empty answer")
+    offsets = [n * model.config.reader.l_max for n in reads]
+    seqs = [p + a for p, a in zip(prompt_ids, answer_ids, strict=True)]
+    model._check_lengths(seqs, offsets, 0)
+    batch = batch_tokens(seqs, offsets, model.pad_id)
+    targets = torch.full_like(batch.input_ids, model.pad_id)
+    targets[:, :-1] = batch.input_ids[:, 1:]
+    answer = torch.zeros_like(batch.valid)
+    for i, (p, a) in enumerate(zip(prompt_ids, answer_ids, strict=True)):
+        answer[i, len(p) - 1 : len(p) + len(a) - 1] = True  # positions that predict answer tokens
+    return Sequences(batch, targets, answer)
+
+
+def answer_logprobs(
+    model: ImpRAG, seqs: Sequences, passages: TokenBatch | None, reduce: str = "sum"
+) -> tuple[Tensor, Tensor]:
+    """Per-row log P(answer | passages, prompt) (B,) and the token-level mean NLL (a scalar, for J_gen)."""
+    logits = model.forward(seqs.batch, passages, select=seqs.answer)  # (n, V)
+    token_lp = -F.cross_entropy(logits.float(), seqs.targets[seqs.answer].to(logits.device), reduction="none")
+    rows = seqs.rows.to(logits.device)
+    per_row = torch.zeros(seqs.answer.shape[0], device=logits.device).index_add(0, rows, token_lp)
+    if reduce == "mean":
+        per_row = per_row / seqs.answer.sum(dim=1).to(per_row)
+    return per_row, -token_lp.mean()
+
+
+class Trainer:
+    """Trains `model` on `data` under `config`, writing checkpoints and logs into `out` (resumes from the
+    newest complete checkpoint there)."""
+
+    def __init__(
+        self,
+        model: ImpRAG,
+        data: TrainingData,
+        config: TrainConfig,
+        out: str | Path,
+        dist: Dist | None = None,
+        health: Any = None,
+    ) -> None:
+        self.model, self.data, self.config, self.out = model, data, config, Path(out)
+        self.dist = dist or Dist()
+        self.health = health
+        if config.optim.batch_size % self.dist.world:
+            raise TrainingError(
+                f"optim.batch_size={config.optim.batch_size} does not divide into {self.dist.world} processes"
+            )
+        torch.manual_seed(config.optim.seed)
+        self.params = prepare_model(model, config.engine)
+        opt = config.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, weight_decay=opt.weight_decay)
+        total = config.total_steps
+
+        def schedule(step: int) -> float:
+            if step < opt.warmup_steps:
+                return (step + 1) / opt.warmup_steps
+            progress = (step - opt.warmup_steps) / max(1, total - opt.warmup_steps)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.step = 0
+        self._resume()
+
+    # -- run ------------------------------------------------------------------------------------------
+
+    def run(self, progress: bool = True) -> Path:
+        """Train to the end of the schedule; returns the exported model directory OUT/model."""
+        cfg, total = self.config, self.config.total_steps
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (progress and self.dist.is_main),
+        )
+        while self.step < total:
+            started = time.perf_counter()
+            metrics = self.train_step(self.step)
+            self.step += 1
+            metrics.update(
+                step=self.step,
+                lr=self.scheduler.get_last_lr()[0],
+                sec=round(time.perf_counter() - started, 3),
+            )
+            if self.step % cfg.engine.log_every == 0:
+                self._log(metrics)
+            bar.update(1)
+            bar.set_postfix({k: metrics[k] for k in ("stage", "kind", "j_gen", "j_ret") if k in metrics})
+            epoch_end = self.step % cfg.optim.steps_per_epoch == 0
+            if epoch_end and self.health is not None and self.dist.is_main:
+                report = self.health(self.model)
+                self._log(
+                    {"step": self.step, "epoch": self.step // cfg.optim.steps_per_epoch, "health": report}
+                )
+                log.info("epoch %d retrieval health: %s", self.step // cfg.optim.steps_per_epoch, report)
+            if epoch_end or self.step % cfg.engine.checkpoint_every == 0 or self.step == total:
+                self._checkpoint()
+        bar.close()
+        final = self.out / "model"
+        if self.dist.is_main:
+            with atomic_directory(final) as tmp:
+                export_model(self.model, tmp)
+                atomic_write_text(tmp / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self.dist.barrier()
+        return final
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One optimizer step over the global batch of `step`; returns its logged metrics."""
+        kind, batch = self.data.batch(step, self.config.optim.batch_size)
+        local = batch[self.dist.rank :: self.dist.world]
+        stage = self.config.stage(step)
+        device_type = self.model.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.config.engine.autocast):
+            if kind == "retrieval":
+                loss, metrics = self._retrieval(local, step, stage)
+            else:
+                loss, metrics = self._generation(local)
+        if self.dist.broadcast_error(not bool(torch.isfinite(loss))):
+            raise TrainingError(
+                f"the loss is not finite at step {step + 1} ({kind} batch, {metrics}); stopped. The last "
+                f"good checkpoint is {latest_checkpoint(self.out) or 'none yet'}; lower optim.lr or check "
+                "the data"
+            )
+        loss.backward()
+        self._average_gradients()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "stage": stage,
+            "kind": kind,
+            "loss": round(loss.item(), 4),
+            "grad_norm": round(float(grad_norm), 4),
+            **metrics,
+        }
+
+    # -- the two kinds of step --------------------------------------------------------------------------
+
+    def _generation(self, examples: list[Example]) -> tuple[Tensor, dict[str, Any]]:
+        seqs = build_sequences(
+            self.model, [e.prompt for e in examples], [e.answer for e in examples], [0] * len(examples)
+        )
+        _, j_gen = answer_logprobs(self.model, seqs, None)
+        return self._global_token_mean(j_gen, seqs), {"j_gen": round(j_gen.item(), 4)}
+
+    def _pasted(self, examples: list[Example]) -> tuple[Tensor, dict[str, Any]]:
+        """RA-IT: the teacher's top read_k passages pasted before the prompt, exactly as the `ra-it` system
+        reads at evaluation; J_gen only."""
+        from imprag.evaluation.systems import paste_passages
+        from imprag.model.generation import RetrievedPassage
+
+        k = self.config.objective.read_k
+        pasted = []
+        for e in examples:
+            read = [RetrievedPassage(p.content) for p in self.data.store.get(list(e.positives[:k]))]
+            pasted.append(Example(e.id, "instruction", paste_passages(e.prompt, read), e.answer))
+        return self._generation(pasted)
+
+    def _retrieval(self, examples: list[Example], step: int, stage: str) -> tuple[Tensor, dict[str, Any]]:
+        model, d, o = self.model, self.config.data, self.config.objective
+        if o.system == "ra-it":
+            return self._pasted(examples)
+        # Candidates of this process: every example's positives + hard negatives, then random corpus rows.
+        width = len(examples) * (d.positives + d.hard_negatives) + d.random_negatives
+        rows = [r for e in examples for r in e.candidates]
+        rows = list(dict.fromkeys(rows + self.data.random_rows(step, self.dist.rank, d.random_negatives)))
+        texts = dict(zip(rows, (p.content for p in self.data.store.get(rows)), strict=True))
+        ids = model.passage_tokens([texts[r] for r in rows])
+        e_p = model.encode_passages(batch_tokens(ids, [0] * len(ids), model.pad_id)).float()  # (n, D)
+        e_p = F.pad(e_p, (0, 0, 0, width - len(rows)))  # (width, D): equal shapes for all_gather
+        local_ids = torch.tensor(rows + [-1] * (width - len(rows)), device=e_p.device)
+        all_p, all_ids = (
+            self.dist.all_gather(e_p),
+            self.dist.all_gather(local_ids),
+        )  # (W*width, D), (W*width,)
+        seen: set[int] = set()
+        first = [r >= 0 and not (r in seen or seen.add(r)) for r in all_ids.tolist()]  # duplicates count once
+        valid = torch.tensor(first, device=e_p.device)[None, :].expand(len(examples), -1)
+
+        offset = o.read_k * model.config.reader.l_max
+        e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], offset)).float()  # (m, D)
+        scores = e_q @ all_p.T  # (m, W*width)
+        positives = torch.stack(
+            [torch.isin(all_ids, torch.tensor(e.positives, device=all_ids.device)) for e in examples]
+        )
+        base = self.dist.rank * width
+        own = [[base + rows.index(r) for r in e.candidates] for e in examples]  # columns of each item's own
+        own_idx, own_mask = _ragged(own, e_p.device)  # (m, c)
+        own_scores = scores.gather(1, own_idx)
+
+        metrics: dict[str, Any] = {}
+        if stage == "warmup":
+            j_ret = multi_label_nce(scores, positives & valid, valid, temperature=o.tau_r)
+        else:
+            target = self._candidate_logprobs(examples, [[texts[r] for r in e.candidates] for e in examples])
+            j_ret = distillation_kl(own_scores, target, own_mask, tau_r=o.tau_r, tau_t=o.tau_t)
+        # The generator reads the retriever's current top read_k own candidates (or the teacher's positives).
+        if o.read == "retrieved":
+            ranked = own_scores.detach().masked_fill(~own_mask, float("-inf")).argsort(dim=1, descending=True)
+            reads = [
+                [e.candidates[j] for j in ranked[i, : o.read_k].tolist() if j < len(e.candidates)]
+                for i, e in enumerate(examples)
+            ]
+        else:
+            reads = [list(e.positives[: o.read_k]) for e in examples]
+        seqs = build_sequences(
+            model, [e.prompt for e in examples], [e.answer for e in examples], [len(r) for r in reads]
+        )
+        offsets = [len(r) * model.config.reader.l_max for r in reads]
+        passages = model.passage_batch([[texts[r] for r in row] for row in reads], offsets, warn=False)
+        _, j_gen = answer_logprobs(model, seqs, passages)
+
+        top1 = all_ids[scores.detach().masked_fill(~valid, float("-inf")).argmax(dim=1)]
+        metrics.update(
+            j_gen=round(j_gen.item(), 4),
+            j_ret=round(j_ret.item(), 4),
+            top1_positive=round(
+                sum(int(t) in e.positives for t, e in zip(top1.tolist(), examples, strict=True))
+                / len(examples),
+                3,
+            ),
+            read_gold=round(
+                sum(bool(set(r) & set(e.evidence)) for r, e in zip(reads, examples, strict=True))
+                / len(examples),
+                3,
+            ),
+        )
+        return self._global_token_mean(j_gen, seqs) + o.ret_weight * j_ret, metrics
+
+    @torch.no_grad()
+    def _candidate_logprobs(self, examples: list[Example], candidates: list[list[str]]) -> Tensor:
+        """log P_LM(answer | one candidate, prompt) for each item's candidates, (m, c) padded with 0."""
+        model, reduce = self.model, self.config.objective.answer_logprob
+        flat = [(i, text) for i, row in enumerate(candidates) for text in row]
+        values: list[Tensor] = []
+        for start in range(0, len(flat), SCORE_CHUNK):
+            chunk = flat[start : start + SCORE_CHUNK]
+            ex = [examples[i] for i, _ in chunk]
+            seqs = build_sequences(model, [e.prompt for e in ex], [e.answer for e in ex], [1] * len(chunk))
+            passages = model.passage_batch([[text] for _, text in chunk], warn=False)
+            lp, _ = answer_logprobs(model, seqs, passages, reduce)
+            values.append(lp.float())
+        flat_lp = torch.cat(values)
+        out = torch.zeros(len(candidates), max(len(r) for r in candidates), device=flat_lp.device)
+        n = 0
+        for i, row in enumerate(candidates):
+            out[i, : len(row)] = flat_lp[n : n + len(row)]
+            n += len(row)
+        return out
+
+    # -- processes, checkpoints, logs -------------------------------------------------------------------
+
+    def _global_token_mean(self, local_mean: Tensor, seqs: Sequences) -> Tensor:
+        """J_gen is a mean over the global batch's answer tokens, not a mean of per-process means: scale
+        this process's mean by its share of the tokens, so that averaging gradients over processes gives
+        exactly the one-process gradient even when processes hold different numbers of answer tokens."""
+        if self.dist.world == 1:
+            return local_mean
+        import torch.distributed as tdist
+
+        count = torch.tensor([float(seqs.answer.sum())])
+        total = count.clone()
+        tdist.all_reduce(total)
+        return local_mean * (count * self.dist.world / total).to(local_mean)[0]
+
+    def _average_gradients(self) -> None:
+        if self.dist.world == 1:
+            return
+        import torch.distributed as tdist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.flatten() for g in grads])
+        tdist.all_reduce(flat)
+        flat /= self.dist.world
+        n = 0
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = flat[n : n + g.numel()].view_as(g)
+            n += g.numel()
+
+    def _checkpoint(self) -> None:
+        if self.dist.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+            }
+            save_checkpoint(
+                self.out, self.step, self.model, self.config, state, self.config.engine.keep_checkpoints
+            )
+        self.dist.barrier()
+
+    def _resume(self) -> None:
+        config_path = self.out / "train_config.json"
+        resolved = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        if config_path.is_file() and json.loads(config_path.read_text(encoding="utf-8")) != json.loads(
+            resolved
+        ):
+            raise TrainingError(
+                f"{self.out} holds a run with another training config ({config_path}); resume it with the "
+                "same config, or train into a new --out directory"
+            )
+        self.dist.barrier()  # every rank has read the old file before rank 0 writes it
+        if self.dist.is_main:
+            atomic_write_text(config_path, resolved)
+        found = latest_checkpoint(self.out)
+        if found is None:
+            return
+        state = restore_checkpoint(found, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        log.info("resumed from %s (step %d)", found, self.step)
+        if self.dist.is_main:  # drop log lines from after the checkpoint (they will be written again)
+            path = self.out / "log.jsonl"
+            if path.is_file():
+                kept = [
+                    line
+                    for line in path.read_text(encoding="utf-8").splitlines()
+                    if _step_of(line) <= self.step
+                ]
+                atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with (self.out / "log.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _ragged(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    idx = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for i, r in enumerate(rows):
+        idx[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return idx, mask
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62  # a torn line: dropped
+
+
+def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progress: bool = True) -> Path:
+    """Load the model and data a config names, train, and return the exported model directory."""
+    from imprag.data.benchmark import Benchmark
+    from imprag.training.data import load_training_data
+    from imprag.training.health import RetrievalHealth
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    m = config.model
+    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=m.dtype)
+    data = load_training_data(config.data, out, config.optim.seed)
+    health = RetrievalHealth.from_benchmark(
+        Benchmark.load(config.data.benchmark), data.store, config.eval, config.optim.seed
+    )
+    return Trainer(model, data, config, out, dist, health).run(progress)

@@ -1,0 +1,144 @@
+"""Training data: the step schedule is a pure function of (seed, step), follows the mix and walks every
+item once per pass; loading refuses what cannot be trained on."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from synthetic import examples as synthetic_examples
+from synthetic import passage_store
+
+from imprag.data.benchmark import Item
+from imprag.retrieval.store import PassageStore
+from imprag.training.config import DataConfig
+from imprag.training.data import (
+    Example,
+    TrainingData,
+    TrainingDataError,
+    _retrieval_example,
+    answer_text,
+    load_training_data,
+)
+from imprag.training.targets import PseudoLabel
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> PassageStore:
+    return passage_store(tmp_path_factory.mktemp("store") / "p.sqlite", 30)
+
+
+def examples(n_ret: int = 7, n_ins: int = 5) -> dict[str, list[Example]]:
+    return synthetic_examples(n_ret, n_ins)
+
+
+def ids(batch: list[Example]) -> list[str]:
+    return [e.id for e in batch]
+
+
+def test_batches_are_a_pure_function_of_seed_and_step(store) -> None:
+    a = TrainingData(examples(), store, (0.5, 0.3, 0.2), seed=3)
+    b = TrainingData(examples(), store, (0.5, 0.3, 0.2), seed=3)
+    walked = [a.batch(s, 3) for s in range(12)]
+    # a fresh instance asked for a late step first gives what the walking one gave
+    assert b.batch(7, 3) == walked[7]
+    assert b.batch(11, 3) == walked[11]
+    assert [b.batch(s, 3) for s in reversed(range(12))] == walked[::-1]
+    assert a.batch(7, 3) == walked[7]  # asking again changes nothing
+    assert {kind for kind, _ in walked} == {"retrieval", "instruction", "lm"}
+    # another seed gives another schedule
+    other = TrainingData(examples(), store, (0.5, 0.3, 0.2), seed=4)
+    assert [other.batch(s, 3) for s in range(12)] != walked
+
+
+def test_kinds_follow_the_mix(store) -> None:
+    data = TrainingData(examples(), store, (0.6, 0.3, 0.1), seed=0)
+    counts = Counter(data.kind_of(s) for s in range(2000))
+    assert abs(counts["retrieval"] / 2000 - 0.6) < 0.05
+    assert abs(counts["instruction"] / 2000 - 0.3) < 0.05
+    assert abs(counts["lm"] / 2000 - 0.1) < 0.03
+    no_lm = TrainingData(examples(), store, (0.5, 0.5, 0.0), seed=0)
+    kinds = Counter(no_lm.batch(s, 2)[0] for s in range(300))
+    assert set(kinds) == {"retrieval", "instruction"}
+    only = TrainingData(examples(), store, (0.0, 1.0, 0.0), seed=0)
+    assert {only.batch(s, 2)[0] for s in range(100)} == {"instruction"}
+    # a kind with a share but no examples is dropped; nothing at all left is an error
+    empty = TrainingData(examples(n_ins=0), store, (0.5, 0.5, 0.0), seed=0)
+    assert {empty.kind_of(s) for s in range(100)} == {"retrieval"}
+    with pytest.raises(TrainingDataError, match="no training examples"):
+        TrainingData(examples(n_ret=0), store, (1.0, 0.0, 0.0))
+
+
+def test_every_item_appears_once_per_pass_before_any_repeats(store) -> None:
+    data = TrainingData(examples(n_ret=7), store, (0.5, 0.5, 0.0), seed=1)
+    seen: list[str] = []
+    step = 0
+    while len(seen) < 4 * 7:
+        kind, batch = data.batch(step, 3)
+        if kind == "retrieval":
+            assert all(e.kind == "retrieval" for e in batch)
+            seen += ids(batch)
+        step += 1
+    passes = [seen[i : i + 7] for i in range(0, 4 * 7, 7)]
+    for p in passes:
+        assert sorted(p) == sorted(f"r{i}" for i in range(7))
+    assert len({tuple(p) for p in passes}) > 1  # each pass is its own permutation
+
+
+def test_lm_batches_are_store_passages_given_their_titles(store) -> None:
+    data = TrainingData(examples(), store, (0.0, 0.0, 1.0), seed=0)
+    kind, batch = data.batch(0, 4)
+    assert kind == "lm" and len(batch) == 4
+    rows = store.rows_of([e.id.removeprefix("lm:") for e in batch])
+    for e, passage in zip(batch, store.get(rows), strict=True):  # type: ignore[arg-type]
+        assert e.kind == "lm" and e.prompt == passage.title and e.answer == "\n" + passage.text
+    assert data.batch(1, 4) != data.batch(0, 4) and TrainingData(examples(), store, (0, 0, 1)).batch(
+        0, 4
+    ) == (kind, batch)
+
+
+def test_random_rows_are_seeded_per_step_and_rank(store) -> None:
+    data = TrainingData(examples(), store, (1.0, 0.0, 0.0), seed=0)
+    rows = data.random_rows(5, 0, 50)
+    assert rows == data.random_rows(5, 0, 50) and all(0 <= r < len(store) for r in rows)
+    assert rows != data.random_rows(5, 1, 50) and rows != data.random_rows(6, 0, 50)
+    assert data.random_rows(5, 0, 0) == []
+
+
+def test_answer_text_continues_a_prompt_and_ends_with_a_newline() -> None:
+    assert answer_text("  Paris ") == " Paris\n"
+    assert answer_text("New York City") == " New York City\n"
+
+
+def test_load_training_data_needs_a_benchmark_and_an_index(tmp_path) -> None:
+    with pytest.raises(TrainingDataError, match=r"data\.benchmark and data\.index are required"):
+        load_training_data(DataConfig(), tmp_path)
+    with pytest.raises(TrainingDataError, match=r"data\.index"):
+        load_training_data(DataConfig(benchmark=str(tmp_path / "bench")), tmp_path)
+    with pytest.raises(TrainingDataError, match=r"data\.benchmark"):
+        load_training_data(DataConfig(index=str(tmp_path / "index")), tmp_path)
+
+
+def item(evidence: list[str]) -> Item:
+    return Item("describe/0", "describe", "train", {"question": "what is p3?"}, ["  thing 3 "], evidence)
+
+
+def test_retrieval_example_maps_pseudo_labels_to_store_rows(store) -> None:
+    label = PseudoLabel("describe/0", ["p3", "p4"], ["p20"])
+    example = _retrieval_example(item(["p3", "gone"]), label, store)
+    assert example == Example(
+        "describe/0", "retrieval", "Q: what is p3? A:", " thing 3\n", (3, 4), (20,), (3,)
+    )
+    assert example.candidates == (3, 4, 20)
+
+
+@pytest.mark.parametrize("where", ["positives", "negatives"])
+def test_pseudo_labels_naming_passages_missing_from_the_store_are_refused(store, where: str) -> None:
+    label = (
+        PseudoLabel("describe/0", ["p3", "p99"], ["p20"])
+        if where == "positives"
+        else PseudoLabel("describe/0", ["p3"], ["p20", "p98"])
+    )
+    missing = "p99" if where == "positives" else "p98"
+    with pytest.raises(TrainingDataError, match=rf"describe/0.*{missing}.*label cache"):
+        _retrieval_example(item(["p3"]), label, store)
