@@ -33,7 +33,8 @@ class Dist:
         """True on every rank if any rank failed (so all ranks stop together instead of hanging)."""
         if self.world == 1:
             return failed
-        flag = torch.tensor([1 if failed else 0])
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+        flag = torch.tensor([1 if failed else 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -347,7 +348,7 @@ class Trainer:
             return local_mean
         import torch.distributed as tdist
 
-        count = torch.tensor([float(seqs.answer.sum())])
+        count = torch.tensor([float(seqs.answer.sum())], device=local_mean.device)
         total = count.clone()
         tdist.all_reduce(total)
         return local_mean * (count * self.dist.world / total).to(local_mean)[0]
@@ -442,9 +443,13 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    data = load_training_data(config.data, out, config.optim.seed)  # bad data fails before the model loads
     m = config.model
     model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=m.dtype)
-    data = load_training_data(config.data, out, config.optim.seed)
+    if torch.cuda.is_available():  # one GPU per process under torchrun (untested here: no GPU)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        model.model.to(f"cuda:{local}")
     health = RetrievalHealth.from_benchmark(
         Benchmark.load(config.data.benchmark), data.store, config.eval, config.optim.seed
     )

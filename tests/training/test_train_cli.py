@@ -1,0 +1,117 @@
+"""`imprag train` end to end through the CLI on a tiny model: a hand-made benchmark and corpus, a BM25
+teacher, two epochs (warmup, then distillation), the exported model reloaded, the index refreshed with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_model
+
+from imprag import ImpRAG, LayerSplit
+from imprag.cli import build_parser, main
+from imprag.retrieval.corpus import CorpusHash, Passage
+
+PASSAGES = [
+    Passage(f"a{i}", f"Article {i}", f"Article {i} is about topic number {i * 3}.") for i in range(30)
+]
+
+
+def item(task: str, i: int, fields: dict, answer: str, evidence: list[str]) -> dict:
+    return {"id": f"{task}-{i}", "task": task, "fields": fields,
+            "answers": [answer], "evidence": evidence, "oracle_query": "", "meta": {}}  # fmt: skip
+
+
+@pytest.fixture
+def setup(tmp_path: Path, tokenizer) -> dict[str, str]:
+    model = tmp_path / "base"
+    ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3)).save_pretrained(model)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n" for p in PASSAGES)
+    )
+    digest = CorpusHash()
+    for p in PASSAGES:
+        digest.add(p.id, p.digest)
+    bench = tmp_path / "bench"
+    describe = [
+        item("describe", i, {"question": f"Which is topic {i * 3}?"}, f"Article {i}", [f"a{i}"])
+        for i in range(10)
+    ]
+    denoise = [item("denoise", i, {"context": f"text [START] x{i} [END]"}, f"x{i}", []) for i in range(4)]
+    rows = {
+        ("train", "describe"): describe[:6],
+        ("train", "denoise"): denoise,
+        ("dev", "describe"): describe[6:],
+    }
+    for (split, task), lines in rows.items():
+        (bench / split).mkdir(parents=True, exist_ok=True)
+        (bench / split / f"{task}.jsonl").write_text(
+            "".join(json.dumps({**r, "split": split}) + "\n" for r in lines)
+        )
+    counts = {"describe": {"train": 6, "dev": 4, "test": 0}, "denoise": {"train": 4, "dev": 0, "test": 0}}
+    (bench / "benchmark.json").write_text(json.dumps({"counts": counts, "corpus": {"hash": digest.value}}))
+    index = tmp_path / "idx"
+    argv = ["index", str(corpus), "--out", str(index), "--model", str(model), "--baselines", "bm25"]
+    assert main([*argv, "--no-progress"]) == 0
+    return {"model": str(model), "bench": str(bench), "index": str(index), "out": str(tmp_path / "run")}
+
+
+def overrides(s: dict[str, str]) -> list[str]:
+    return [
+        f"model.name={s['model']}", "model.dtype=float32", f"data.benchmark={s['bench']}",
+        f"data.index={s['index']}", "data.retrieval_tasks=[describe]", "data.instruction_tasks=[denoise]",
+        "data.teacher=bm25", "data.positives=2", "data.hard_negatives=1", "data.random_negatives=2",
+        "data.mix=[0.5,0.5,0.0]", "objective.warmup_epochs=1", "objective.read_k=1", "optim.batch_size=2",
+        "optim.epochs=2", "optim.steps_per_epoch=2", "optim.warmup_steps=1", "engine.lora_r=4",
+        "engine.autocast=false", "eval.tasks=[describe]", "eval.per_task=4", "eval.pool=8", "eval.k=3",
+    ]  # fmt: skip
+
+
+def test_train_refresh_and_reload_through_the_cli(setup: dict[str, str], capsys) -> None:
+    out = Path(setup["out"])
+    assert main(["train", "--out", str(out), "--no-progress", *overrides(setup)]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    stages = [r["stage"] for r in log if "stage" in r]
+    assert stages[:2] == ["warmup", "warmup"] and stages[2:] == ["distill", "distill"]
+    health = [r["health"] for r in log if "health" in r]
+    assert len(health) == 2 and 0.0 <= health[-1]["describe"]["recall"] <= 1.0
+    assert (out / "pseudo-labels").is_dir()  # the teacher's labels are cached beside the run
+    # the exported model loads, and the index built with the base model is stale for it until refreshed
+    trained = ImpRAG.from_pretrained(out / "model")
+    assert trained.split == LayerSplit(1, 3)
+    assert main(["retrieve", setup["index"], "Q: Which is topic 3? A:", "--model", str(out / "model")]) == 2
+    assert "stale" in capsys.readouterr().err
+    argv = ["index", "--refresh", "--out", setup["index"], "--model", str(out / "model"), "--no-progress"]
+    assert main(argv) == 0
+    manifest = json.loads((Path(setup["index"]) / "manifest.json").read_text())
+    assert manifest["model"]["source"] == str(out / "model")
+    assert manifest["model"]["fingerprint"] == trained.retrieval_fingerprint()
+    # running the finished command again resumes at the end: nothing is trained twice
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--no-progress", *overrides(setup)]) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == len(log)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["optim.bogus=1"], "unknown key(s) ['bogus'] in optim"),
+        (["optim.lr=fast"], "optim.lr must be a number"),
+        (["nonsense"], "must look like section.field=value"),
+        ([], "data.benchmark and data.index are required"),
+    ],
+)
+def test_train_errors_are_one_line(extra: list[str], message: str, tmp_path, capsys) -> None:
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_train_help(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "--help"])
+    assert exit_info.value.code == 0
+    assert "section.field=value" in capsys.readouterr().out
