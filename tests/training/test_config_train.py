@@ -159,6 +159,12 @@ def test_stage_boundaries_follow_warmup_epochs_times_steps_per_epoch() -> None:
         (["engine.lora_r=-1"], r"engine\.lora_r must be >= 0"),
         (["engine.train_groups=[]"], r"engine\.train_groups must name at least one"),
         (["engine.checkpoint_every=0"], r"engine checkpoint settings"),
+        (["engine.log_every=0"], r"engine\.log_every must be >= 1"),
+        (["data.positives=10"], r"data\.positives must be < 10"),
+        (["data.hard_negatives=42"], r"data\.hard_negatives must be <= 41"),
+        (["objective.system=ra-it", "data.teacher=bm25"], r"set data\.teacher=minilm"),
+        (["eval.tasks=[]"], r"eval\.tasks must name"),
+        (["eval.k=0"], r"eval\.per_task and eval\.k must be >= 1"),
     ],
 )
 def test_invalid_values_are_refused(overrides: list[str], message: str) -> None:

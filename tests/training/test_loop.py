@@ -361,8 +361,14 @@ def test_batch_size_must_divide_over_the_processes(tokenizer, store, tmp_path) -
 
 
 def test_a_run_directory_of_another_config_is_refused(tokenizer, store, tmp_path) -> None:
-    Trainer(tiny(tokenizer), training_data(store), config(), tmp_path)
+    # Before any checkpoint nothing is lost: a new config simply replaces the old one.
+    Trainer(tiny(tokenizer), training_data(store), config("optim.lr=0.5"), tmp_path)
+    Trainer(tiny(tokenizer), training_data(store), config(), tmp_path).train_step(0)
+    trainer = Trainer(tiny(tokenizer), training_data(store), config(), tmp_path)
+    trainer._checkpoint()
     saved = (tmp_path / "train_config.json").read_text()
+    assert json.loads(saved)["optim"]["lr"] != 0.5
+    # With checkpoints, resuming them under another config is refused.
     with pytest.raises(TrainingError, match="another training config"):
         Trainer(tiny(tokenizer), training_data(store), config("optim.lr=0.5"), tmp_path)
     assert (tmp_path / "train_config.json").read_text() == saved  # the first run's config is kept

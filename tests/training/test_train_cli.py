@@ -79,6 +79,8 @@ def test_train_refresh_and_reload_through_the_cli(setup: dict[str, str], capsys)
     health = [r["health"] for r in log if "health" in r]
     assert len(health) == 2 and 0.0 <= health[-1]["describe"]["recall"] <= 1.0
     assert (out / "pseudo-labels").is_dir()  # the teacher's labels are cached beside the run
+    warmup = ImpRAG.from_pretrained(out / "model-warmup")  # stage 1 alone, for the imprag-warmup system
+    assert warmup.retrieval_fingerprint() != ImpRAG.from_pretrained(out / "model").retrieval_fingerprint()
     # the exported model loads, and the index built with the base model is stale for it until refreshed
     trained = ImpRAG.from_pretrained(out / "model")
     assert trained.split == LayerSplit(1, 3)

@@ -264,6 +264,11 @@ class ImpRAG:
 
         With `select` (B, T) bool, only the selected positions' logits, (n, V) in row-major order (training
         needs the answer positions only; the full (B, T, V) tensor is mostly vocabulary-sized waste)."""
+        if select is not None and (select.dtype != torch.bool or select.shape != prompts.input_ids.shape):
+            raise InputError(
+                f"select must be a bool mask shaped like the prompts {tuple(prompts.input_ids.shape)}, got "
+                f"{select.dtype} {tuple(select.shape)}"
+            )
         pre = self._prefill(prompts, lambda _: passages, cache=False)
         hidden = pre.hidden if select is None else pre.hidden[select.to(pre.hidden.device)]
         return self.backbone.logits(hidden)

@@ -174,10 +174,14 @@ def restore_checkpoint(path: Path, model: ImpRAG) -> dict[str, Any]:
         saved = load_file(path / "adapter_model.safetensors")
         set_peft_model_state_dict(model.model, {k.removeprefix(PEFT_PREFIX): v for k, v in saved.items()})
     else:
-        saved = load_file(path / "model.safetensors")
-        params = dict(model.model.named_parameters())
+        saved: dict[str, torch.Tensor] = {}
+        for shard in sorted(path.glob("model*.safetensors")):  # one file, or save_pretrained's shards
+            saved.update(load_file(shard))
+        trainable = {n: p for n, p in model.model.named_parameters() if p.requires_grad}
+        missing = sorted(set(trainable) - set(saved))
+        if missing:
+            raise ConfigError(f"checkpoint {path} lacks trained weights {missing[:3]}; it is not this run's")
         with torch.no_grad():
-            for name, p in params.items():
-                if p.requires_grad and name in saved:
-                    p.copy_(saved[name])
-    return torch.load(path / STATE, weights_only=False)
+            for name, p in trainable.items():
+                p.copy_(saved[name])
+    return torch.load(path / STATE, weights_only=False, map_location="cpu")

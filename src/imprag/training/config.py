@@ -178,6 +178,19 @@ class TrainConfig:
             (e.lora_r >= 0, "engine.lora_r must be >= 0 (0 = full fine-tuning)"),
             (bool(e.train_groups), "engine.train_groups must name at least one of bottom, middle, top"),
             (e.checkpoint_every >= 1 and e.keep_checkpoints >= 1, "engine checkpoint settings must be >= 1"),
+            (e.log_every >= 1, "engine.log_every must be >= 1"),
+            (d.positives < 10, "data.positives must be < 10: hard negatives come from teacher ranks 10-50"),
+            (d.hard_negatives <= 41, "data.hard_negatives must be <= 41 (teacher ranks 10-50)"),
+            (
+                o.system != "ra-it" or d.teacher == "minilm",
+                "objective.system=ra-it reads MiniLM's passages "
+                "(the ra-it evaluation system): set data.teacher=minilm",
+            ),
+            (bool(self.eval.tasks), "eval.tasks must name at least one dev task"),
+            (
+                self.eval.per_task >= 1 and self.eval.k >= 1 and self.eval.pool >= 0,
+                "eval.per_task and eval.k must be >= 1, eval.pool >= 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:

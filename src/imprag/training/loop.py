@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ __all__ = ["Sequences", "Trainer", "TrainingError", "answer_logprobs", "build_se
 log = logging.getLogger(__name__)
 
 MAX_ANSWER_TOKENS = 160
+RESTART = "check the data, or lower optim.lr and train into a new --out directory"
 SCORE_CHUNK = 16  # single-candidate forwards per chunk when scoring P_T
 
 
@@ -184,14 +186,20 @@ class Trainer:
                 log.info("epoch %d retrieval health: %s", self.step // cfg.optim.steps_per_epoch, report)
             if epoch_end or self.step % cfg.engine.checkpoint_every == 0 or self.step == total:
                 self._checkpoint()
+            if self.step == cfg.objective.warmup_epochs * cfg.optim.steps_per_epoch and self.step < total:
+                self._export(self.out / "model-warmup")  # stage 1 alone: the `imprag-warmup` system
         bar.close()
-        final = self.out / "model"
+        return self._export(self.out / "model")
+
+    def _export(self, directory: Path) -> Path:
         if self.dist.is_main:
-            with atomic_directory(final) as tmp:
+            with atomic_directory(directory) as tmp:
                 export_model(self.model, tmp)
-                atomic_write_text(tmp / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+                atomic_write_text(
+                    tmp / "train_config.json", json.dumps(self.config.to_dict(), indent=2) + "\n"
+                )
         self.dist.barrier()
-        return final
+        return directory
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One optimizer step over the global batch of `step`; returns its logged metrics."""
@@ -207,12 +215,16 @@ class Trainer:
         if self.dist.broadcast_error(not bool(torch.isfinite(loss))):
             raise TrainingError(
                 f"the loss is not finite at step {step + 1} ({kind} batch, {metrics}); stopped. The last "
-                f"good checkpoint is {latest_checkpoint(self.out) or 'none yet'}; lower optim.lr or check "
-                "the data"
+                f"good checkpoint is {latest_checkpoint(self.out) or 'none yet'}; {RESTART}"
             )
         loss.backward()
         self._average_gradients()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.optim.grad_clip)
+        if not bool(torch.isfinite(grad_norm)):  # averaged gradients: the same verdict on every process
+            raise TrainingError(
+                f"the gradient is not finite at step {step + 1} ({kind} batch); stopped before the update. "
+                f"The last good checkpoint is {latest_checkpoint(self.out) or 'none yet'}; {RESTART}"
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -250,10 +262,12 @@ class Trainer:
         model, d, o = self.model, self.config.data, self.config.objective
         if o.system == "ra-it":
             return self._pasted(examples)
-        # Candidates of this process: every example's positives + hard negatives, then random corpus rows.
-        width = len(examples) * (d.positives + d.hard_negatives) + d.random_negatives
+        # Candidates of this process: every example's positives + hard negatives, then random corpus rows
+        # (stage 1 only: the stage-2 KL is over each item's own candidates [D], see ObjectiveConfig).
+        n_random = d.random_negatives if stage == "warmup" else 0
+        width = len(examples) * (d.positives + d.hard_negatives) + n_random
         rows = [r for e in examples for r in e.candidates]
-        rows = list(dict.fromkeys(rows + self.data.random_rows(step, self.dist.rank, d.random_negatives)))
+        rows = list(dict.fromkeys(rows + self.data.random_rows(step, self.dist.rank, n_random)))
         texts = dict(zip(rows, (p.content for p in self.data.store.get(rows)), strict=True))
         ids = model.passage_tokens([texts[r] for r in rows])
         e_p = model.encode_passages(batch_tokens(ids, [0] * len(ids), model.pad_id)).float()  # (n, D)
@@ -263,17 +277,31 @@ class Trainer:
             self.dist.all_gather(e_p),
             self.dist.all_gather(local_ids),
         )  # (W*width, D), (W*width,)
+        # A passage on several processes counts once, preferring this process's copy (it has a gradient).
+        base = self.dist.rank * width
+        order = list(range(base, base + width)) + [
+            j for j in range(len(all_ids)) if not base <= j < base + width
+        ]
         seen: set[int] = set()
-        first = [r >= 0 and not (r in seen or seen.add(r)) for r in all_ids.tolist()]  # duplicates count once
-        valid = torch.tensor(first, device=e_p.device)[None, :].expand(len(examples), -1)
+        first = torch.zeros(len(all_ids), dtype=torch.bool)
+        for j in order:
+            r = int(all_ids[j])
+            if r >= 0 and r not in seen:
+                seen.add(r)
+                first[j] = True
 
         offset = o.read_k * model.config.reader.l_max
         e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], offset)).float()  # (m, D)
-        scores = e_q @ all_p.T  # (m, W*width)
+        with torch.autocast(e_q.device.type, enabled=False):  # scores ~1e2 apart by ~1: bf16 would merge them
+            scores = e_q.float() @ all_p.float().T  # (m, W*width)
         positives = torch.stack(
             [torch.isin(all_ids, torch.tensor(e.positives, device=all_ids.device)) for e in examples]
         )
-        base = self.dist.rank * width
+        # An item's gold article is never its negative (as for the hard negatives, training/targets.py).
+        gold = torch.stack(
+            [torch.isin(all_ids, torch.tensor(e.evidence or (-2,), device=all_ids.device)) for e in examples]
+        )
+        valid = first.to(e_p.device)[None, :] & (positives | ~gold)  # (m, W*width)
         own = [[base + rows.index(r) for r in e.candidates] for e in examples]  # columns of each item's own
         own_idx, own_mask = _ragged(own, e_p.device)  # (m, c)
         own_scores = scores.gather(1, own_idx)
@@ -382,17 +410,22 @@ class Trainer:
     def _resume(self) -> None:
         config_path = self.out / "train_config.json"
         resolved = json.dumps(self.config.to_dict(), indent=2) + "\n"
-        if config_path.is_file() and json.loads(config_path.read_text(encoding="utf-8")) != json.loads(
-            resolved
+        found = latest_checkpoint(self.out)
+        if (
+            found is not None
+            and config_path.is_file()
+            and json.loads(config_path.read_text(encoding="utf-8")) != json.loads(resolved)
         ):
             raise TrainingError(
-                f"{self.out} holds a run with another training config ({config_path}); resume it with the "
-                "same config, or train into a new --out directory"
+                f"{self.out} holds checkpoints of a run with another training config ({config_path}); resume "
+                "it with the same config, or train into a new --out directory"
             )
         self.dist.barrier()  # every rank has read the old file before rank 0 writes it
+        if self.dist.is_main:  # temporary directories of checkpoints a crash interrupted
+            for tmp in (self.out / "checkpoints").glob(".step-*.tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
         if self.dist.is_main:
             atomic_write_text(config_path, resolved)
-        found = latest_checkpoint(self.out)
         if found is None:
             return
         state = restore_checkpoint(found, self.model)
@@ -443,14 +476,26 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_training_data(config.data, out, config.optim.seed)  # bad data fails before the model loads
-    m = config.model
-    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=m.dtype)
+    dist = dist or Dist()
     if torch.cuda.is_available():  # one GPU per process under torchrun (untested here: no GPU)
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        model.model.to(f"cuda:{local}")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # Bad data fails before the model loads; rank 0 computes (and caches) the pseudo labels, the others
+    # read them after it.
+    failed = None
+    if dist.is_main:
+        try:
+            data = load_training_data(config.data, out, config.optim.seed)
+        except Exception as err:  # the other ranks must not wait for labels that never come
+            failed = err
+    if dist.broadcast_error(failed is not None):
+        raise failed or TrainingError("rank 0 could not load the training data")
+    if not dist.is_main:
+        data = load_training_data(config.data, out, config.optim.seed)
     health = RetrievalHealth.from_benchmark(
         Benchmark.load(config.data.benchmark), data.store, config.eval, config.optim.seed
     )
+    m = config.model
+    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=m.dtype)
+    if torch.cuda.is_available():
+        model.model.to(f"cuda:{torch.cuda.current_device()}")
     return Trainer(model, data, config, out, dist, health).run(progress)
