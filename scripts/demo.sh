@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The README main job: index the 10,033 embedded Wikipedia summaries with SmolLM2's own bottom layers (once;
-# an interrupted build resumes), then answer prompts in the method's four task formats with implicit
-# retrieval, showing the articles each prompt retrieved, and BM25's picks for the same prompts beside them;
-# finally build the benchmark and score three systems on a small sample of its test split (the full run is
-# in docs/results.md).
+# The README main job, on the embedded defaults: SmolLM2-135M with the ImpRAG adapter trained by the CPU
+# recipe (models/smollm2-135m-imprag, see its README). Index the 10,033 embedded Wikipedia summaries with
+# the trained model's own bottom layers (once; an interrupted build resumes), answer prompts in the method's
+# four task formats with implicit retrieval, showing the articles each prompt retrieved and BM25's picks
+# beside them; then build the benchmark and score closed-book, BM25 and ImpRAG (the same trained model) on
+# a small sample of its test split (the full runs are in docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 IMPRAG=.venv/bin/imprag
-INDEX="${IMPRAG_INDEX:-indexes/wiki-summaries}"
+MODEL="${IMPRAG_MODEL:-models/smollm2-135m-imprag}"
+INDEX="${IMPRAG_INDEX:-indexes/wiki-summaries-imprag}"
 if [ ! -f "$INDEX/manifest.json" ]; then
-    "$IMPRAG" index wiki-summaries --out "$INDEX" --baselines bm25
+    "$IMPRAG" index wiki-summaries --out "$INDEX" --model "$MODEL" --baselines bm25
 fi
 PROMPTS=(
     "Q: Who painted the Mona Lisa? A:"
@@ -18,7 +20,7 @@ PROMPTS=(
     "Is this statement true? The Nile flows into the Mediterranean Sea. A:"
     "The theory of relativity was developed by [START] Einstein [END] in the early 1900s. Output the Wikipedia page title of the entity mentioned between [START] and [END] in the given text A:"
 )
-echo "== ImpRAG: implicit query at layer b, passages read by layers b..t =="
+echo "== ImpRAG ($MODEL): implicit query at layer b, passages read by layers b..t =="
 "$IMPRAG" ask "$INDEX" "${PROMPTS[@]}" -k 5 --max-new-tokens 24 --stop $'\n'
 echo
 echo "== for comparison: BM25 with the whole prompt as the query =="
@@ -27,5 +29,5 @@ echo
 echo "== the benchmark: build it, then score closed-book, BM25 and ImpRAG on 8 test items per task =="
 BENCH="${IMPRAG_BENCH:-data/benchmark}"
 [ -f "$BENCH/benchmark.json" ] || "$IMPRAG" data build --out "$BENCH"
-"$IMPRAG" eval --data "$BENCH" --index "$INDEX" --system closed-book,bm25,imprag-zero-shot \
-    --out runs/demo --limit 8 --shots 3
+"$IMPRAG" eval --data "$BENCH" --index "$INDEX" --system closed-book,bm25,imprag \
+    --out runs/demo-imprag --limit 8

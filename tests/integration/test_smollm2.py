@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from imprag import ImpRAG, InMemoryRetriever
+from imprag.training.config import load_train_config
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +75,24 @@ def test_index_a_few_hundred_real_summaries(smol: ImpRAG, tmp_path) -> None:
     again = PassageIndex.load(tmp_path / "wiki", smol)
     res = smol.generate(["Q: Who directed 2001: A Space Odyssey?\nA:"], index=again, k=3, max_new_tokens=4)[0]
     assert len(res.passages) == 3 and all(p.title for p in res.passages)
+
+
+ADAPTER = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-imprag"
+
+
+def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG) -> None:
+    """The README main job reads with this adapter: it must stay small, name its base by the embedded
+    name, be the CPU recipe's output, and change the retrieval layers (its index fingerprint differs)."""
+    assert (ADAPTER / "adapter_model.safetensors").stat().st_size <= 20 * 2**20
+    assert (
+        json.loads((ADAPTER / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
+    )
+    recipe = load_train_config(ADAPTER.parents[1] / "configs" / "cpu-smollm2.yaml")
+    trained_with = json.loads((ADAPTER / "train_config.json").read_text())
+    for section in ("model", "objective", "optim", "engine"):
+        assert trained_with[section] == json.loads(json.dumps(recipe.to_dict()[section])), section
+    trained = ImpRAG.from_pretrained(ADAPTER)
+    assert trained.split == smol.split and trained.backbone.dtype == torch.bfloat16
+    assert trained.retrieval_fingerprint() != smol.retrieval_fingerprint()
+    read = trained.generate([QUESTION], passages=[[FACT]], max_new_tokens=16, stop=["\n"])[0]
+    assert "quantum city" in read.text.lower(), read.text  # training kept (and trained) the reading
