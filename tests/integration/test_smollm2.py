@@ -83,7 +83,7 @@ ADAPTER = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-imprag"
 def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG) -> None:
     """The README main job reads with this adapter: it must stay small, name its base by the embedded
     name, be the CPU recipe's output, and change the retrieval layers (its index fingerprint differs)."""
-    assert (ADAPTER / "adapter_model.safetensors").stat().st_size <= 20 * 2**20
+    assert (ADAPTER / "adapter_model.safetensors").stat().st_size <= 5 * 2**20  # stored in bf16
     assert (
         json.loads((ADAPTER / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
     )

@@ -302,7 +302,7 @@ def test_train_groups_choose_where_lora_adapters_go(tokenizer, store, tmp_path) 
     assert names and all(".layers.4." in n for n in names)  # b=1, t=3: top is layer 4 of 0..4
     assert {n.split(".")[-4] for n in names} == {"q_proj", "down_proj"}
     assert len(trainer.params) == len(names) == 4  # lora_A and lora_B of two projections
-    with pytest.raises(ValueError, match="nope"):  # a target matching no module
+    with pytest.raises(ConfigError, match="nope"):  # a target matching no module
         Trainer(tiny(tokenizer), training_data(store), config("engine.lora_targets=[nope]"), tmp_path / "x")
 
 

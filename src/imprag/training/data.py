@@ -74,16 +74,13 @@ class TrainingData:
         seed: int = 0,
         lm_rows: int | None = None,
     ) -> None:
-        self.examples = {kind: list(examples.get(kind, [])) for kind in KINDS}
+        self.examples = {kind: list(examples.get(kind, [])) for kind in KINDS}  # lm: drawn from the store
         self.store = store
         self.seed = seed
         self.lm_rows = len(store) if lm_rows is None else lm_rows
-        weights = dict(zip(KINDS, mix, strict=True))
-        if weights["lm"] > 0 and self.lm_rows:
-            self.examples["lm"] = []  # drawn from the store on demand (see `_lm`)
-        self.weights = {
-            k: w for k, w in weights.items() if w > 0 and ((k == "lm" and self.lm_rows) or self.examples[k])
-        }
+        available = {"retrieval": bool(self.examples["retrieval"]),
+                     "instruction": bool(self.examples["instruction"]), "lm": self.lm_rows > 0}  # fmt: skip
+        self.weights = {k: w for k, w in zip(KINDS, mix, strict=True) if w > 0 and available[k]}
         if not self.weights:
             raise TrainingDataError("no training examples: every kind with a share in data.mix is empty")
         self._kinds: list[Kind] = []
