@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -87,8 +88,21 @@ class EmbeddingConfig:
     """'pre': states before rotary position encoding (position-free scores, our default); 'post': after it."""
     pooling: Literal["last", "mean"] = "last"
     """'last': the last non-pad token (the paper); 'mean': mean over all non-pad tokens."""
+    query_center: tuple[float, ...] | None = None
+    """mu_q, subtracted from every E_q (None: the paper's plain score). Scoring (E_q - mu_q) . E_p removes
+    the per-passage bias mu_q . E_p that sends every prompt to the same hub passage; it changes no E_p, so
+    indexes stay valid. Estimated by `ImpRAG.calibrate` (training does it at every epoch end)."""
+
+    def passage_side(self) -> dict[str, Any]:
+        """The settings E_p depends on (all but query_center): what an index records and must match."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "query_center"}
 
     def __post_init__(self) -> None:
+        if self.query_center is not None:
+            center = tuple(self.query_center)
+            if not center or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in center):
+                raise ConfigError("EmbeddingConfig.query_center must be a non-empty list of finite numbers")
+            object.__setattr__(self, "query_center", tuple(float(x) for x in center))
         if self.rope not in ("pre", "post"):
             raise ConfigError(f"EmbeddingConfig.rope must be 'pre' or 'post', got {self.rope!r}")
         if self.pooling not in ("last", "mean"):

@@ -111,3 +111,50 @@ def test_embedding_runs_only_layers_up_to_b(tokenizer) -> None:
     imprag.embed_passages(PASSAGES[:2], batch_size=2)
     assert norms == [0, 1, 2, 0, 1, 2]  # layers 0..b project (two calls, one batch each)
     assert mlps == [0, 1, 0, 1]  # layer b stops after its q/k projections
+
+
+# -- query centering (EmbeddingConfig.query_center, ImpRAG.calibrate) ---------------------------------
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_calibrate_centers_queries_and_leaves_passages_and_the_fingerprint(tokenizer, pooling: str) -> None:
+    model = ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3), EmbeddingConfig(pooling=pooling))
+    raw_q, raw_p = model.embed_queries(PROMPTS), model.embed_passages(PASSAGES)
+    fingerprint = model.retrieval_fingerprint()
+    mu = model.calibrate(PROMPTS)
+    assert_close(mu, raw_q.double().mean(0).float())
+    assert model.config.embedding.query_center == tuple(mu.tolist())
+    centered = model.embed_queries(PROMPTS)
+    assert_close(centered, raw_q - mu)
+    assert_close(centered.mean(0), torch.zeros_like(mu), atol=1e-5, rtol=0)
+    assert torch.equal(model.embed_passages(PASSAGES), raw_p)
+    assert model.retrieval_fingerprint() == fingerprint  # an index built before calibrating stays valid
+    # the query generate() reads at layer b is the centered one too
+    batch = model.prompt_batch(PROMPTS, model.config.reader.k * model.config.reader.l_max)
+    seen = model._prefill(batch, lambda q: None, cache=False).query
+    assert_close(seen.float(), centered, atol=1e-5, rtol=1e-5)
+    # calibrating again re-estimates from the uncentered vectors, not the centered ones
+    assert_close(model.calibrate(PROMPTS[:2]), raw_q[:2].double().mean(0).float())
+
+
+def test_query_center_is_saved_and_loaded_with_the_model(tokenizer, tmp_path) -> None:
+    model = ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3), EmbeddingConfig(pooling="mean"))
+    model.calibrate(PROMPTS)
+    model.save_pretrained(tmp_path / "m")
+    loaded = ImpRAG.from_pretrained(tmp_path / "m", dtype="float32")
+    assert loaded.config.embedding == model.config.embedding
+    assert_close(loaded.embed_queries(PROMPTS), model.embed_queries(PROMPTS))
+
+
+def test_a_query_center_of_the_wrong_size_or_values_is_refused(tokenizer) -> None:
+    from imprag.config import ConfigError
+
+    with pytest.raises(ConfigError, match="finite"):
+        EmbeddingConfig(query_center=(1.0, float("nan")))
+    with pytest.raises(ConfigError, match="finite"):
+        EmbeddingConfig(query_center=())
+    model = ImpRAG(
+        tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3), EmbeddingConfig(query_center=(0.0,) * 3)
+    )
+    with pytest.raises(ValueError, match=r"re-run ImpRAG\.calibrate"):
+        model.embed_queries(PROMPTS)

@@ -17,7 +17,7 @@ from synthetic import passage_store
 from torch.testing import assert_close
 
 from imprag import ImpRAG, LayerSplit
-from imprag.config import ConfigError
+from imprag.config import ConfigError, ImpRAGConfig
 from imprag.distributed import Dist
 from imprag.retrieval.store import PassageStore
 from imprag.training.checkpoint import checkpoints, trainable_state
@@ -268,6 +268,44 @@ def test_exact_resume_after_an_interruption(full_run, tokenizer, store, tmp_path
     assert a.keys() == b.keys()
     for key in a:
         assert_close(b[key], a[key], atol=1e-7, rtol=0, msg=key)
+
+
+def test_a_centered_run_recalibrates_mu_q_saves_it_and_resumes_exactly(
+    full_run, tokenizer, store, tmp_path, monkeypatch
+) -> None:
+    base = full_run[0]
+    cfg = config("model.center=true", "model.center_prompts=8")
+    straight = tmp_path / "straight"
+    model = ImpRAG.from_pretrained(base, dtype="float32")
+    final = Trainer(model, training_data(store), cfg, straight, health=health_stub).run(progress=False)
+    # mu_q was re-estimated from the final weights at the last epoch end and exported with the adapter
+    center = ImpRAG.from_pretrained(final, dtype="float32").config.embedding.query_center
+    assert center is not None and center == model.config.embedding.query_center
+    prompts = training_data(store).calibration_prompts(8)
+    assert len(prompts) == 8 and prompts[0] != prompts[1]
+    assert_close(torch.tensor(center), model.calibrate(prompts))
+    epoch1 = ImpRAGConfig.load(straight / "checkpoints" / "step-000003").embedding.query_center
+    assert epoch1 is not None and epoch1 != center  # the bottom layers moved, and mu_q with them
+
+    out, original, calls = tmp_path / "resumed", Trainer.train_step, []
+
+    def dying(self, step):
+        calls.append(step)
+        if len(calls) == 5:
+            raise Killed
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dying)
+    with pytest.raises(Killed):
+        Trainer(ImpRAG.from_pretrained(base, dtype="float32"), training_data(store), cfg, out).run(False)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    fresh = ImpRAG.from_pretrained(base, dtype="float32")
+    trainer = Trainer(fresh, training_data(store), cfg, out)
+    assert trainer.step == 3 and fresh.config.embedding.query_center == epoch1  # mu_q of the checkpoint
+    trainer.run(progress=False)
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "sec"} for r in rs if "health" not in r]  # noqa: E731
+    assert drop(records(out)) == drop(records(straight))
+    assert fresh.config.embedding.query_center == center
 
 
 def test_the_exported_model_loads_merged_in_imprag_and_in_stock_peft(full_run) -> None:

@@ -117,3 +117,53 @@ def test_train_help(capsys) -> None:
         build_parser().parse_args(["train", "--help"])
     assert exit_info.value.code == 0
     assert "section.field=value" in capsys.readouterr().out
+
+
+def test_a_separate_retriever_trains_alone_and_serves_ra_dit_llama(setup: dict[str, str], tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from imprag.config import DecodeConfig
+    from imprag.evaluation.systems import SYSTEMS
+    from imprag.retrieval.index import PassageIndex
+
+    out = tmp_path / "retriever"
+    retriever_args = [
+        "objective.system=retriever", "data.mix=[1,0,0]", "objective.warmup_epochs=2",
+        "engine.train_groups=[bottom]", "model.pooling=mean", "model.center=true", "model.center_prompts=4",
+    ]  # fmt: skip
+    assert main(["train", "--out", str(out), "--no-progress", *overrides(setup), *retriever_args]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "stage" in r]
+    assert len(steps) == 4 and all(r["kind"] == "retrieval" and "j_gen" not in r for r in steps)
+    assert all(r["loss"] == r["j_ret"] for r in steps)  # the NCE alone (lambda = 1)
+    adapter = load_file(out / "model" / "adapter_model.safetensors")
+    assert {key.split(".")[4] for key in adapter} == {"0", "1"}  # layers 0..b (b=1) only
+    retriever = ImpRAG.from_pretrained(out / "model")
+    assert retriever.config.embedding.pooling == "mean" and retriever.config.embedding.query_center
+    # the ra-dit-llama system: the base model generates from what the separate retriever finds
+    index = tmp_path / "idx-retriever"
+    argv = ["index", str(Path(setup["index"]).parent / "corpus.jsonl"), "--out", str(index)]
+    assert main([*argv, "--model", str(out / "model"), "--no-progress"]) == 0
+    generator = ImpRAG.from_pretrained(setup["model"])
+    system = SYSTEMS["ra-dit-llama"](generator, index, 2)
+    prompts = ["Q: Which is topic 3?\nA:", "Q: Which is topic 9?\nA:"]
+    answers = system.answer(prompts, ["", ""], DecodeConfig(max_new_tokens=2))
+    expected = retriever.retrieve(prompts, PassageIndex.load(index, retriever), 2)
+    assert [[p.id for p in a.passages] for a in answers] == [[p.id for p in e] for e in expected]
+    assert system.describe()["system"] == "ra-dit-llama"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.mix=[0.5,0.5,0]"], "set data.mix=[1,0,0]"),
+        (["data.mix=[1,0,0]", "objective.warmup_epochs=1"], "objective.warmup_epochs equal to optim.epochs"),
+        (["data.mix=[1,0,0]", "objective.warmup_epochs=3"], "set engine.train_groups=[bottom]"),
+    ],
+)
+def test_a_retriever_run_refuses_what_it_cannot_train(extra: list[str], message: str) -> None:
+    from imprag.config import ConfigError
+    from imprag.training.config import load_train_config
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_train_config(None, ["objective.system=retriever", "optim.epochs=3", *extra])

@@ -8,6 +8,7 @@
 | imprag-zero-shot | the model's own layer-b query state (implicit) | middle layers b..t (ImpRAG) |
 | imprag-warmup, imprag | as above, after training (stage 1 only / both stages) | middle layers b..t |
 | ra-it | MiniLM with the whole prompt (as minilm), the LM fine-tuned with passages pasted | pasted |
+| ra-dit-llama | a separately trained copy of layers 0..b, queried with the prompt | pasted (ra-it LM) |
 
 Every system generates with the same model and greedy decoding, so differences come from what is read.
 Trained systems are the same classes over a trained model (`imprag eval --model runs/X/model`).
@@ -29,6 +30,7 @@ __all__ = [
     "SYSTEMS",
     "ClosedBook",
     "ImplicitRetrieval",
+    "ImplicitTextRetriever",
     "Prediction",
     "RetrieveThenRead",
     "System",
@@ -136,6 +138,17 @@ class ImplicitRetrieval:
         return {"system": self.name, "query": "implicit (layer b)", "k": self.k, "b": split.b, "t": split.t}
 
 
+class ImplicitTextRetriever:
+    """Another ImpRAG model's layer-b query state as a text retriever (`TextRetriever`): the prompt is the
+    explicit query of a separate retriever model, whose passages are pasted for the generator."""
+
+    def __init__(self, model: ImpRAG, index: Retriever) -> None:
+        self.model, self.index = model, index
+
+    def retrieve(self, queries: Sequence[str], k: int) -> list[list[RetrievedPassage]]:
+        return self.model.retrieve(list(queries), self.index, k)
+
+
 # name -> factory(model, index directory, k); the index directory holds the implicit index and the
 # baselines (`imprag index ... --baselines bm25,minilm`).
 Factory = Callable[[ImpRAG, Path, int], System]
@@ -166,6 +179,27 @@ def _implicit(name: str) -> Factory:
     return make
 
 
+def _separate_retriever(model: ImpRAG, index_dir: Path, k: int) -> System:
+    """RA-DIT-Llama: the generator `model` (an `ra-it` run) reads, pasted, what a separate retriever finds;
+    the retriever is the model the index was built with (`imprag train ... objective.system=retriever`,
+    then `imprag index --refresh --model RUN/model`)."""
+    from imprag.model.reader import InputError
+    from imprag.retrieval.index import PassageIndex, read_manifest
+
+    built = read_manifest(index_dir)["model"]
+    source = built["source"]
+    try:
+        retriever = ImpRAG.from_pretrained(source, dtype=built.get("dtype"))
+    except InputError as err:
+        raise InputError(
+            f"ra-dit-llama retrieves with the model {index_dir} was built with ({source!r}), which does not "
+            f"load from here: {err}. Refresh the index with the retriever's absolute path: imprag index "
+            f"--refresh --out {index_dir} --model /abs/path/to/retriever"
+        ) from err
+    index = PassageIndex.load(index_dir, retriever)
+    return RetrieveThenRead(model, ImplicitTextRetriever(retriever, index), "ra-dit-llama", k)
+
+
 SYSTEMS: dict[str, Factory] = {
     "closed-book": lambda model, index_dir, k: ClosedBook(model),
     "bm25": _text("bm25", "bm25"),
@@ -177,4 +211,7 @@ SYSTEMS: dict[str, Factory] = {
     # RA-IT: MiniLM with the whole prompt, passages pasted, the LM fine-tuned on the same data
     # (`imprag train ... objective.system=ra-it`, evaluated with --model runs/X/model).
     "ra-it": _text("minilm", "ra-it"),
+    # RA-DIT-Llama: a separately trained copy of layers 0..b as the retriever (the index's model), the
+    # ra-it generator (--model) reading its passages pasted.
+    "ra-dit-llama": _separate_retriever,
 }

@@ -47,9 +47,20 @@ def pool(states: Tensor, valid: Tensor, pooling: str) -> Tensor:
 
 
 def query_embedding(proj: Projection, valid: Tensor, num_kv_heads: int, cfg: EmbeddingConfig) -> Tensor:
-    """E_q (B, G*D) from layer b's projection of the prompt."""
+    """E_q (B, G*D) from layer b's projection of the prompt, minus `cfg.query_center` when set
+    (then in fp32)."""
     q = proj.q_pre if cfg.rope == "pre" else proj.q
-    return pool(group_queries(q, num_kv_heads), valid, cfg.pooling)
+    e_q = pool(group_queries(q, num_kv_heads), valid, cfg.pooling)
+    if cfg.query_center is None:
+        return e_q
+    if len(cfg.query_center) != e_q.shape[1]:
+        raise ValueError(
+            f"EmbeddingConfig.query_center has {len(cfg.query_center)} values but E_q has {e_q.shape[1]}: it "
+            "was estimated for another model; re-run ImpRAG.calibrate"
+        )
+    # In fp32: E_q and mu_q are large and close, so a bf16 difference would keep little of what separates
+    # one prompt from another.
+    return e_q.float() - torch.tensor(cfg.query_center, dtype=torch.float32, device=e_q.device)
 
 
 def passage_embedding(proj: Projection, valid: Tensor, cfg: EmbeddingConfig) -> Tensor:

@@ -216,7 +216,7 @@ class ImpRAG:
         settings = {
             "model_type": self.model.config.model_type,
             "b": self.split.b,
-            "embedding": dataclasses.asdict(self.config.embedding),
+            "embedding": self.config.embedding.passage_side(),  # mu_q shifts E_q only
             "l_max": self.config.reader.l_max,
         }
         digest.update(json.dumps(settings, sort_keys=True).encode())
@@ -364,6 +364,27 @@ class ImpRAG:
         offsets = [(self.config.reader.k if k is None else k) * self.config.reader.l_max] * len(ids)
         self._check_lengths(ids, offsets, 0)
         return self._embed(ids, offsets, batch_size, passage=False)
+
+    @torch.no_grad()
+    def calibrate(self, prompts: Sequence[str], batch_size: int = 32) -> Tensor:
+        """Estimate mu_q, the mean uncentered E_q over `prompts` (a few hundred prompts of the formats the
+        model will see), and score with (E_q - mu_q) . E_p from now on (`EmbeddingConfig.query_center`,
+        saved with the model). Returns mu_q (D,). Passages and indexes are unaffected."""
+        if not prompts:
+            raise InputError("calibrate needs at least one prompt")
+        saved = self.config
+        self.config = dataclasses.replace(
+            saved, embedding=dataclasses.replace(saved.embedding, query_center=None)
+        )
+        try:
+            mean = self.embed_queries(prompts, batch_size=batch_size).double().mean(0).float()
+        finally:
+            self.config = saved
+        center = tuple(mean.tolist())
+        self.config = dataclasses.replace(
+            saved, embedding=dataclasses.replace(saved.embedding, query_center=center)
+        )
+        return mean
 
     @torch.no_grad()
     def embed_passages(self, texts: Sequence[str], batch_size: int = 32) -> Tensor:

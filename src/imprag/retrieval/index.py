@@ -63,7 +63,7 @@ def _model_record(model: ImpRAG) -> dict[str, Any]:
         "fingerprint": model.retrieval_fingerprint(),
         "b": model.split.b,
         "t": model.split.t,
-        "embedding": dataclasses.asdict(model.config.embedding),
+        "embedding": model.config.embedding.passage_side(),
         "l_max": model.config.reader.l_max,
         "dtype": str(model.backbone.dtype).removeprefix("torch."),
     }

@@ -44,6 +44,14 @@ class ModelSpec:
     """Last reading layer (default: the model's own split)."""
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
     """Weights dtype of the frozen base. LoRA adapters and fully trained weights are kept in fp32."""
+    pooling: Literal["last", "mean"] | None = None
+    """E_q/E_p pooling (None: the model's own; the paper: last). `benchmarks/probe_scoring.py` measures
+    both; the trained model and every index built with it use this value."""
+    center: bool = False
+    """Score with (E_q - mu_q) . E_p, mu_q the mean E_q of `center_prompts` train prompts, estimated before
+    the first step and again at every epoch end, saved with the model (EmbeddingConfig.query_center)."""
+    center_prompts: int = 256
+    """How many train prompts (retrieval and instruction, interleaved) estimate mu_q."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    system: Literal["imprag", "ra-it"] = "imprag"
+    system: Literal["imprag", "ra-it", "retriever"] = "imprag"
     """'imprag': J_gen + lambda * J_ret, passages read by the middle layers. 'ra-it' (the paper's baseline):
-    the teacher's top read_k passages pasted before the prompt, J_gen only (the retriever stays frozen)."""
+    the teacher's top read_k passages pasted before the prompt, J_gen only (the retriever stays frozen).
+    'retriever': the stage-1 NCE alone on retrieval batches, training layers 0..b as a separate retriever
+    (the `ra-dit-llama` baseline's; its generator is an `ra-it` run)."""
     warmup_epochs: int = 3
     """Epochs of stage 1 (pseudo-label NCE) before self-distillation [P: 3 of 10]."""
     ret_weight: float = 1.0
@@ -185,6 +195,18 @@ class TrainConfig:
                 o.system != "ra-it" or d.teacher == "minilm",
                 "objective.system=ra-it reads MiniLM's passages "
                 "(the ra-it evaluation system): set data.teacher=minilm",
+            ),
+            (self.model.pooling in (None, "last", "mean"), "model.pooling must be last or mean"),
+            (self.model.center_prompts >= 1, "model.center_prompts must be >= 1"),
+            (
+                o.system != "retriever"
+                or (d.mix[1] == 0 and d.mix[2] == 0 and o.warmup_epochs == opt.epochs),
+                "objective.system=retriever trains on pseudo labels only: set data.mix=[1,0,0] and "
+                "objective.warmup_epochs equal to optim.epochs",
+            ),
+            (
+                o.system != "retriever" or tuple(e.train_groups) == ("bottom",),
+                "objective.system=retriever trains layers 0..b only: set engine.train_groups=[bottom]",
             ),
             (bool(self.eval.tasks), "eval.tasks must name at least one dev task"),
             (

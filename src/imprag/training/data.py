@@ -18,6 +18,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +86,13 @@ class TrainingData:
             raise TrainingDataError("no training examples: every kind with a share in data.mix is empty")
         self._kinds: list[Kind] = []
         self._orders: dict[tuple[Kind, int], list[int]] = {}
+
+    def calibration_prompts(self, n: int) -> list[str]:
+        """Up to `n` train prompts for estimating mu_q: retrieval and instruction prompts interleaved (the
+        formats the model answers), in a fixed order."""
+        pools = [self.examples["retrieval"], self.examples["instruction"]]
+        picked = [e.prompt for pair in zip_longest(*pools) for e in pair if e is not None]
+        return picked[:n]
 
     def kind_of(self, step: int) -> Kind:
         """The kind of batch at `step` (seeded, independent of anything but seed and step)."""

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from imprag.config import ImpRAGConfig
 from imprag.distributed import Dist
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.imprag import ImpRAG
@@ -151,6 +152,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.step = 0
         self._resume()
+        if config.model.center and self.step == 0:
+            self._calibrate()
 
     # -- run ------------------------------------------------------------------------------------------
 
@@ -178,6 +181,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({k: metrics[k] for k in ("stage", "kind", "j_gen", "j_ret") if k in metrics})
             epoch_end = self.step % cfg.optim.steps_per_epoch == 0
+            if epoch_end and cfg.model.center:
+                self._calibrate()
             if epoch_end and self.health is not None and self.dist.is_main:
                 report = self.health(self.model)
                 self._log(
@@ -190,6 +195,12 @@ class Trainer:
                 self._export(self.out / "model-warmup")  # stage 1 alone: the `imprag-warmup` system
         bar.close()
         return self._export(self.out / "model")
+
+    def _calibrate(self) -> None:
+        """Re-estimate mu_q from the current bottom layers (identical on every process: same prompts, same
+        weights)."""
+        mu = self.model.calibrate(self.data.calibration_prompts(self.config.model.center_prompts))
+        log.info("mu_q re-estimated at step %d (norm %.1f)", self.step, float(mu.norm()))
 
     def _export(self, directory: Path) -> Path:
         if self.dist.is_main:
@@ -306,12 +317,22 @@ class Trainer:
         own_idx, own_mask = _ragged(own, e_p.device)  # (m, c)
         own_scores = scores.gather(1, own_idx)
 
-        metrics: dict[str, Any] = {}
         if stage == "warmup":
             j_ret = multi_label_nce(scores, positives & valid, valid, temperature=o.tau_r)
         else:
             target = self._candidate_logprobs(examples, [[texts[r] for r in e.candidates] for e in examples])
             j_ret = distillation_kl(own_scores, target, own_mask, tau_r=o.tau_r, tau_t=o.tau_t)
+        top1 = all_ids[scores.detach().masked_fill(~valid, float("-inf")).argmax(dim=1)]
+        metrics = {
+            "j_ret": round(j_ret.item(), 4),
+            "top1_positive": round(
+                sum(int(t) in e.positives for t, e in zip(top1.tolist(), examples, strict=True))
+                / len(examples),
+                3,
+            ),
+        }
+        if o.system == "retriever":  # a separate retriever: no generator reads here
+            return o.ret_weight * j_ret, metrics
         # The generator reads the retriever's current top read_k own candidates (or the teacher's positives).
         if o.read == "retrieved":
             ranked = own_scores.detach().masked_fill(~own_mask, float("-inf")).argsort(dim=1, descending=True)
@@ -328,15 +349,8 @@ class Trainer:
         passages = model.passage_batch([[texts[r] for r in row] for row in reads], offsets, warn=False)
         _, j_gen = answer_logprobs(model, seqs, passages)
 
-        top1 = all_ids[scores.detach().masked_fill(~valid, float("-inf")).argmax(dim=1)]
         metrics.update(
             j_gen=round(j_gen.item(), 4),
-            j_ret=round(j_ret.item(), 4),
-            top1_positive=round(
-                sum(int(t) in e.positives for t, e in zip(top1.tolist(), examples, strict=True))
-                / len(examples),
-                3,
-            ),
             read_gold=round(
                 sum(bool(set(r) & set(e.evidence)) for r, e in zip(reads, examples, strict=True))
                 / len(examples),
@@ -429,6 +443,9 @@ class Trainer:
         if found is None:
             return
         state = restore_checkpoint(found, self.model)
+        saved = ImpRAGConfig.load(found)  # mu_q as of the checkpoint (it changes at epoch ends only)
+        if saved is not None:
+            self.model.config = replace(self.model.config, embedding=saved.embedding)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -496,6 +513,10 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
     )
     m = config.model
     model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=m.dtype)
+    # The run decides pooling and centering, not the checkpoint it starts from (mu_q: Trainer._calibrate).
+    embedding = model.config.embedding
+    embedding = replace(embedding, pooling=m.pooling or embedding.pooling, query_center=None)
+    model.config = replace(model.config, embedding=embedding)
     if torch.cuda.is_available():
         model.model.to(f"cuda:{torch.cuda.current_device()}")
     return Trainer(model, data, config, out, dist, health).run(progress)
