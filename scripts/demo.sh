@@ -13,6 +13,9 @@ MODEL="${IMPRAG_MODEL:-models/smollm2-135m-imprag}"
 INDEX="${IMPRAG_INDEX:-indexes/wiki-summaries-imprag}"
 if [ ! -f "$INDEX/manifest.json" ]; then
     "$IMPRAG" index wiki-summaries --out "$INDEX" --model "$MODEL" --baselines bm25
+elif ! "$IMPRAG" retrieve "$INDEX" "Q: Who painted the Mona Lisa? A:" -k 1 --model "$MODEL" >/dev/null 2>&1; then
+    # built with another version of the adapter: re-encode the stored passages with this one
+    "$IMPRAG" index --refresh --out "$INDEX" --model "$MODEL"
 fi
 PROMPTS=(
     "Q: Who painted the Mona Lisa? A:"

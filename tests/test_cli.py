@@ -52,6 +52,7 @@ def test_info(saved: str, capsys) -> None:
     assert main(["info", "--model", saved, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["split"] == {"b": 1, "t": 3} and info["dim"] == 32 and info["model_type"] == "llama"
+    assert info["embedding"] == {"rope": "pre", "pooling": "last", "query_centered": False}
 
 
 @pytest.mark.parametrize(

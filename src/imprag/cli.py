@@ -254,7 +254,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         "model_type": model.model.config.model_type,
         "layers": model.backbone.num_layers,
         "split": {"b": model.split.b, "t": model.split.t},
-        "embedding": {"rope": model.config.embedding.rope, "pooling": model.config.embedding.pooling},
+        "embedding": {
+            **model.config.embedding.passage_side(),
+            "query_centered": model.config.embedding.query_center is not None,
+        },
         "reader": {"k": model.config.reader.k, "l_max": model.config.reader.l_max},
         "dim": model.dim,
         "dtype": str(model.backbone.dtype).removeprefix("torch."),
