@@ -59,7 +59,9 @@ def probe(model_name: str, bench: Benchmark, health: RetrievalHealth, calibratio
     rows: dict[str, dict] = {}
     for pooling in ("last", "mean"):
         model = ImpRAG.from_pretrained(model_name)  # keep its saved embedding settings, vary the pooling
-        model.config = replace(model.config, embedding=replace(model.config.embedding, pooling=pooling))
+        model.config = replace(  # and score uncentered: the probe centers (or not) itself
+            model.config, embedding=replace(model.config.embedding, pooling=pooling, query_center=None)
+        )
         e_p = model.embed_passages(texts)
         mu_q, mu_p = model.embed_queries(calibration).mean(0), e_p.mean(0)
         queries = {task: model.embed_queries(prompts) for task, prompts in health.prompts.items()}

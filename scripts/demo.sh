@@ -13,8 +13,9 @@ MODEL="${IMPRAG_MODEL:-models/smollm2-135m-imprag}"
 INDEX="${IMPRAG_INDEX:-indexes/wiki-summaries-imprag}"
 if [ ! -f "$INDEX/manifest.json" ]; then
     "$IMPRAG" index wiki-summaries --out "$INDEX" --model "$MODEL" --baselines bm25
-elif ! "$IMPRAG" retrieve "$INDEX" "Q: Who painted the Mona Lisa? A:" -k 1 --model "$MODEL" >/dev/null 2>&1; then
-    # built with another version of the adapter: re-encode the stored passages with this one
+elif ! check=$("$IMPRAG" retrieve "$INDEX" "Q: Who painted the Mona Lisa? A:" -k 1 --model "$MODEL" 2>&1 >/dev/null); then
+    # an index built with another version of the adapter is stale: re-encode its passages with this one
+    grep -q "stale" <<<"$check" || { echo "$check" >&2; exit 1; }
     "$IMPRAG" index --refresh --out "$INDEX" --model "$MODEL"
 fi
 PROMPTS=(

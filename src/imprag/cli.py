@@ -309,6 +309,15 @@ def _check_same_corpus(bench, corpus_hash: str, index: str) -> None:
         )
 
 
+def _digest(values: object) -> str | None:
+    """A short hash of a JSON-able value (None stays None): recorded so resumed runs cannot mix settings."""
+    if values is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:12]
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from imprag.data import Benchmark, tasks_of
     from imprag.evaluation.harness import evaluate
@@ -335,6 +344,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model": {
             "source": model.source, "b": model.split.b, "t": model.split.t,
             "dtype": str(model.model.dtype), "retrieval_fingerprint": model.retrieval_fingerprint(),
+            "query_center": _digest(model.config.embedding.query_center),
         },
         "index": manifest and {k: manifest.get(k) for k in ("model", "corpus_hash", "count", "index")},
         "batch_size": args.batch_size,

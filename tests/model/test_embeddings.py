@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import tiny_model
 from torch.testing import assert_close
 
 from imprag import EmbeddingConfig, ImpRAG, LayerSplit
-from imprag.model.reader import batch_tokens
+from imprag.model.reader import InputError, batch_tokens
 
 PROMPTS = [
     "Q: What is the capital of Veloria?\nA:",
@@ -129,6 +131,12 @@ def test_calibrate_centers_queries_and_leaves_passages_and_the_fingerprint(token
     assert_close(centered.mean(0), torch.zeros_like(mu), atol=1e-5, rtol=0)
     assert torch.equal(model.embed_passages(PASSAGES), raw_p)
     assert model.retrieval_fingerprint() == fingerprint  # an index built before calibrating stays valid
+    rebuilt = ImpRAG(model.model, tokenizer, model.split, model.config.embedding)  # no cached value
+    assert rebuilt.retrieval_fingerprint() == fingerprint
+    other = "last" if pooling == "mean" else "mean"
+    model.config = replace(model.config, embedding=replace(model.config.embedding, pooling=other))
+    assert model.retrieval_fingerprint() != fingerprint  # a passage-side setting: the cache sees it
+    model.config = replace(model.config, embedding=replace(model.config.embedding, pooling=pooling))
     # the query generate() reads at layer b is the centered one too
     batch = model.prompt_batch(PROMPTS, model.config.reader.k * model.config.reader.l_max)
     seen = model._prefill(batch, lambda q: None, cache=False).query
@@ -153,8 +161,9 @@ def test_a_query_center_of_the_wrong_size_or_values_is_refused(tokenizer) -> Non
         EmbeddingConfig(query_center=(1.0, float("nan")))
     with pytest.raises(ConfigError, match="finite"):
         EmbeddingConfig(query_center=())
-    model = ImpRAG(
-        tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3), EmbeddingConfig(query_center=(0.0,) * 3)
-    )
-    with pytest.raises(ValueError, match=r"re-run ImpRAG\.calibrate"):
+    with pytest.raises(InputError, match=r"has 3 values but this model's E_q has 32"):
+        ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3), EmbeddingConfig(query_center=(0.0,) * 3))
+    model = ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3))
+    model.config = replace(model.config, embedding=EmbeddingConfig(query_center=(0.0,) * 3))
+    with pytest.raises(InputError, match=r"re-run ImpRAG\.calibrate"):
         model.embed_queries(PROMPTS)

@@ -142,3 +142,21 @@ def test_pseudo_labels_naming_passages_missing_from_the_store_are_refused(store,
     missing = "p99" if where == "positives" else "p98"
     with pytest.raises(TrainingDataError, match=rf"describe/0.*{missing}.*label cache"):
         _retrieval_example(item(["p3"]), label, store)
+
+
+def test_calibration_prompts_stride_through_the_trained_kinds(store) -> None:
+    data = TrainingData(examples(n_ret=20, n_ins=6), store, (0.5, 0.4, 0.1), seed=0)
+    picked = data.calibration_prompts(8)
+    # 4 per kind, evenly spread over each pool (every 5th retrieval prompt, then the instruction ones),
+    # interleaved, in a fixed order
+    assert picked == [
+        "Q: what is 0? A:", "Recover 0 A:", "Q: what is 5? A:", "Recover 1 A:",
+        "Q: what is 10? A:", "Recover 2 A:", "Q: what is 15? A:", "Recover 3 A:",
+    ]  # fmt: skip
+    assert data.calibration_prompts(8) == picked
+    assert len(data.calibration_prompts(100)) == 26  # all of them, no repeats
+    retrieval_only = TrainingData(examples(n_ret=20, n_ins=6), store, (1.0, 0.0, 0.0), seed=0)
+    assert all(p.startswith("Q:") for p in retrieval_only.calibration_prompts(8))
+    lm_only = TrainingData(examples(), store, (0.0, 0.0, 1.0), seed=0)
+    with pytest.raises(TrainingDataError, match="model.center needs retrieval or instruction prompts"):
+        lm_only.calibration_prompts(8)

@@ -533,3 +533,15 @@ def test_the_distillation_stage_trains(tokenizer, store, tmp_path) -> None:
     scores = torch.einsum("md,mcd->mc", e_q, own)
     expected = distillation_kl(scores, target, tau_r=cfg.objective.tau_r, tau_t=cfg.objective.tau_t)
     assert metrics["j_ret"] == pytest.approx(expected.item(), abs=2e-4)
+
+
+def test_a_run_saved_before_new_config_fields_existed_still_matches_its_config() -> None:
+    from imprag.training.loop import _normalized
+
+    saved = json.loads(json.dumps(config().to_dict()))
+    for field in ("pooling", "center", "center_prompts"):  # added after the first runs were made
+        del saved["model"][field]
+    assert _normalized(saved) == json.loads(json.dumps(config().to_dict()))
+    saved["optim"]["lr"] = 0.5
+    assert _normalized(saved) != json.loads(json.dumps(config().to_dict()))
+    assert _normalized({"optim": {"bogus": 1}}) is None

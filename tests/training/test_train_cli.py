@@ -124,6 +124,7 @@ def test_a_separate_retriever_trains_alone_and_serves_ra_dit_llama(setup: dict[s
 
     from imprag.config import DecodeConfig
     from imprag.evaluation.systems import SYSTEMS
+    from imprag.model.reader import InputError
     from imprag.retrieval.index import PassageIndex
 
     out = tmp_path / "retriever"
@@ -151,6 +152,8 @@ def test_a_separate_retriever_trains_alone_and_serves_ra_dit_llama(setup: dict[s
     expected = retriever.retrieve(prompts, PassageIndex.load(index, retriever), 2)
     assert [[p.id for p in a.passages] for a in answers] == [[p.id for p in e] for e in expected]
     assert system.describe()["system"] == "ra-dit-llama"
+    with pytest.raises(InputError, match="not a retriever trained with"):  # built with the base model
+        SYSTEMS["ra-dit-llama"](generator, Path(setup["index"]), 2)
 
 
 @pytest.mark.parametrize(

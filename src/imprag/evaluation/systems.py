@@ -16,6 +16,7 @@ Trained systems are the same classes over a trained model (`imprag eval --model 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,14 +189,15 @@ def _separate_retriever(model: ImpRAG, index_dir: Path, k: int) -> System:
 
     built = read_manifest(index_dir)["model"]
     source = built["source"]
-    try:
-        retriever = ImpRAG.from_pretrained(source, dtype=built.get("dtype"))
-    except InputError as err:
+    trained = Path(source) / "train_config.json"
+    system = json.loads(trained.read_text())["objective"]["system"] if trained.is_file() else None
+    if system != "retriever":
         raise InputError(
-            f"ra-dit-llama retrieves with the model {index_dir} was built with ({source!r}), which does not "
-            f"load from here: {err}. Refresh the index with the retriever's absolute path: imprag index "
-            f"--refresh --out {index_dir} --model /abs/path/to/retriever"
-        ) from err
+            f"ra-dit-llama retrieves with the model {index_dir} was built with ({source!r}), which is not a "
+            "retriever trained with `imprag train ... objective.system=retriever`; refresh the index with "
+            f"one: imprag index --refresh --out {index_dir} --model /abs/path/to/RUN/model"
+        )
+    retriever = ImpRAG.from_pretrained(source, b=built["b"], t=built.get("t"), dtype=built.get("dtype"))
     index = PassageIndex.load(index_dir, retriever)
     return RetrieveThenRead(model, ImplicitTextRetriever(retriever, index), "ra-dit-llama", k)
 

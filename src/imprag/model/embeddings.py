@@ -13,6 +13,7 @@ from torch import Tensor
 
 from imprag.config import EmbeddingConfig
 from imprag.model.backbone import Projection
+from imprag.model.reader import InputError
 
 __all__ = ["group_queries", "passage_embedding", "pool", "query_embedding"]
 
@@ -50,17 +51,17 @@ def query_embedding(proj: Projection, valid: Tensor, num_kv_heads: int, cfg: Emb
     """E_q (B, G*D) from layer b's projection of the prompt, minus `cfg.query_center` when set
     (then in fp32)."""
     q = proj.q_pre if cfg.rope == "pre" else proj.q
-    e_q = pool(group_queries(q, num_kv_heads), valid, cfg.pooling)
     if cfg.query_center is None:
-        return e_q
-    if len(cfg.query_center) != e_q.shape[1]:
-        raise ValueError(
-            f"EmbeddingConfig.query_center has {len(cfg.query_center)} values but E_q has {e_q.shape[1]}: it "
-            "was estimated for another model; re-run ImpRAG.calibrate"
+        return pool(group_queries(q, num_kv_heads), valid, cfg.pooling)
+    if len(cfg.query_center) != num_kv_heads * q.shape[-1]:
+        raise InputError(
+            f"EmbeddingConfig.query_center has {len(cfg.query_center)} values but E_q has "
+            f"{num_kv_heads * q.shape[-1]}: it was estimated for another model; re-run ImpRAG.calibrate"
         )
-    # In fp32: E_q and mu_q are large and close, so a bf16 difference would keep little of what separates
-    # one prompt from another.
-    return e_q.float() - torch.tensor(cfg.query_center, dtype=torch.float32, device=e_q.device)
+    # In fp32 from the per-token states on: E_q and mu_q are large and close, and their difference is
+    # what separates one prompt from another.
+    e_q = pool(group_queries(q.float(), num_kv_heads), valid, cfg.pooling)
+    return e_q - torch.tensor(cfg.query_center, dtype=torch.float32, device=e_q.device)
 
 
 def passage_embedding(proj: Projection, valid: Tensor, cfg: EmbeddingConfig) -> Tensor:

@@ -78,6 +78,12 @@ class ImpRAG:
         n = self.backbone.num_layers
         split = (split or LayerSplit.default_for(n)).validate_for(n)
         self.config = ImpRAGConfig(split, embedding or EmbeddingConfig(), reader or ReaderConfig())
+        center = self.config.embedding.query_center
+        if center is not None and len(center) != self.dim:
+            raise InputError(
+                f"EmbeddingConfig.query_center has {len(center)} values but this model's E_q has {self.dim}: "
+                "it was estimated for another model (imprag_config.json); re-run ImpRAG.calibrate"
+            )
         self.pad_id = _pad_id(tokenizer, model)
         self.source: str = str(model.config.name_or_path)
         """What the model was loaded from (an embedded default's name, a path or a hub id)."""
@@ -203,23 +209,25 @@ class ImpRAG:
         embedding settings and l_max. An index records it; a different value means the index is stale.
 
         Weights are hashed after rounding to bf16, so the same checkpoint loaded in fp32 or bf16 matches.
-        The result is cached until any of those weights is modified in place (e.g. by an optimizer step).
+        The result is cached until any of those weights is modified in place (e.g. by an optimizer step)
+        or a setting changes.
         """
         params = [("embed", self.backbone.decoder.embed_tokens.weight)]
         for i in range(self.split.b + 1):
             params += [(f"layer{i}.{n}", p) for n, p in sorted(self.backbone.layer(i).named_parameters())]
-        version = tuple((id(p), p._version) for _, p in params)
-        cached = getattr(self, "_fingerprint", None)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        digest = hashlib.sha256()
         settings = {
             "model_type": self.model.config.model_type,
             "b": self.split.b,
             "embedding": self.config.embedding.passage_side(),  # mu_q shifts E_q only
             "l_max": self.config.reader.l_max,
         }
-        digest.update(json.dumps(settings, sort_keys=True).encode())
+        text = json.dumps(settings, sort_keys=True)
+        version = (text, tuple((id(p), p._version) for _, p in params))
+        cached = getattr(self, "_fingerprint", None)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        digest = hashlib.sha256()
+        digest.update(text.encode())
         with torch.no_grad():
             for name, p in params:
                 digest.update(name.encode())
@@ -366,10 +374,11 @@ class ImpRAG:
         return self._embed(ids, offsets, batch_size, passage=False)
 
     @torch.no_grad()
-    def calibrate(self, prompts: Sequence[str], batch_size: int = 32) -> Tensor:
+    def calibrate(self, prompts: Sequence[str], batch_size: int = 32, k: int | None = None) -> Tensor:
         """Estimate mu_q, the mean uncentered E_q over `prompts` (a few hundred prompts of the formats the
         model will see), and score with (E_q - mu_q) . E_p from now on (`EmbeddingConfig.query_center`,
-        saved with the model). Returns mu_q (D,). Passages and indexes are unaffected."""
+        saved with the model). `k`: the prompts sit where k passages are read (as in `embed_queries`).
+        Returns mu_q (D,). Passages and indexes are unaffected."""
         if not prompts:
             raise InputError("calibrate needs at least one prompt")
         saved = self.config
@@ -377,7 +386,7 @@ class ImpRAG:
             saved, embedding=dataclasses.replace(saved.embedding, query_center=None)
         )
         try:
-            mean = self.embed_queries(prompts, batch_size=batch_size).double().mean(0).float()
+            mean = self.embed_queries(prompts, batch_size=batch_size, k=k).double().mean(0).float()
         finally:
             self.config = saved
         center = tuple(mean.tolist())

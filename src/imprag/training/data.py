@@ -88,10 +88,20 @@ class TrainingData:
         self._orders: dict[tuple[Kind, int], list[int]] = {}
 
     def calibration_prompts(self, n: int) -> list[str]:
-        """Up to `n` train prompts for estimating mu_q: retrieval and instruction prompts interleaved (the
-        formats the model answers), in a fixed order."""
-        pools = [self.examples["retrieval"], self.examples["instruction"]]
-        picked = [e.prompt for pair in zip_longest(*pools) for e in pair if e is not None]
+        """Up to `n` train prompts for estimating mu_q, in a fixed order: an even stride through each kind
+        of prompt this run trains on (retrieval, instruction), so every task of a kind contributes in
+        proportion to its size, the kinds interleaved."""
+        pools = [
+            self.examples[k] for k in ("retrieval", "instruction") if k in self.weights and self.examples[k]
+        ]
+        if not pools:
+            raise TrainingDataError(
+                "model.center needs retrieval or instruction prompts to estimate mu_q; data.mix trains on "
+                "neither"
+            )
+        share = -(-n // len(pools))
+        strided = [pool[:: max(1, len(pool) // share)][:share] for pool in pools]
+        picked = [e.prompt for row in zip_longest(*strided) for e in row if e is not None]
         return picked[:n]
 
     def kind_of(self, step: int) -> Kind:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from imprag.config import ImpRAGConfig
+from imprag.config import ConfigError, ImpRAGConfig
 from imprag.distributed import Dist
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.imprag import ImpRAG
@@ -154,6 +154,9 @@ class Trainer:
         self._resume()
         if config.model.center and self.step == 0:
             self._calibrate()
+        elif not config.model.center and model.config.embedding.query_center is not None:
+            log.info("model.center=false: scoring uncentered (the starting model's mu_q is dropped)")
+            model.config = replace(model.config, embedding=replace(model.config.embedding, query_center=None))
 
     # -- run ------------------------------------------------------------------------------------------
 
@@ -199,7 +202,8 @@ class Trainer:
     def _calibrate(self) -> None:
         """Re-estimate mu_q from the current bottom layers (identical on every process: same prompts, same
         weights)."""
-        mu = self.model.calibrate(self.data.calibration_prompts(self.config.model.center_prompts))
+        prompts = self.data.calibration_prompts(self.config.model.center_prompts)
+        mu = self.model.calibrate(prompts, k=self.config.objective.read_k)  # where training reads E_q
         log.info("mu_q re-estimated at step %d (norm %.1f)", self.step, float(mu.norm()))
 
     def _export(self, directory: Path) -> Path:
@@ -428,7 +432,7 @@ class Trainer:
         if (
             found is not None
             and config_path.is_file()
-            and json.loads(config_path.read_text(encoding="utf-8")) != json.loads(resolved)
+            and _normalized(json.loads(config_path.read_text(encoding="utf-8"))) != json.loads(resolved)
         ):
             raise TrainingError(
                 f"{self.out} holds checkpoints of a run with another training config ({config_path}); resume "
@@ -476,6 +480,14 @@ def _ragged(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor
         idx[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = True
     return idx, mask
+
+
+def _normalized(saved: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's saved config with the defaults of fields added since filled in (None: unreadable)."""
+    try:
+        return json.loads(json.dumps(TrainConfig.from_dict(saved).to_dict()))
+    except (ConfigError, TypeError, ValueError):
+        return None
 
 
 def _step_of(line: str) -> int:
