@@ -158,5 +158,5 @@ def test_calibration_prompts_stride_through_the_trained_kinds(store) -> None:
     retrieval_only = TrainingData(examples(n_ret=20, n_ins=6), store, (1.0, 0.0, 0.0), seed=0)
     assert all(p.startswith("Q:") for p in retrieval_only.calibration_prompts(8))
     lm_only = TrainingData(examples(), store, (0.0, 0.0, 1.0), seed=0)
-    with pytest.raises(TrainingDataError, match="model.center needs retrieval or instruction prompts"):
+    with pytest.raises(TrainingDataError, match=r"model\.center needs retrieval or instruction prompts"):
         lm_only.calibration_prompts(8)
