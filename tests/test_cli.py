@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import tiny_model
 
 from imprag import ImpRAG, LayerSplit
@@ -150,3 +151,35 @@ def test_bad_corpus_line_is_located(saved: str, tmp_path, capsys) -> None:
     assert f"{bad}:2: not valid JSON" in err and "--skip-bad-lines" in err
     assert main(["index", str(bad), "--out", out, "--model", saved, "--no-progress", "--skip-bad-lines"]) == 0
     assert "indexed 2 passages" in capsys.readouterr().out
+
+
+def test_calibrate_saves_a_centered_copy_whose_indexes_stay_valid(saved: str, tmp_path, capsys) -> None:
+    from imprag import ImpRAG
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Q: What is the capital of Veloria?\nA:\n\nQ: Who wrote Hamlet?\nIs the sky green?\n")
+    out = tmp_path / "centered"
+    assert main(["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(out)]) == 0
+    assert "mu_q from 4 prompts" in capsys.readouterr().out
+    base, centered = ImpRAG.from_pretrained(saved), ImpRAG.from_pretrained(out)
+    lines = [p for p in prompts.read_text().splitlines() if p.strip()]
+    raw = base.embed_queries(lines)
+    assert torch.allclose(torch.tensor(centered.config.embedding.query_center), raw.mean(0), atol=1e-5)
+    assert torch.allclose(centered.embed_queries(lines), raw - raw.mean(0), atol=1e-5)
+    assert centered.retrieval_fingerprint() == base.retrieval_fingerprint()  # same E_p: indexes stay valid
+    assert main(["info", "--model", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedding"]["query_centered"] is True
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["calibrate", "--out", "x"], "give --data BENCH"),
+        (["calibrate", "--out", "x", "--prompts", "/no/such/file"], "cannot read --prompts"),
+        (["calibrate", "--out", "x", "--prompts", "p.txt", "--n", "0"], "--n must be >= 1"),
+    ],
+)
+def test_calibrate_errors_are_one_line(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -154,6 +154,17 @@ def test_a_separate_retriever_trains_alone_and_serves_ra_dit_llama(setup: dict[s
     assert system.describe()["system"] == "ra-dit-llama"
     with pytest.raises(InputError, match="not a retriever trained with"):  # built with the base model
         SYSTEMS["ra-dit-llama"](generator, Path(setup["index"]), 2)
+    # `imprag calibrate` on an adapter writes an adapter (same weights) with the new mu_q
+    lines = [p.replace("\n", " ") for p in prompts]  # one prompt per line
+    (tmp_path / "p.txt").write_text("\n".join(lines) + "\n")
+    argv = ["calibrate", "--model", str(out / "model"), "--prompts", str(tmp_path / "p.txt")]
+    assert main([*argv, "--out", str(tmp_path / "recentered")]) == 0
+    assert (tmp_path / "recentered" / "adapter_model.safetensors").read_bytes() == (
+        out / "model" / "adapter_model.safetensors"
+    ).read_bytes()
+    recentered = ImpRAG.from_pretrained(tmp_path / "recentered")
+    assert recentered.retrieval_fingerprint() == retriever.retrieval_fingerprint()
+    assert recentered.embed_queries(lines).mean(0).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize(
