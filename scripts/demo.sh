@@ -34,4 +34,4 @@ echo "== the benchmark: build it, then score closed-book, BM25 and ImpRAG on 8 t
 BENCH="${IMPRAG_BENCH:-data/benchmark}"
 [ -f "$BENCH/benchmark.json" ] || "$IMPRAG" data build --out "$BENCH"
 "$IMPRAG" eval --data "$BENCH" --index "$INDEX" --system closed-book,bm25,imprag \
-    --out runs/demo-imprag --limit 8
+    --out runs/demo-imprag --limit 8 --overwrite  # a small sample: re-scored on every run
