@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -99,8 +100,14 @@ class EmbeddingConfig:
 
     def __post_init__(self) -> None:
         if self.query_center is not None:
-            center = tuple(self.query_center)
-            if not center or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in center):
+            try:
+                center = tuple(self.query_center)
+            except TypeError:
+                center = ()
+            ok = all(
+                isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) for x in center
+            )
+            if not center or not ok:
                 raise ConfigError("EmbeddingConfig.query_center must be a non-empty list of finite numbers")
             object.__setattr__(self, "query_center", tuple(float(x) for x in center))
         if self.rope not in ("pre", "post"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_model
@@ -159,8 +160,10 @@ def test_a_query_center_of_the_wrong_size_or_values_is_refused(tokenizer) -> Non
 
     with pytest.raises(ConfigError, match="finite"):
         EmbeddingConfig(query_center=(1.0, float("nan")))
-    with pytest.raises(ConfigError, match="finite"):
-        EmbeddingConfig(query_center=())
+    for bad in ((), 3.0, (True, 1.0), ("1.0",)):
+        with pytest.raises(ConfigError, match="finite"):
+            EmbeddingConfig(query_center=bad)
+    assert EmbeddingConfig(query_center=(np.float32(0.5), 1)).query_center == (0.5, 1.0)
     with pytest.raises(InputError, match=r"has 3 values but this model's E_q has 32"):
         ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3), EmbeddingConfig(query_center=(0.0,) * 3))
     model = ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3))
