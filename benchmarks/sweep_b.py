@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,8 +50,9 @@ def train(b: int, args: argparse.Namespace) -> Path:
     return out
 
 
-def untrained(b: int, args: argparse.Namespace) -> dict:
-    """Health of the base model at layer b, mean-pooled and centered as the runs start."""
+def untrained_probe(args: argparse.Namespace) -> Callable[[int], dict]:
+    """Health of the base model at a given b, mean-pooled and centered as the runs start (the data and the
+    health pool are loaded once)."""
     from dataclasses import replace
 
     from imprag import ImpRAG, PassageIndex
@@ -64,10 +66,15 @@ def untrained(b: int, args: argparse.Namespace) -> dict:
     data = load_training_data(config.data, Path(args.workdir), config.optim.seed)
     store = PassageIndex.load(args.index).store
     health = RetrievalHealth.from_benchmark(Benchmark.load(args.data), store, config.eval, config.optim.seed)
-    model = ImpRAG.from_pretrained(config.model.name, b=b, dtype=config.model.dtype)
-    model.config = replace(model.config, embedding=replace(model.config.embedding, pooling="mean"))
-    model.calibrate(data.calibration_prompts(config.model.center_prompts), k=config.objective.read_k)
-    return health(model)
+    prompts = data.calibration_prompts(config.model.center_prompts)
+
+    def measure(b: int) -> dict:
+        model = ImpRAG.from_pretrained(config.model.name, b=b, dtype=config.model.dtype)
+        model.config = replace(model.config, embedding=replace(model.config.embedding, pooling="mean"))
+        model.calibrate(prompts, k=config.objective.read_k)
+        return health(model)
+
+    return measure
 
 
 def main() -> None:
@@ -85,6 +92,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     layers = [int(b) for b in args.b.split(",")]
+    untrained = None if args.no_untrained else untrained_probe(args)
     rows = {}
     for b in layers:
         started = time.perf_counter()
@@ -92,7 +100,7 @@ def main() -> None:
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         steps = [r for r in log if "stage" in r]
         rows[b] = {
-            "untrained": None if args.no_untrained else untrained(b, args),
+            "untrained": untrained and untrained(b),
             "health": {r["epoch"]: r["health"] for r in log if "health" in r},
             "median_step_seconds": sorted(r["sec"] for r in steps)[len(steps) // 2],
             "wall_seconds_this_call": round(time.perf_counter() - started, 1),

@@ -248,7 +248,6 @@ def _print_passages(passages) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import shutil
     from dataclasses import replace
-    from itertools import zip_longest
 
     from imprag.io import atomic_directory
 
@@ -266,13 +265,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         prompts = prompts[: args.n]
     else:
         from imprag.data import Benchmark
+        from imprag.training.data import spread
 
         bench = Benchmark.load(args.data)
         tasks = _names(args.tasks, bench.tasks)
-        share = -(-args.n // len(tasks))
-        pools = [bench.items(t, args.split) for t in tasks]  # an empty split is an error naming it
-        strided = [[it.prompt for it in pool[:: max(1, len(pool) // share)][:share]] for pool in pools]
-        prompts = [p for row in zip_longest(*strided) for p in row if p is not None][: args.n]
+        # an empty split is an error naming it
+        prompts = spread([[it.prompt for it in bench.items(t, args.split)] for t in tasks], args.n)
     if not prompts:
         raise UsageError(f"no prompts in {args.prompts}")
     model = _load(args)

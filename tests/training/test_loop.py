@@ -5,6 +5,7 @@ config guards, and the exported model loading in imprag and in stock peft."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,24 @@ def steps(out: Path) -> list[int]:
 
 class Killed(Exception):
     pass
+
+
+@contextmanager
+def dying_at_step(n: int, monkeypatch):
+    """Within the block, the process "dies" (raises Killed) when it starts its n-th training step."""
+    original, calls = Trainer.train_step, []
+
+    def dying(self, step):
+        calls.append(step)
+        if len(calls) == n:
+            raise Killed
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dying)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(Trainer, "train_step", original)
 
 
 # -- sequences and answer log-probabilities ------------------------------------------------------------
@@ -237,20 +256,9 @@ def test_lora_trains_only_the_adapters(full_run) -> None:
 def test_exact_resume_after_an_interruption(full_run, tokenizer, store, tmp_path, monkeypatch) -> None:
     base, _, straight, _ = full_run
     out = tmp_path / "run"
-    original = Trainer.train_step
-    calls: list[int] = []
-
-    def dying(self, step):
-        calls.append(step)
-        if len(calls) == 5:
-            raise Killed
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", dying)
     model = ImpRAG.from_pretrained(base, dtype="float32")
-    with pytest.raises(Killed):
+    with dying_at_step(5, monkeypatch), pytest.raises(Killed):
         Trainer(model, training_data(store), config(), out, health=health_stub).run(progress=False)
-    monkeypatch.setattr(Trainer, "train_step", original)
     assert [p.name for p in checkpoints(out)] == ["step-000003"]
     assert steps(out) == [1, 2, 3, 4]  # step 4 was logged, then the process died before a checkpoint
 
@@ -287,18 +295,9 @@ def test_a_centered_run_recalibrates_mu_q_saves_it_and_resumes_exactly(
     epoch1 = ImpRAGConfig.load(straight / "checkpoints" / "step-000003").embedding.query_center
     assert epoch1 is not None and epoch1 != center  # the bottom layers moved, and mu_q with them
 
-    out, original, calls = tmp_path / "resumed", Trainer.train_step, []
-
-    def dying(self, step):
-        calls.append(step)
-        if len(calls) == 5:
-            raise Killed
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", dying)
-    with pytest.raises(Killed):
+    out = tmp_path / "resumed"
+    with dying_at_step(5, monkeypatch), pytest.raises(Killed):
         Trainer(ImpRAG.from_pretrained(base, dtype="float32"), training_data(store), cfg, out).run(False)
-    monkeypatch.setattr(Trainer, "train_step", original)
     fresh = ImpRAG.from_pretrained(base, dtype="float32")
     trainer = Trainer(fresh, training_data(store), cfg, out)
     assert trainer.step == 3 and fresh.config.embedding.query_center == epoch1  # mu_q of the checkpoint

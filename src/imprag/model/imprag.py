@@ -381,18 +381,13 @@ class ImpRAG:
         Returns mu_q (D,). Passages and indexes are unaffected."""
         if not prompts:
             raise InputError("calibrate needs at least one prompt")
-        saved = self.config
-        self.config = dataclasses.replace(
-            saved, embedding=dataclasses.replace(saved.embedding, query_center=None)
-        )
-        try:
-            mean = self.embed_queries(prompts, batch_size=batch_size, k=k).double().mean(0).float()
-        finally:
-            self.config = saved
-        center = tuple(mean.tolist())
-        self.config = dataclasses.replace(
-            saved, embedding=dataclasses.replace(saved.embedding, query_center=center)
-        )
+        e_q = self.embed_queries(prompts, batch_size=batch_size, k=k).double()
+        center = self.config.embedding.query_center
+        if center is not None:  # uncentered: add the current mu_q back
+            e_q += torch.tensor(center, dtype=torch.float64)
+        mean = e_q.mean(0).float()
+        embedding = dataclasses.replace(self.config.embedding, query_center=tuple(mean.tolist()))
+        self.config = dataclasses.replace(self.config, embedding=embedding)
         return mean
 
     @torch.no_grad()

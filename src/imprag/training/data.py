@@ -27,7 +27,7 @@ from imprag.retrieval.store import PassageStore
 from imprag.training.config import DataConfig
 from imprag.training.targets import PseudoLabel, PseudoLabelConfig, cached_pseudo_labels
 
-__all__ = ["KINDS", "Example", "TrainingData", "TrainingDataError", "load_training_data"]
+__all__ = ["KINDS", "Example", "TrainingData", "TrainingDataError", "load_training_data", "spread"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ class Example:
     @property
     def candidates(self) -> tuple[int, ...]:
         return self.positives + self.negatives
+
+
+def spread(pools: Sequence[Sequence[str]], n: int) -> list[str]:
+    """Up to `n` items from non-empty `pools`, in a fixed order: an even stride through each pool (so every
+    part of a pool contributes in proportion to its size), the pools interleaved."""
+    share = -(-n // len(pools))
+    strided = [pool[:: max(1, len(pool) // share)][:share] for pool in pools]
+    return [x for row in zip_longest(*strided) for x in row if x is not None][:n]
 
 
 def answer_text(answer: str) -> str:
@@ -88,21 +96,19 @@ class TrainingData:
         self._orders: dict[tuple[Kind, int], list[int]] = {}
 
     def calibration_prompts(self, n: int) -> list[str]:
-        """Up to `n` train prompts for estimating mu_q, in a fixed order: an even stride through each kind
-        of prompt this run trains on (retrieval, instruction), so every task of a kind contributes in
-        proportion to its size, the kinds interleaved."""
+        """Up to `n` train prompts for estimating mu_q: `spread` over each kind of prompt this run trains on
+        (retrieval, instruction)."""
         pools = [
-            self.examples[k] for k in ("retrieval", "instruction") if k in self.weights and self.examples[k]
+            [e.prompt for e in self.examples[k]]
+            for k in ("retrieval", "instruction")
+            if k in self.weights and self.examples[k]
         ]
         if not pools:
             raise TrainingDataError(
                 "model.center needs retrieval or instruction prompts to estimate mu_q; data.mix trains on "
                 "neither"
             )
-        share = -(-n // len(pools))
-        strided = [pool[:: max(1, len(pool) // share)][:share] for pool in pools]
-        picked = [e.prompt for row in zip_longest(*strided) for e in row if e is not None]
-        return picked[:n]
+        return spread(pools, n)
 
     def kind_of(self, step: int) -> Kind:
         """The kind of batch at `step` (seeded, independent of anything but seed and step)."""

@@ -525,10 +525,8 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
     )
     m = config.model
     model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=m.dtype)
-    # The run decides pooling and centering, not the checkpoint it starts from (mu_q: Trainer._calibrate).
-    embedding = model.config.embedding
-    embedding = replace(embedding, pooling=m.pooling or embedding.pooling, query_center=None)
-    model.config = replace(model.config, embedding=embedding)
+    if m.pooling is not None:  # the run decides pooling (and Trainer, centering), not its starting checkpoint
+        model.config = replace(model.config, embedding=replace(model.config.embedding, pooling=m.pooling))
     if torch.cuda.is_available():
         model.model.to(f"cuda:{torch.cuda.current_device()}")
     return Trainer(model, data, config, out, dist, health).run(progress)
