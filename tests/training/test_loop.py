@@ -544,3 +544,32 @@ def test_a_run_saved_before_new_config_fields_existed_still_matches_its_config()
     saved["optim"]["lr"] = 0.5
     assert _normalized(saved) != json.loads(json.dumps(config().to_dict()))
     assert _normalized({"optim": {"bogus": 1}}) is None
+
+
+def test_gradient_checkpointing_trains_exactly_like_the_plain_loop(
+    tokenizer, store, full_run, tmp_path
+) -> None:
+    """The whole schedule (warmup and distillation, every batch kind) with engine.gradient_checkpointing:
+    the same losses at every step and the same trained weights as the plain run."""
+    _, plain, plain_out, _ = full_run
+    model = ImpRAG.from_pretrained(full_run[0], dtype="float32")
+    Trainer(
+        model,
+        training_data(store),
+        config("engine.gradient_checkpointing=true"),
+        tmp_path,
+        health=health_stub,
+    ).run(progress=False)
+    assert model.backbone.gradient_checkpointing
+    want = [r for r in records(plain_out) if "health" not in r]
+    got = [r for r in records(tmp_path) if "health" not in r]
+    assert {r["kind"] for r in want} == {"retrieval", "instruction", "lm"}
+    assert {r["stage"] for r in want} == {"warmup", "distill"}
+    for a, b in zip(got, want, strict=True):
+        for key in ("j_gen", "j_ret"):
+            if key in b:
+                assert a[key] == pytest.approx(b[key], abs=1e-4), (b["step"], key)
+    trained, reference = trainable_state(model), trainable_state(plain)
+    assert trained.keys() == reference.keys()
+    for name, value in reference.items():
+        assert_close(trained[name], value, atol=1e-5, rtol=1e-4, msg=name)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
@@ -157,8 +158,10 @@ class Step:
     reading_layers: range = range(0)
     _masks: dict[tuple[int | None, bool], Tensor | None] = field(default_factory=dict, repr=False)
 
-    def keys(self, layer: int, proj: Projection) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Keys, values (B, G, S, D) and boolean mask (B, 1, T, S) that this chunk attends to in `layer`.
+    def context(self, layer: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """What this chunk attends to in `layer` besides itself: the prefix keys and values (B, G, S', D)
+        (passages in reading layers, then the cached prompt; None if neither) and the boolean mask
+        (B, 1, T, S' + T) over prefix and chunk.
 
         The mask is None when it would be plain causal attention over this chunk alone (no prefix, no
         padding, no window cutting in): SDPA then takes its fused causal kernel, several times faster on
@@ -172,22 +175,23 @@ class Step:
         if self.cache is not None and self.cache.length:
             parts_k.append(self.cache.keys[layer])
             parts_v.append(self.cache.values[layer])
-        parts_k.append(proj.k)
-        parts_v.append(proj.v)
-        keys = parts_k[0] if len(parts_k) == 1 else torch.cat(parts_k, dim=2)
-        values = parts_v[0] if len(parts_v) == 1 else torch.cat(parts_v, dim=2)
-        return keys, values, self._mask(self.windows[layer], reading)
+        mask = self._mask(self.windows[layer], reading)
+        if not parts_k:
+            return None, None, mask
+        if len(parts_k) == 1:
+            return parts_k[0], parts_v[0], mask
+        return torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2), mask
 
-    def record(self, layer: int, proj: Projection) -> None:
-        """Append this chunk's keys/values of `layer` to the cache (if any)."""
+    def record(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Append this chunk's keys/values (B, G, T, D) of `layer` to the cache (if any)."""
         cache = self.cache
         if cache is None or not cache.stores(layer):
             return
         if layer in cache.keys and cache.length:
-            cache.keys[layer] = torch.cat([cache.keys[layer], proj.k], dim=2)
-            cache.values[layer] = torch.cat([cache.values[layer], proj.v], dim=2)
+            cache.keys[layer] = torch.cat([cache.keys[layer], k], dim=2)
+            cache.values[layer] = torch.cat([cache.values[layer], v], dim=2)
         else:
-            cache.keys[layer], cache.values[layer] = proj.k, proj.v
+            cache.keys[layer], cache.values[layer] = k, v
 
     def commit(self) -> None:
         """After all layers ran: extend the cache's positions/validity by this chunk."""
@@ -265,6 +269,9 @@ class Backbone:
         self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.max_positions: int = config.max_position_embeddings
         self.windows = self.arch.windows(config)
+        self.gradient_checkpointing = False
+        """Recompute each layer in backward instead of keeping its activations (training memory: one
+        hidden state per layer instead of every intermediate; about one extra forward of compute)."""
 
     @property
     def device(self) -> torch.device:
@@ -309,16 +316,31 @@ class Backbone:
 
     def attend(self, i: int, h: Tensor, proj: Projection, step: Step) -> Tensor:
         """Finish layer i for this chunk: attention, o_proj and residual, then the MLP block."""
+        prefix_k, prefix_v, mask = step.context(i)
+        step.record(i, proj.k, proj.v)
+        return self._finish(i, h, proj.q, proj.k, proj.v, prefix_k, prefix_v, mask)
+
+    def _finish(
+        self,
+        i: int,
+        h: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        prefix_k: Tensor | None,
+        prefix_v: Tensor | None,
+        mask: Tensor | None,
+    ) -> Tensor:
         layer = self.layer(i)
         attn = layer.self_attn
-        keys, values, mask = step.keys(i, proj)
-        step.record(i, proj)
+        keys = k if prefix_k is None else torch.cat([prefix_k, k], dim=2)
+        values = v if prefix_v is None else torch.cat([prefix_v, v], dim=2)
         out = F.scaled_dot_product_attention(
-            proj.q,
+            q,
             keys,
             values,
             attn_mask=mask,
-            is_causal=mask is None and proj.q.shape[2] > 1,
+            is_causal=mask is None and q.shape[2] > 1,
             dropout_p=attn.attention_dropout if self.hf_model.training else 0.0,
             scale=attn.scaling,
             enable_gqa=self.num_heads != self.num_kv_heads,
@@ -328,9 +350,31 @@ class Backbone:
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
     def run(self, h: Tensor, layers: range, step: Step) -> Tensor:
-        """Run whole layers `layers` over the chunk."""
+        """Run whole layers `layers` over the chunk (each one checkpointed when `gradient_checkpointing`
+        is on and autograd is recording)."""
         for i in layers:
-            h = self.attend(i, h, self.project(i, h, step), step)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                h = self._checkpointed(i, h, step)
+            else:
+                h = self.attend(i, h, self.project(i, h, step), step)
+        return h
+
+    def _checkpointed(self, i: int, h: Tensor, step: Step) -> Tensor:
+        """Layer i under activation checkpointing: only its input is kept; backward recomputes the rest.
+
+        The recomputed function must be pure, and `attend` is not: it appends this chunk's K/V to the
+        cache, and what it reads from the cache depends on the cache's length at call time. So the prefix
+        and the mask are taken now, passed in, and the K/V come out as outputs and are recorded outside.
+        """
+        prefix_k, prefix_v, mask = step.context(i)
+
+        def layer(h: Tensor, prefix_k: Tensor | None, prefix_v: Tensor | None) -> tuple[Tensor, ...]:
+            proj = self.project(i, h, step)
+            out = self._finish(i, h, proj.q, proj.k, proj.v, prefix_k, prefix_v, mask)
+            return out, proj.k, proj.v
+
+        h, k, v = checkpoint(layer, h, prefix_k, prefix_v, use_reentrant=False)
+        step.record(i, k, v)
         return h
 
     def logits(self, h: Tensor) -> Tensor:

@@ -133,6 +133,7 @@ def passage_kv(backbone: Backbone, passages: TokenBatch, split: LayerSplit) -> K
     h = backbone.embed(passages.input_ids)
     step = backbone.step(h, passages.positions, passages.valid, cache=cache)
     h = backbone.run(h, range(0, split.t), step)
-    step.record(split.t, backbone.project(split.t, h, step))
+    last = backbone.project(split.t, h, step)
+    step.record(split.t, last.k, last.v)
     step.commit()
     return cache

@@ -139,6 +139,7 @@ class Trainer:
             )
         torch.manual_seed(config.optim.seed)
         self.params = prepare_model(model, config.engine)
+        model.backbone.gradient_checkpointing = config.engine.gradient_checkpointing
         opt = config.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, weight_decay=opt.weight_decay)
         total = config.total_steps
