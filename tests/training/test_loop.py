@@ -573,3 +573,12 @@ def test_gradient_checkpointing_trains_exactly_like_the_plain_loop(
     assert trained.keys() == reference.keys()
     for name, value in reference.items():
         assert_close(trained[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_fresh_start_drops_the_log_of_an_attempt_that_left_no_checkpoint(
+    tokenizer, store, tmp_path
+) -> None:
+    (tmp_path / "log.jsonl").write_text(json.dumps({"step": 2, "kind": "from a dead attempt"}) + "\n")
+    Trainer(tiny(tokenizer), training_data(store), config(), tmp_path).run(progress=False)
+    assert steps(tmp_path) == list(range(1, 7))
+    assert not any(r.get("kind") == "from a dead attempt" for r in records(tmp_path))

@@ -78,6 +78,12 @@ def test_train_refresh_and_reload_through_the_cli(setup: dict[str, str], capsys)
     assert stages[:2] == ["warmup", "warmup"] and stages[2:] == ["distill", "distill"]
     health = [r["health"] for r in log if "health" in r]
     assert len(health) == 2 and 0.0 <= health[-1]["describe"]["recall"] <= 1.0
+    # first, the teacher's health on the same pool: BM25 finds every article, whose text holds the number
+    # the prompt asks about (rows mapped back from the pool-only index to the store)
+    assert log[0]["step"] == 0 and log[0]["reference"]["retriever"] == "bm25"
+    assert log[0]["reference"]["describe"]["recall"] == 1.0
+    assert log[0]["reference"]["describe"]["distinct_top1"] == 4
+    assert sum("reference" in r for r in log) == 1
     assert (out / "pseudo-labels").is_dir()  # the teacher's labels are cached beside the run
     warmup = ImpRAG.from_pretrained(out / "model-warmup")  # stage 1 alone, for the imprag-warmup system
     assert warmup.retrieval_fingerprint() != ImpRAG.from_pretrained(out / "model").retrieval_fingerprint()

@@ -5,13 +5,17 @@ training loss looks fine, so the loop measures what matters at every epoch end: 
 items of each task, whether a gold article is among the top-k of a pool made of every item's gold articles
 plus `pool` random corpus passages (re-encoding the whole corpus each epoch would cost more than training
 on a CPU; the final numbers come from `imprag eval` over a full index), and the hub share and number of
-distinct top-1 passages (`evaluation.metrics.hubness`).
+distinct top-1 passages (`evaluation.metrics.hubness`). `reference(teacher)` gives the same numbers for a
+text retriever over the same pool, logged once at the start of a run, so pool numbers have a yardstick.
 """
 
 from __future__ import annotations
 
 import random
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,20 +60,48 @@ class RetrievalHealth:
         texts = [p.content for p in self.store.get(self.pool)]
         e_p = model.embed_passages(texts)  # (P, D)
         pool = torch.tensor(self.pool)
+        k = min(self.k, len(self.pool))
+        return self._report(
+            lambda prompts: pool[(model.embed_queries(prompts) @ e_p.T).topk(k, dim=1).indices].tolist()
+        )
+
+    def reference(self, retriever: str) -> dict[str, Any]:
+        """The same report for a text retriever ("minilm", "bm25": the run's teacher) over the same pool,
+        with each prompt as its query: the yardstick the model's pool numbers are read against.
+
+        The retriever is built over the pool alone (a temporary store of its passages, in pool order), so it
+        ranks exactly what the model ranks."""
+        from imprag.retrieval.baselines import build_baseline
+
+        k = min(self.k, len(self.pool))
+        with tempfile.TemporaryDirectory() as tmp:
+            store = PassageStore.build(Path(tmp) / "pool.sqlite", self.store.get(self.pool))
+            try:
+                searcher = build_baseline(retriever, store, progress=False)
+                report = self._report(
+                    lambda prompts: [
+                        [self.pool[hit.row] for hit in hits] for hits in searcher.retrieve(prompts, k)
+                    ]
+                )
+            finally:
+                store.close()
+        return {"retriever": retriever, **report}
+
+    def _report(self, top: Callable[[list[str]], list[list[int]]]) -> dict[str, Any]:
+        """The report from `top(prompts)`: each prompt's top-k store rows, best first."""
         report: dict[str, Any] = {}
         for task, prompts in self.prompts.items():
-            scores = model.embed_queries(prompts) @ e_p.T  # (n, P)
-            top = pool[scores.topk(min(self.k, len(self.pool)), dim=1).indices]  # (n, k) store rows
-            hits = [bool(set(row.tolist()) & g) for row, g in zip(top, self.gold[task], strict=True)]
-            share, distinct = hubness([str(int(r)) for r in top[:, 0]]) or (0.0, 0)
+            rows = top(prompts)
+            hits = [bool(set(row) & g) for row, g in zip(rows, self.gold[task], strict=True)]
+            share, distinct = hubness([str(row[0]) for row in rows]) or (0.0, 0)
             report[task] = {
                 "recall": round(sum(hits) / len(hits), 3),
                 "hub_share": round(share, 3),
                 "distinct_top1": distinct,
             }
-        rows = list(report.values())
+        values = list(report.values())
         report["mean"] = {
-            key: round(sum(r[key] for r in rows) / len(rows), 3) for key in ("recall", "hub_share")
+            key: round(sum(r[key] for r in values) / len(values), 3) for key in ("recall", "hub_share")
         }
         report["pool"] = len(self.pool)
         return report

@@ -445,7 +445,9 @@ class Trainer:
                 shutil.rmtree(tmp, ignore_errors=True)
         if self.dist.is_main:
             atomic_write_text(config_path, resolved)
-        if found is None:
+        if found is None:  # a fresh start: lines of an attempt that died before its first checkpoint go
+            if self.dist.is_main:
+                (self.out / "log.jsonl").unlink(missing_ok=True)
             return
         state = restore_checkpoint(found, self.model)
         saved = ImpRAGConfig.load(found)  # mu_q as of the checkpoint (it changes at epoch ends only)
@@ -530,4 +532,9 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
         model.config = replace(model.config, embedding=replace(model.config.embedding, pooling=m.pooling))
     if torch.cuda.is_available():
         model.model.to(f"cuda:{torch.cuda.current_device()}")
-    return Trainer(model, data, config, out, dist, health).run(progress)
+    trainer = Trainer(model, data, config, out, dist, health)
+    if trainer.step == 0 and dist.is_main:  # the teacher on the same pool: what the health numbers mean
+        reference = health.reference(config.data.teacher)
+        log.info("retrieval health of the %s teacher on the same pool: %s", config.data.teacher, reference)
+        trainer._log({"step": 0, "epoch": 0, "reference": reference})
+    return trainer.run(progress)
