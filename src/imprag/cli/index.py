@@ -1,0 +1,124 @@
+"""`imprag index` and `imprag update`: build, refresh and edit passage indexes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imprag.cli._common import (
+    UsageError,
+    add_model_args,
+    load_model,
+    open_index,
+)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from imprag import IndexConfig
+    from imprag.distributed import init_from_env
+    from imprag.retrieval.index import build_index
+
+    if args.refresh == bool(args.corpus):
+        raise UsageError("give a CORPUS to index, or --refresh to re-encode the passages already in --out")
+    config = IndexConfig(
+        factory=args.factory,
+        train_size=args.train_size,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+    )
+    options = {
+        "format": args.format,
+        "chunk_size": args.chunk_size,
+        "chunk_overlap": args.chunk_overlap,
+        "skip_bad_lines": args.skip_bad_lines,
+    }
+    dist = init_from_env()
+    model = load_model(args)
+    corpus = None if args.refresh else args.corpus
+    index = build_index(
+        model, args.out, corpus, config, options, args.overwrite, progress=not args.no_progress, dist=dist
+    )
+    if index is None:  # ranks other than 0 are done
+        return 0
+    for name in [n for n in (args.baselines or "").split(",") if n]:
+        from imprag.retrieval.baselines import build_baseline
+
+        build_baseline(name, index.store, Path(args.out) / "baselines" / name, progress=not args.no_progress)
+    m = index.manifest
+    print(
+        f"indexed {m['count']} passages into {args.out} ({m['index']['factory']}, dim {m['dim']}, "
+        f"{m['build']['seconds']} s)"
+    )
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from imprag.retrieval.corpus import read_corpus
+
+    if not args.add and not args.delete:
+        raise UsageError("nothing to do: pass --add CORPUS and/or --delete ID ...")
+    model, index = open_index(args.index, args, writable=True)
+    if args.delete:
+        print(f"deleted {index.delete(args.delete)} passages")
+    if args.add:
+        counts = index.add(
+            model, read_corpus(args.add, format=args.format, skip_bad_lines=args.skip_bad_lines)
+        )
+        print(
+            f"added {counts['added']}, re-encoded {counts['changed']} changed, "
+            f"skipped {counts['unchanged']} unchanged"
+        )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    index = sub.add_parser(
+        "index",
+        help="encode a corpus with the model's bottom layers into a FAISS index",
+        description="Build an index: store the passages (SQLite), encode them with layers 0..b (resumable: "
+        "run the same command again after an interruption), and index the vectors with FAISS. Runs on N "
+        "processes under `torchrun --standalone --nproc_per_node=N $(which imprag) index ...`.",
+    )
+    index.add_argument(
+        "corpus",
+        nargs="?",
+        metavar="CORPUS",
+        help="a .jsonl/.tsv/KILT file, a text file or folder, or 'wiki-summaries' (embedded)",
+    )
+    index.add_argument("--out", required=True, help="index directory")
+    index.add_argument("--format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "text"])
+    index.add_argument("--chunk-size", type=int, default=100, help="words per passage for text/KILT input")
+    index.add_argument("--chunk-overlap", type=int, default=0, help="words shared by consecutive chunks")
+    index.add_argument(
+        "--skip-bad-lines", action="store_true", help="skip malformed lines instead of failing"
+    )
+    index.add_argument(
+        "--factory", default="Flat", help="FAISS factory string: Flat, IVF1024,PQ32, HNSW32, ..."
+    )
+    index.add_argument("--train-size", type=int, default=100_000, help="vectors used to train IVF/PQ")
+    index.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query")
+    index.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
+    index.add_argument("--batch-size", type=int, default=32, help="passages per forward pass")
+    index.add_argument("--shard-size", type=int, default=2048, help="passages per resumable shard")
+    mode = index.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing index or partial build")
+    mode.add_argument(
+        "--refresh", action="store_true", help="re-encode the passages in --out with this model"
+    )
+    index.add_argument("--baselines", help="also build baseline retrievers: bm25, minilm or bm25,minilm")
+    index.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_model_args(index)
+    index.set_defaults(func=cmd_index)
+
+    update = sub.add_parser("update", help="add, change or delete passages of an index in place")
+    update.add_argument("index", metavar="INDEX")
+    update.add_argument(
+        "--add", metavar="CORPUS", help="passages to add; same ids with new text are re-encoded"
+    )
+    update.add_argument("--delete", nargs="+", metavar="ID", help="passage ids to remove")
+    update.add_argument("--format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "text"])
+    update.add_argument("--skip-bad-lines", action="store_true")
+    add_model_args(update, from_index=True)
+    update.set_defaults(func=cmd_update)
