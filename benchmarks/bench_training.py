@@ -90,13 +90,13 @@ def worker(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    grad_norm = sum(
-        float(p.grad.float().square().sum()) for p in model.model.parameters() if p.grad is not None
-    )
+    grad_norms = {  # every adapter's gradient, by name (the runs are separate processes)
+        name: float(p.grad.float().norm()) for name, p in model.model.named_parameters() if p.grad is not None
+    }
     return {
         "step_s": statistics.median(times[1:]),
         "peak_growth_mib": rss_mib("VmHWM") - before,
-        "grad_sq_norm": grad_norm,
+        "grad_norms": grad_norms,
         "prompt_tokens": max(len(t) for t in model.tokenizer(prompts)["input_ids"]),
     }
 
@@ -131,14 +131,20 @@ def main() -> None:
         "rows": rows,
         "memory_ratio": ckpt["peak_growth_mib"] / plain["peak_growth_mib"],
         "time_ratio": ckpt["step_s"] / plain["step_s"],
-        "same_gradients": abs(ckpt["grad_sq_norm"] / plain["grad_sq_norm"] - 1) < 1e-2,
+        "gradients": len(plain["grad_norms"]),
+        "max_gradient_norm_rel_diff": max(
+            abs(ckpt["grad_norms"][n] - g) / max(g, 1e-12) for n, g in plain["grad_norms"].items()
+        ),
     }
+    for row in rows.values():
+        del row["grad_norms"]  # ~400 numbers each; their comparison is kept
     print(f"\n{'setting':<15} {'step s (median)':>16} {'peak RSS growth MiB':>20}")
     for name, row in rows.items():
         print(f"{name:<15} {row['step_s']:>16.2f} {row['peak_growth_mib']:>20.0f}")
     print(
         f"\ncheckpointing / plain: memory {result['memory_ratio']:.2f}x, time {result['time_ratio']:.2f}x; "
-        f"gradient norms agree: {result['same_gradients']}"
+        f"largest relative difference of {result['gradients']} gradient norms: "
+        f"{result['max_gradient_norm_rel_diff']:.1e}"
     )
     from imprag.io import atomic_write_text
 

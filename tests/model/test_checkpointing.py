@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.testing import assert_close
+from torch.utils.checkpoint import checkpoint
 
-from imprag import ImpRAG
+from imprag import ImpRAG, LayerSplit
+from imprag.model import backbone
 
 PROMPTS = ["Q: What is the capital of Veloria? A:", "Is this statement true? The sky is blue. A:"]
 PASSAGES = [["The capital of Veloria is Quantum City."], ["Paris is the capital of France.", "Rome."]]
@@ -96,6 +98,8 @@ def test_the_cache_is_written_once_and_gets_the_same_gradients(tiny: ImpRAG) -> 
         keys = [pre.cache.keys[i] for i in range(tiny.backbone.num_layers)]
         loss = sum(k.float().square().mean() for k in keys) + pre.hidden.float().square().mean()
         loss.backward()
+        # backward recomputed every checkpointed layer: none of them may have written to the cache again
+        assert all(pre.cache.keys[i] is keys[i] for i in range(tiny.backbone.num_layers))
         grads = {n: p.grad.clone() for n, p in tiny.model.named_parameters() if p.grad is not None}
         results[checkpointing] = ([k.detach() for k in keys], grads, pre.cache.length)
     (want_keys, want_grads, want_len), (got_keys, got_grads, got_len) = results[False], results[True]
@@ -108,10 +112,42 @@ def test_the_cache_is_written_once_and_gets_the_same_gradients(tiny: ImpRAG) -> 
         assert_close(got_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_inference_is_unchanged_by_the_flag(tiny: ImpRAG, checkpointing: bool) -> None:
-    """Under no_grad nothing is checkpointed, and generation is identical."""
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+def test_nothing_is_checkpointed_without_autograd(tiny: ImpRAG, monkeypatch, no_grad) -> None:
+    """Under no_grad / inference_mode the flag changes nothing: no checkpoint call, the same generation."""
+    calls = []
+    monkeypatch.setattr(backbone, "checkpoint", lambda *a, **kw: calls.append(1) or checkpoint(*a, **kw))
     tiny.backbone.gradient_checkpointing = False
     want = tiny.generate(PROMPTS, passages=PASSAGES, max_new_tokens=4)
-    tiny.backbone.gradient_checkpointing = checkpointing
-    assert tiny.generate(PROMPTS, passages=PASSAGES, max_new_tokens=4) == want
+    tiny.backbone.gradient_checkpointing = True
+    with no_grad():
+        assert tiny.generate(PROMPTS, passages=PASSAGES, max_new_tokens=4) == want
+        tiny.forward(tiny.prompt_batch(PROMPTS, [0, 0]))
+    assert calls == []
+    training_loss(tiny)  # and the same calls, recording, are checkpointed
+    assert len(calls) > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_bf16_autocast_and_dropout_recompute_exactly(tokenizer, family: str) -> None:
+    """What the recipes run: bf16 autocast, and (in train mode) attention dropout, whose random mask the
+    recompute must draw again identically (the checkpoint restores the RNG state)."""
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    model = ImpRAG(tiny_model(family, attention_dropout=0.3), tokenizer, LayerSplit(b=1, t=3))
+    model.model.train()
+    results = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results[checkpointing] = loss_and_grads(model, checkpointing)
+    (want_loss, want), (got_loss, got) = results[False], results[True]
+    torch.manual_seed(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        other_mask, _ = loss_and_grads(model, False)
+    assert not torch.equal(other_mask, want_loss)  # dropout is live: another RNG state, another loss
+    assert torch.equal(got_loss, want_loss)
+    assert got.keys() == want.keys()
+    for name, grad in want.items():
+        assert torch.equal(got[name], grad), name

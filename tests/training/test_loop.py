@@ -253,7 +253,14 @@ def test_lora_trains_only_the_adapters(full_run) -> None:
     assert moved == {"0", "1", "2", "3", "4"}
 
 
-def test_exact_resume_after_an_interruption(full_run, tokenizer, store, tmp_path, monkeypatch) -> None:
+RUNTIME_CHANGES = ["engine.gradient_checkpointing=true", "engine.keep_checkpoints=5"]
+
+
+@pytest.mark.parametrize("resumed_with", [[], RUNTIME_CHANGES])
+def test_exact_resume_after_an_interruption(
+    full_run, tokenizer, store, tmp_path, monkeypatch, resumed_with: list[str]
+) -> None:
+    """Also when the resumed run changes how it executes (not what it computes): checkpointing on."""
     base, _, straight, _ = full_run
     out = tmp_path / "run"
     model = ImpRAG.from_pretrained(base, dtype="float32")
@@ -263,7 +270,7 @@ def test_exact_resume_after_an_interruption(full_run, tokenizer, store, tmp_path
     assert steps(out) == [1, 2, 3, 4]  # step 4 was logged, then the process died before a checkpoint
 
     fresh = ImpRAG.from_pretrained(base, dtype="float32")
-    trainer = Trainer(fresh, training_data(store), config(), out, health=health_stub)
+    trainer = Trainer(fresh, training_data(store), config(*resumed_with), out, health=health_stub)
     assert trainer.step == 3
     assert steps(out) == [1, 2, 3]  # the lines after the checkpoint are dropped (they are written again)
     trainer.run(progress=False)
@@ -561,14 +568,11 @@ def test_gradient_checkpointing_trains_exactly_like_the_plain_loop(
         health=health_stub,
     ).run(progress=False)
     assert model.backbone.gradient_checkpointing
-    want = [r for r in records(plain_out) if "health" not in r]
-    got = [r for r in records(tmp_path) if "health" not in r]
-    assert {r["kind"] for r in want} == {"retrieval", "instruction", "lm"}
-    assert {r["stage"] for r in want} == {"warmup", "distill"}
-    for a, b in zip(got, want, strict=True):
-        for key in ("j_gen", "j_ret"):
-            if key in b:
-                assert a[key] == pytest.approx(b[key], abs=1e-4), (b["step"], key)
+    want = [{k: v for k, v in r.items() if k != "sec"} for r in records(plain_out)]
+    got = [{k: v for k, v in r.items() if k != "sec"} for r in records(tmp_path)]
+    assert {r["kind"] for r in want if "kind" in r} == {"retrieval", "instruction", "lm"}
+    assert {r["stage"] for r in want if "stage" in r} == {"warmup", "distill"}
+    assert got == want  # every logged value (losses, grad norm, top-1 positive, lr) at every step
     trained, reference = trainable_state(model), trainable_state(plain)
     assert trained.keys() == reference.keys()
     for name, value in reference.items():

@@ -158,10 +158,10 @@ class Step:
     reading_layers: range = range(0)
     _masks: dict[tuple[int | None, bool], Tensor | None] = field(default_factory=dict, repr=False)
 
-    def context(self, layer: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """What this chunk attends to in `layer` besides itself: the prefix keys and values (B, G, S', D)
-        (passages in reading layers, then the cached prompt; None if neither) and the boolean mask
-        (B, 1, T, S' + T) over prefix and chunk.
+    def context(self, layer: int) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+        """What this chunk attends to in `layer` besides itself: the prefix keys and values, as parts
+        (B, G, S_i, D) in order (passages in reading layers, then the cached prompt; empty if neither), and
+        the boolean mask (B, 1, T, sum S_i + T) over prefix and chunk.
 
         The mask is None when it would be plain causal attention over this chunk alone (no prefix, no
         padding, no window cutting in): SDPA then takes its fused causal kernel, several times faster on
@@ -175,12 +175,7 @@ class Step:
         if self.cache is not None and self.cache.length:
             parts_k.append(self.cache.keys[layer])
             parts_v.append(self.cache.values[layer])
-        mask = self._mask(self.windows[layer], reading)
-        if not parts_k:
-            return None, None, mask
-        if len(parts_k) == 1:
-            return parts_k[0], parts_v[0], mask
-        return torch.cat(parts_k, dim=2), torch.cat(parts_v, dim=2), mask
+        return parts_k, parts_v, self._mask(self.windows[layer], reading)
 
     def record(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Append this chunk's keys/values (B, G, T, D) of `layer` to the cache (if any)."""
@@ -270,8 +265,10 @@ class Backbone:
         self.max_positions: int = config.max_position_embeddings
         self.windows = self.arch.windows(config)
         self.gradient_checkpointing = False
-        """Recompute each layer in backward instead of keeping its activations (training memory: one
-        hidden state per layer instead of every intermediate; about one extra forward of compute)."""
+        """Recompute layers in backward instead of keeping their activations (`run` checkpoints each layer
+        it runs; layer b of a prompt's pass, split around E_q, and layer t's passage projection are not).
+        Training memory: per checkpointed layer its input hidden state (and the K/V it outputs) instead of
+        every intermediate, for about one extra forward of compute."""
 
     @property
     def device(self) -> torch.device:
@@ -318,29 +315,27 @@ class Backbone:
         """Finish layer i for this chunk: attention, o_proj and residual, then the MLP block."""
         prefix_k, prefix_v, mask = step.context(i)
         step.record(i, proj.k, proj.v)
-        return self._finish(i, h, proj.q, proj.k, proj.v, prefix_k, prefix_v, mask)
+        return self._finish(i, h, proj, prefix_k, prefix_v, mask)
 
     def _finish(
         self,
         i: int,
         h: Tensor,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        prefix_k: Tensor | None,
-        prefix_v: Tensor | None,
+        proj: Projection,
+        prefix_k: list[Tensor],
+        prefix_v: list[Tensor],
         mask: Tensor | None,
     ) -> Tensor:
         layer = self.layer(i)
         attn = layer.self_attn
-        keys = k if prefix_k is None else torch.cat([prefix_k, k], dim=2)
-        values = v if prefix_v is None else torch.cat([prefix_v, v], dim=2)
+        keys = torch.cat([*prefix_k, proj.k], dim=2) if prefix_k else proj.k  # one copy of the prefix
+        values = torch.cat([*prefix_v, proj.v], dim=2) if prefix_v else proj.v
         out = F.scaled_dot_product_attention(
-            q,
+            proj.q,
             keys,
             values,
             attn_mask=mask,
-            is_causal=mask is None and q.shape[2] > 1,
+            is_causal=mask is None and proj.q.shape[2] > 1,
             dropout_p=attn.attention_dropout if self.hf_model.training else 0.0,
             scale=attn.scaling,
             enable_gqa=self.num_heads != self.num_kv_heads,
@@ -364,16 +359,16 @@ class Backbone:
 
         The recomputed function must be pure, and `attend` is not: it appends this chunk's K/V to the
         cache, and what it reads from the cache depends on the cache's length at call time. So the prefix
-        and the mask are taken now, passed in, and the K/V come out as outputs and are recorded outside.
+        and the mask are taken now (the closure holds them; `record` replaces cache tensors, never changes
+        them in place), the K/V come out as outputs, and they are recorded outside.
         """
         prefix_k, prefix_v, mask = step.context(i)
 
-        def layer(h: Tensor, prefix_k: Tensor | None, prefix_v: Tensor | None) -> tuple[Tensor, ...]:
+        def layer(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             proj = self.project(i, h, step)
-            out = self._finish(i, h, proj.q, proj.k, proj.v, prefix_k, prefix_v, mask)
-            return out, proj.k, proj.v
+            return self._finish(i, h, proj, prefix_k, prefix_v, mask), proj.k, proj.v
 
-        h, k, v = checkpoint(layer, h, prefix_k, prefix_v, use_reentrant=False)
+        h, k, v = checkpoint(layer, h, use_reentrant=False)
         step.record(i, k, v)
         return h
 

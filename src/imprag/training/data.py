@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from imprag.data.benchmark import Benchmark, Item
+from imprag.retrieval.memory import TextRetriever
 from imprag.retrieval.store import PassageStore
 from imprag.training.config import DataConfig
 from imprag.training.targets import PseudoLabel, PseudoLabelConfig, cached_pseudo_labels
@@ -180,7 +181,7 @@ def load_training_data(config: DataConfig, out: Path, seed: int = 0) -> Training
     for task in config.retrieval_tasks:
         items = _checked(bench.items(task, "train")[: config.cap], task)
         if teacher is None:
-            teacher = _teacher(config, Path(config.index), store)
+            teacher = load_teacher(config, store)
         cache = config.label_cache or str(out / "pseudo-labels")
         labels, cached = cached_pseudo_labels(
             cache, config.teacher, store.corpus_hash, f"{task}-train", items, teacher, label_config
@@ -206,9 +207,11 @@ def _checked(items: list[Item], task: str) -> list[Item]:
     return items
 
 
-def _teacher(config: DataConfig, index: Path, store: PassageStore):
+def load_teacher(config: DataConfig, store: PassageStore) -> TextRetriever:
+    """The teacher retriever `config.teacher` saved in the index `config.index` (built over `store`)."""
     from imprag.retrieval.baselines import load_baseline
 
+    index = Path(config.index)
     folder = index / "baselines" / config.teacher
     if not folder.exists():
         raise TrainingDataError(

@@ -5,17 +5,16 @@ training loss looks fine, so the loop measures what matters at every epoch end: 
 items of each task, whether a gold article is among the top-k of a pool made of every item's gold articles
 plus `pool` random corpus passages (re-encoding the whole corpus each epoch would cost more than training
 on a CPU; the final numbers come from `imprag eval` over a full index), and the hub share and number of
-distinct top-1 passages (`evaluation.metrics.hubness`). `reference(teacher)` gives the same numbers for a
-text retriever over the same pool, logged once at the start of a run, so pool numbers have a yardstick.
+distinct top-1 passages (`evaluation.metrics.hubness`). `reference(name, teacher)` gives the same numbers
+for the run's teacher ranked within the same pool, logged once at the start of a run: pool numbers get a
+yardstick.
 """
 
 from __future__ import annotations
 
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ import torch
 from imprag.data.benchmark import Benchmark
 from imprag.evaluation.metrics import hubness
 from imprag.model.imprag import ImpRAG
+from imprag.retrieval.memory import TextRetriever
 from imprag.retrieval.store import PassageStore
 from imprag.training.config import EvalConfig
 
@@ -65,27 +65,25 @@ class RetrievalHealth:
             lambda prompts: pool[(model.embed_queries(prompts) @ e_p.T).topk(k, dim=1).indices].tolist()
         )
 
-    def reference(self, retriever: str) -> dict[str, Any]:
-        """The same report for a text retriever ("minilm", "bm25": the run's teacher) over the same pool,
-        with each prompt as its query: the yardstick the model's pool numbers are read against.
+    def reference(self, name: str, retriever: TextRetriever) -> dict[str, Any]:
+        """The same report for a text retriever over the whole corpus (the run's teacher, `name`), ranked
+        within the pool, with each prompt as its query: the yardstick the model's pool numbers are read
+        against.
 
-        The retriever is built over the pool alone (a temporary store of its passages, in pool order), so it
-        ranks exactly what the model ranks."""
-        from imprag.retrieval.baselines import build_baseline
+        The retriever's own ranking restricted to the pool: it is asked for ever deeper lists (x4) until
+        every prompt has k pool passages among them."""
+        pool, k, size = set(self.pool), min(self.k, len(self.pool)), len(self.store)
 
-        k = min(self.k, len(self.pool))
-        with tempfile.TemporaryDirectory() as tmp:
-            store = PassageStore.build(Path(tmp) / "pool.sqlite", self.store.get(self.pool))
-            try:
-                searcher = build_baseline(retriever, store, progress=False)
-                report = self._report(
-                    lambda prompts: [
-                        [self.pool[hit.row] for hit in hits] for hits in searcher.retrieve(prompts, k)
-                    ]
-                )
-            finally:
-                store.close()
-        return {"retriever": retriever, **report}
+        def top(prompts: list[str]) -> list[list[int]]:
+            depth = min(size, 4 * k * max(1, size // len(self.pool)))
+            while True:
+                ranked = retriever.retrieve(prompts, depth)
+                rows = [[hit.row for hit in hits if hit.row in pool][:k] for hits in ranked]
+                if depth >= size or all(len(row) == k for row in rows):
+                    return rows
+                depth = min(size, 4 * depth)
+
+        return {"retriever": name, **self._report(top)}
 
     def _report(self, top: Callable[[list[str]], list[list[int]]]) -> dict[str, Any]:
         """The report from `top(prompts)`: each prompt's top-k store rows, best first."""

@@ -433,7 +433,8 @@ class Trainer:
         if (
             found is not None
             and config_path.is_file()
-            and _normalized(json.loads(config_path.read_text(encoding="utf-8"))) != json.loads(resolved)
+            and _comparable(_normalized(json.loads(config_path.read_text(encoding="utf-8"))))
+            != _comparable(json.loads(resolved))
         ):
             raise TrainingError(
                 f"{self.out} holds checkpoints of a run with another training config ({config_path}); resume "
@@ -493,6 +494,19 @@ def _normalized(saved: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
+RUNTIME_ONLY = ("gradient_checkpointing", "log_every", "checkpoint_every", "keep_checkpoints")
+"""Engine fields that change how a run executes, not what it computes: a resume may change them (say,
+turning gradient checkpointing on after running out of memory)."""
+
+
+def _comparable(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A config dict without the `RUNTIME_ONLY` engine fields."""
+    if config is None:
+        return None
+    engine = {k: v for k, v in config.get("engine", {}).items() if k not in RUNTIME_ONLY}
+    return {**config, "engine": engine}
+
+
 def _step_of(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
@@ -503,7 +517,7 @@ def _step_of(line: str) -> int:
 def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progress: bool = True) -> Path:
     """Load the model and data a config names, train, and return the exported model directory."""
     from imprag.data.benchmark import Benchmark
-    from imprag.training.data import load_training_data
+    from imprag.training.data import load_teacher, load_training_data
     from imprag.training.health import RetrievalHealth
 
     out = Path(out)
@@ -534,7 +548,12 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
         model.model.to(f"cuda:{torch.cuda.current_device()}")
     trainer = Trainer(model, data, config, out, dist, health)
     if trainer.step == 0 and dist.is_main:  # the teacher on the same pool: what the health numbers mean
-        reference = health.reference(config.data.teacher)
-        log.info("retrieval health of the %s teacher on the same pool: %s", config.data.teacher, reference)
-        trainer._log({"step": 0, "epoch": 0, "reference": reference})
+        teacher = config.data.teacher
+        try:
+            reference = health.reference(teacher, load_teacher(config.data, data.store))
+        except Exception as err:  # a yardstick only: never worth stopping (or stalling) the run for
+            log.warning("no %s reference for the retrieval health (%s: %s)", teacher, type(err).__name__, err)
+        else:
+            log.info("retrieval health of the %s teacher on the same pool: %s", teacher, reference)
+            trainer._log({"step": 0, "epoch": 0, "reference": reference})
     return trainer.run(progress)
