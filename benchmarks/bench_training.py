@@ -6,13 +6,15 @@ layer group (peft), bf16 weights with bf16 autocast, a batch of prompts each rea
 Wikipedia passages in layers b..t (`build_sequences` + `answer_logprobs`, J_gen on the answer tokens), plus
 the implicit-query NCE over E_q . E_p of the batch's passages; then backward.
 
-Each setting runs in its own fresh process, so its peak resident memory (VmHWM) is its own. Reported:
-  - peak RSS growth during the steps (VmHWM after the steps minus RSS before the first one), MiB;
-  - median step time (forward + backward) over the repeats.
+Each setting runs in fresh processes (`--processes`, alternating), so a peak resident memory (VmHWM) is
+one run's own. Reported, as medians over the processes (each process's value is kept too):
+  - peak RSS growth during the steps (VmHWM after the steps minus RSS before the first one), MiB; it varies
+    by ~1.5x between identical processes (the allocator), hence several;
+  - step time (forward + backward), each process's median over its repeats.
 Checkpointing should cut the memory and cost about one extra forward (a step is ~1/3 forward, ~2/3
 backward, so roughly 1.3x the time).
 
-Run:  .venv/bin/python benchmarks/bench_training.py [--batch 8] [--repeats 5] [--threads 1]
+Run:  .venv/bin/python benchmarks/bench_training.py [--batch 8] [--repeats 5] [--threads 1] [--processes 3]
       (writes benchmarks/results/bench_training.json)
 """
 
@@ -108,21 +110,33 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per setting (medians)")
     parser.add_argument("--worker", choices=["plain", "checkpointing"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    rows = {}
-    for setting in ("plain", "checkpointing"):
-        print(f"running {setting} (a fresh process) ...", file=sys.stderr, flush=True)
-        out = subprocess.run(
-            [sys.executable, __file__, "--worker", setting, *sys.argv[1:]],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        rows[setting] = json.loads(out.strip().splitlines()[-1])
+    runs: dict[str, list[dict]] = {"plain": [], "checkpointing": []}
+    for i in range(args.processes):  # alternating, so both settings see the same machine load
+        for setting, done in runs.items():
+            print(f"{setting}: process {i + 1} of {args.processes} ...", file=sys.stderr, flush=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", setting, *sys.argv[1:]],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            done.append(json.loads(out.strip().splitlines()[-1]))
+    rows = {
+        setting: {
+            "step_s": statistics.median(r["step_s"] for r in done),
+            "peak_growth_mib": statistics.median(r["peak_growth_mib"] for r in done),
+            "peak_growth_mib_each": [round(r["peak_growth_mib"]) for r in done],
+            "step_s_each": [round(r["step_s"], 2) for r in done],
+            "grad_norms": done[0]["grad_norms"],
+        }
+        for setting, done in runs.items()
+    }
     plain, ckpt = rows["plain"], rows["checkpointing"]
     result = {
         "machine": platform.processor() or platform.machine(),
@@ -138,9 +152,10 @@ def main() -> None:
     }
     for row in rows.values():
         del row["grad_norms"]  # ~400 numbers each; their comparison is kept
-    print(f"\n{'setting':<15} {'step s (median)':>16} {'peak RSS growth MiB':>20}")
+    print(f"\n{'setting':<15} {'step s (median)':>16} {'peak RSS growth MiB (median; each)':>36}")
     for name, row in rows.items():
-        print(f"{name:<15} {row['step_s']:>16.2f} {row['peak_growth_mib']:>20.0f}")
+        each = ", ".join(map(str, row["peak_growth_mib_each"]))
+        print(f"{name:<15} {row['step_s']:>16.2f} {row['peak_growth_mib']:>8.0f} ({each})")
     print(
         f"\ncheckpointing / plain: memory {result['memory_ratio']:.2f}x, time {result['time_ratio']:.2f}x; "
         f"largest relative difference of {result['gradients']} gradient norms: "
