@@ -141,8 +141,9 @@ class EngineConfig:
     autocast: bool = True
     """bf16 autocast for the forward passes (AMX on CPU, tensor cores on GPU)."""
     gradient_checkpointing: bool = False
-    """Recompute each layer's activations in backward instead of storing them: activation memory falls to
-    one hidden state per layer, for about one more forward pass of compute (benchmarks/bench_training.py)."""
+    """Recompute the layers' activations in backward instead of storing them (Backbone's flag): about one
+    hidden state per layer is kept, for about one more forward pass of compute; it changes how a run
+    executes, not what it computes, so a resume may switch it (benchmarks/bench_training.py)."""
     checkpoint_every: int = 50
     """Steps between checkpoints (an epoch end always writes one)."""
     keep_checkpoints: int = 2
