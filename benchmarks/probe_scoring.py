@@ -37,7 +37,6 @@ from torch import Tensor
 
 from imprag import ImpRAG, PassageIndex
 from imprag.data import Benchmark
-from imprag.evaluation.metrics import hubness
 from imprag.io import atomic_write_text
 from imprag.training.config import EvalConfig
 from imprag.training.health import RetrievalHealth
@@ -64,15 +63,13 @@ def probe(model_name: str, bench: Benchmark, health: RetrievalHealth, calibratio
         )
         e_p = model.embed_passages(texts)
         mu_q, mu_p = model.embed_queries(calibration).mean(0), e_p.mean(0)
-        queries = {task: model.embed_queries(prompts) for task, prompts in health.prompts.items()}
+        queries = {tuple(prompts): model.embed_queries(prompts) for prompts in health.prompts.values()}
         for name, score in SCORES.items():
-            row = {}
-            for task, e_q in queries.items():
-                top = pool[score(e_q, e_p, mu_q, mu_p).topk(health.k, dim=1).indices]
-                hits = [bool(set(r.tolist()) & gold) for r, gold in zip(top, health.gold[task], strict=True)]
-                share, distinct = hubness([str(int(x)) for x in top[:, 0]]) or (0.0, 0)
-                row[task] = {"recall": sum(hits) / len(hits), "hub_share": share, "distinct_top1": distinct}
-            rows[f"{pooling}/{name}"] = row
+            ranked = {
+                prompts: pool[score(e_q, e_p, mu_q, mu_p).topk(health.k, dim=1).indices].tolist()
+                for prompts, e_q in queries.items()
+            }
+            rows[f"{pooling}/{name}"] = health.report(lambda prompts, r=ranked: r[tuple(prompts)])
     return rows
 
 

@@ -61,7 +61,7 @@ class RetrievalHealth:
         e_p = model.embed_passages(texts)  # (P, D)
         pool = torch.tensor(self.pool)
         k = min(self.k, len(self.pool))
-        return self._report(
+        return self.report(
             lambda prompts: pool[(model.embed_queries(prompts) @ e_p.T).topk(k, dim=1).indices].tolist()
         )
 
@@ -83,10 +83,11 @@ class RetrievalHealth:
                     return rows
                 depth = min(size, 4 * depth)
 
-        return {"retriever": name, **self._report(top)}
+        return {"retriever": name, **self.report(top)}
 
-    def _report(self, top: Callable[[list[str]], list[list[int]]]) -> dict[str, Any]:
-        """The report from `top(prompts)`: each prompt's top-k store rows, best first."""
+    def report(self, top: Callable[[list[str]], list[list[int]]]) -> dict[str, Any]:
+        """The report for any ranking: `top(prompts)` gives each prompt's top-k store rows, best first
+        (`__call__` ranks with a model, `reference` with a text retriever, probes with their own scores)."""
         report: dict[str, Any] = {}
         for task, prompts in self.prompts.items():
             rows = top(prompts)
