@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Dist", "init_from_env"]
+__all__ = ["Dist", "init_from_env", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,15 @@ def init_from_env() -> Dist:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def shutdown() -> None:
+    """Destroy the process group, if one was joined, while the interpreter is still whole.
+
+    Call it once the ranks have finished together (a normal end, or an error every rank learned of through
+    `Dist.broadcast_error`). A process that exits with the group alive leaves gloo's worker threads to
+    the interpreter's finalisation, which aborts with "terminate called without an active exception"
+    (SIGABRT) now and then -- after all the work is done. Not for an unexpected crash of one rank: the
+    others may still wait in a collective, and the launcher stops them anyway."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

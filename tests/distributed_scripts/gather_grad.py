@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from imprag.distributed import init_from_env
+from imprag.distributed import init_from_env, shutdown
 from imprag.training.losses import multi_label_nce
 
 QUERIES, PASSAGES = (
@@ -29,6 +29,7 @@ def main(out: str) -> None:
         {"gathered": gathered.detach(), "q": q.grad, "p": p.grad, "loss": loss.detach()},
         f"{out}/rank{d.rank}.pt",
     )
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from imprag import ImpRAG
-from imprag.distributed import Dist, init_from_env
+from imprag.distributed import Dist, init_from_env, shutdown
 from imprag.retrieval.corpus import Passage
 from imprag.retrieval.store import PassageStore
 from imprag.training.checkpoint import trainable_state
@@ -89,6 +89,7 @@ def main(base: str, store: str, out: str) -> None:
     # checkpoints or logs; rank 0 writes train_config.json after every rank has checked it).
     results = {name: train(base, store, Path(out) / name, d, cfg) for name, cfg in CONFIGS.items()}
     torch.save(results, Path(out) / f"rank{d.rank}.pt")
+    shutdown()
 
 
 if __name__ == "__main__":

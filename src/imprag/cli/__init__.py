@@ -78,7 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
     except expected as err:
         print(f"imprag {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        code = 2
+    # The ranks of `index` and `train` end together (errors are broadcast), so the group can go now; an
+    # unexpected exception propagates without this (other ranks may still wait in a collective).
+    from imprag.distributed import shutdown
+
+    shutdown()
+    return code
