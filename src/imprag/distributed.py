@@ -33,7 +33,8 @@ class Dist:
         """True on every rank if any rank failed (so all ranks stop together instead of hanging)."""
         if self.world == 1:
             return failed
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+        # NCCL reduces GPU tensors only: this process's own GPU (init_from_env set it)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
         flag = torch.tensor([1 if failed else 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -62,6 +63,8 @@ def init_from_env() -> Dist:
         return Dist()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":  # one GPU per process, chosen before NCCL binds (untested here: no GPU)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
 

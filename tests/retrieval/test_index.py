@@ -145,6 +145,13 @@ def test_add_change_and_delete_in_place(model: ImpRAG, tmp_path: Path) -> None:
     hits = again.search(model.embed_queries(PROMPTS), 9)[0]
     assert set(hits.flatten().tolist()) == set(range(1, 10))
     assert again.fetch([3])[0].text == changed.text
+    # An id given twice counts once, with its last content; its vector is that content's.
+    twice = [Passage(id="p20", title="T", text="first"), Passage(id="p20", title="T", text="second")]
+    index = PassageIndex.load(tmp_path / "idx", model, writable=True)
+    assert index.add(model, twice) == {"added": 1, "changed": 0, "unchanged": 0}
+    (row,) = index.store.rows_of(["p20"])
+    assert index.fetch([row])[0].text == "second"
+    assert_close(torch.from_numpy(index.faiss.reconstruct(row)), model.embed_passages([twice[1].content])[0])
 
 
 @pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8", "PQ4x4"])
@@ -156,9 +163,17 @@ def test_other_faiss_factories(model: ImpRAG, tmp_path: Path, factory: str) -> N
     if factory == "IVF4,Flat":  # probing every list makes IVF exact
         exact = (model.embed_queries(PROMPTS) @ model.embed_passages([p.content for p in PASSAGES]).T).topk(5)
         assert ids.tolist() == exact.indices.tolist()
-    if factory == "HNSW8":
-        with pytest.raises(InvalidIndexError, match="cannot remove vectors"):
-            PassageIndex.load(tmp_path / "idx", model, writable=True).delete(["p1"])
+    if factory == "HNSW8":  # no vector removal: refused before the store changes, the index stays whole
+        writable = PassageIndex.load(tmp_path / "idx", model, writable=True)
+        with pytest.raises(InvalidIndexError, match=r"cannot remove vectors.*nothing was changed"):
+            writable.delete(["p1"])
+        with pytest.raises(InvalidIndexError, match=r"cannot remove vectors.*nothing was changed"):
+            writable.add(model, [Passage(id="p1", title="Topic 1", text="changed")])
+        again = PassageIndex.load(tmp_path / "idx", model)
+        assert again.store.rows_of(["p1"]) == [1] and again.fetch([1])[0].text == PASSAGES[1].text
+        # Adding new passages needs no removal and works.
+        assert writable.add(model, [Passage(id="new", title="N", text="a new one")])["added"] == 1
+        assert len(PassageIndex.load(tmp_path / "idx", model)) == 23
 
 
 def test_untrainable_factory_is_explained(model: ImpRAG, tmp_path: Path) -> None:
@@ -237,14 +252,37 @@ def test_refresh_never_reuses_shards_of_another_model(model: ImpRAG, tokenizer, 
     assert_close(torch.from_numpy(vectors_of(refreshed)), other.embed_passages([p.content for p in PASSAGES]))
 
 
-def test_interrupted_update_is_detected_and_refresh_repairs_it(model: ImpRAG, tmp_path: Path) -> None:
+def test_an_update_interrupted_while_encoding_changes_nothing(model: ImpRAG, tmp_path: Path) -> None:
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    index = PassageIndex.load(tmp_path / "idx", model, writable=True)
+    _interrupt_on_call(model, 1)
+    with pytest.raises(KeyboardInterrupt):
+        index.add(
+            model, [Passage(id="p0", title="Topic 0", text="New text."), Passage(id="x", title="", text="y")]
+        )
+    del model.embed_passages
+    again = PassageIndex.load(tmp_path / "idx", model)
+    assert (
+        len(again) == 22
+        and again.fetch([0])[0].text == PASSAGES[0].text
+        and again.store.rows_of(["x"]) == [None]
+    )
+
+
+def test_interrupted_update_is_detected_and_refresh_repairs_it(
+    model: ImpRAG, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
     index = PassageIndex.load(tmp_path / "idx", model, writable=True)
     changed = Passage(id="p0", title="Topic 0", text="New text for passage zero.")
-    _interrupt_on_call(model, 1)
+
+    def dies(*args, **kwargs):  # killed after the store committed, before the vectors were written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PassageIndex, "_commit", dies)
     with pytest.raises(KeyboardInterrupt):
         index.add(model, [changed])
-    del model.embed_passages
+    monkeypatch.undo()
     with pytest.raises(InvalidIndexError, match="disagree"):
         PassageIndex.load(tmp_path / "idx", model)
     repaired = build_index(model, tmp_path / "idx", None, small(), progress=False)
@@ -258,3 +296,38 @@ def test_manifest_without_required_keys_is_damaged(model: ImpRAG, tmp_path: Path
         read_manifest(tmp_path / "idx")
     with pytest.raises(InvalidIndexError, match="lacks"):
         build_index(model, tmp_path / "idx", None, small(), progress=False)
+
+
+def test_a_refresh_resumed_with_another_shard_size_starts_over(model: ImpRAG, tmp_path: Path) -> None:
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    with torch.no_grad():
+        model.model.model.layers[0].self_attn.k_proj.weight.add_(0.01)
+    _interrupt_on_call(model, 3)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(model, tmp_path / "idx", None, small(), progress=False)  # shards of 4 rows kept
+    del model.embed_passages
+    refreshed = build_index(
+        model, tmp_path / "idx", None, IndexConfig(shard_size=6, batch_size=3), progress=False
+    )
+    assert len(refreshed) == 22
+    assert_close(torch.from_numpy(vectors_of(refreshed)), model.embed_passages([p.content for p in PASSAGES]))
+
+
+def test_an_index_loaded_without_a_model_is_checked_when_generating(
+    model: ImpRAG, tokenizer, tmp_path: Path
+) -> None:
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    index = PassageIndex.load(tmp_path / "idx")  # no model to check against yet
+    model.generate(PROMPTS[:1], index=index, k=2, max_new_tokens=1)
+    other = ImpRAG(tiny_model("llama", seed=7), tokenizer, LayerSplit(1, 3))
+    with pytest.raises(StaleIndexError, match="stale"):
+        other.generate(PROMPTS[:1], index=index, k=2, max_new_tokens=1)
+
+
+def test_a_damaged_vectors_file_is_an_index_error(model: ImpRAG, tmp_path: Path) -> None:
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    vectors = tmp_path / "idx" / "vectors.faiss"
+    vectors.write_bytes(vectors.read_bytes()[:100])
+    with pytest.raises(InvalidIndexError, match=r"vectors\.faiss cannot be read.*--refresh"):
+        PassageIndex.load(tmp_path / "idx")
+    assert build_index(model, tmp_path / "idx", None, small(), progress=False) is not None

@@ -524,6 +524,9 @@ class ImpRAG:
                 f"index must be a retriever with search(E_q, k) and fetch(ids) (e.g. PassageIndex or "
                 f"InMemoryRetriever), got {type(index).__name__}"
             )
+        check = getattr(index, "check_model", None)
+        if callable(check):  # an index loaded without a model was never checked against this one
+            check(self)
         k = self.config.reader.k if k is None else k
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")

@@ -109,7 +109,13 @@ class PassageIndex:
                 f"{directory}: the passage store and the vectors disagree (an update was interrupted?); "
                 f"re-encode the stored passages with `imprag index --refresh --out {directory}`"
             )
-        vectors = faiss.read_index(str(directory / VECTORS))
+        try:
+            vectors = faiss.read_index(str(directory / VECTORS))
+        except RuntimeError as err:
+            raise InvalidIndexError(
+                f"{directory / VECTORS} cannot be read ({str(err).splitlines()[-1]}); the index is damaged: "
+                f"re-encode its passages with `imprag index --refresh --out {directory}`"
+            ) from err
         if vectors.ntotal != manifest["count"]:
             raise InvalidIndexError(
                 f"{directory}: {vectors.ntotal} vectors but the manifest says {manifest['count']}; rebuild it"
@@ -155,34 +161,49 @@ class PassageIndex:
     # -- incremental updates ------------------------------------------------------------------------
 
     def add(self, model: ImpRAG, passages: Iterable[Passage], batch_size: int = 32) -> dict[str, int]:
-        """Add new passages and re-encode changed ones (same id, new content); unchanged ones are skipped."""
+        """Add new passages and re-encode changed ones (same id, new content); unchanged ones are skipped.
+        An id given twice counts once, with its last content.
+
+        Everything that can fail slowly (encoding) or refuse (an index type that cannot remove vectors)
+        happens before the store is touched; the store, the vectors and the manifest are then written back
+        to back, so an interruption almost never leaves them disagreeing (if it does, loading says so)."""
         self.check_model(model)
-        result = self.store.upsert(passages)
-        rows = result.added + result.changed
+        latest = list({p.id: p for p in passages}.values())
+        fresh, changed = self.store.diff(latest)
+        if changed:
+            self._check_removable()
+        todo = fresh + [p for _, p in changed]
+        vectors = model.embed_passages([p.content for p in todo], batch_size=batch_size) if todo else None
+        result = self.store.upsert(latest)
         if result.changed:
             self._remove(result.changed)
-        if rows:
-            found = self.store.get(rows)
-            vectors = model.embed_passages([p.content for p in found], batch_size=batch_size)
+        if vectors is not None:
+            rows = self.store.rows_of([p.id for p in todo])
             self.faiss.add_with_ids(vectors.numpy().astype(np.float32), np.asarray(rows, dtype=np.int64))
         self._commit()
         return {"added": len(result.added), "changed": len(result.changed), "unchanged": result.unchanged}
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove passages by corpus id."""
+        self._check_removable()
         rows = self.store.delete(ids)
         self._remove(rows)
         self._commit()
         return len(rows)
 
-    def _remove(self, rows: Sequence[int]) -> None:
+    def _check_removable(self) -> None:
+        """Refuse, before anything is changed, on an index type without vector removal (HNSW)."""
         try:
-            self.faiss.remove_ids(np.asarray(rows, dtype=np.int64))
+            self.faiss.remove_ids(np.asarray([], dtype=np.int64))
         except RuntimeError as err:
             raise InvalidIndexError(
-                f"this index type ({self.manifest['index']['factory']}) cannot remove vectors ({err}); "
-                "rebuild it with `imprag index ... --overwrite`"
+                f"this index type ({self.manifest['index']['factory']}) cannot remove vectors, so it cannot "
+                "delete or change passages (nothing was changed); rebuild it from the new corpus with "
+                "`imprag index CORPUS --out DIR --overwrite`, or choose a factory that can (Flat, IVF..)"
             ) from err
+
+    def _remove(self, rows: Sequence[int]) -> None:
+        self.faiss.remove_ids(np.asarray(rows, dtype=np.int64))
 
     def _commit(self) -> None:
         _write_faiss(self.faiss, self.directory / VECTORS)
@@ -232,9 +253,16 @@ def check_model(manifest: dict[str, Any], model: ImpRAG, directory: Path) -> Non
 
 
 def _write_faiss(index: faiss.Index, path: Path) -> None:
+    """Write atomically and durably: a temporary file, fsync, rename (the shards it was built from may be
+    deleted right after)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    try:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -329,6 +357,11 @@ def _finish(
             f"shards {missing[:5]} were not encoded; run the same command again to resume"
         )
     vectors = _assemble(out / SHARDS, count, dim, len(store), cfg, progress)
+    if vectors.ntotal != len(store):
+        raise InvalidIndexError(
+            f"{out}: the shards hold {vectors.ntotal} vectors for {len(store)} stored passages (left by "
+            f"another build?); delete {out / SHARDS} and run the same command again"
+        )
     _write_faiss(vectors, out / VECTORS)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -389,8 +422,10 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
         if previous:
             settings["corpus"] = previous.get("corpus")
             settings["corpus_options"] = previous.get("corpus_options", {})
-        if complete or (previous or {}).get("model") != json.loads(json.dumps(settings["model"])):
-            # Shards encoded by another model (or a finished index) must not be reused.
+        reusable = {k: (previous or {}).get(k) for k in ("model", "index")}
+        wanted = json.loads(json.dumps({k: settings[k] for k in ("model", "index")}))
+        if complete or reusable["model"] != wanted["model"] or _shard_size(reusable) != _shard_size(wanted):
+            # Shards encoded by another model, cut at another size, or of a finished index: not reused.
             (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is a build in progress
             shutil.rmtree(out / SHARDS, ignore_errors=True)
     elif complete and not overwrite:
@@ -415,6 +450,10 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
         raise InvalidIndexError(f"{out} exists and is not an imprag index; choose another --out or empty it")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / BUILD, json.dumps(settings, indent=2) + "\n")
+
+
+def _shard_size(settings: dict[str, Any]) -> int | None:
+    return (settings.get("index") or {}).get("shard_size")
 
 
 def _assemble(

@@ -171,6 +171,19 @@ class PassageStore:
 
     # -- updating -----------------------------------------------------------------------------------
 
+    def diff(self, passages: Sequence[Passage]) -> tuple[list[Passage], list[tuple[int, Passage]]]:
+        """What `upsert(passages)` would do, without doing it: the passages with new ids, and (row, passage)
+        for known ids whose content changed. Give each id once."""
+        fresh: list[Passage] = []
+        changed: list[tuple[int, Passage]] = []
+        for passage in passages:
+            hit = self._db.execute("SELECT row, digest FROM passages WHERE pid = ?", (passage.id,)).fetchone()
+            if hit is None:
+                fresh.append(passage)
+            elif hit[1] != passage.digest:
+                changed.append((hit[0], passage))
+        return fresh, changed
+
     def upsert(self, passages: Iterable[Passage]) -> UpsertResult:
         """Add new ids, update changed ones in place (same row), skip unchanged content."""
         added: dict[int, None] = {}  # ordered sets: an id repeated in one call is reported once
