@@ -169,6 +169,13 @@ def test_calibrate_saves_a_centered_copy_whose_indexes_stay_valid(saved: str, tm
     assert centered.retrieval_fingerprint() == base.retrieval_fingerprint()  # same E_p: indexes stay valid
     assert main(["info", "--model", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["embedding"]["query_centered"] is True
+    # A mistyped --out that holds other files is refused, not wiped.
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("years of work")
+    argv = ["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(tmp_path / "home")]
+    assert main(argv) == 2
+    assert "is not an earlier output" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "home").iterdir()] == ["thesis.tex"]
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import tiny_model
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
 from imprag import EmbeddingConfig, ImpRAG, LayerSplit, ReaderConfig
+from imprag.io import OutputExistsError, atomic_directory
 
 
 def test_save_and_reload(tmp_path, tokenizer) -> None:
@@ -18,6 +20,8 @@ def test_save_and_reload(tmp_path, tokenizer) -> None:
     assert (out / "imprag_config.json").is_file()
     stock = AutoModelForCausalLM.from_pretrained(out)
     assert stock.state_dict().keys() == model.model.state_dict().keys()
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    assert_close(stock(ids).logits, model.model(ids).logits)  # the same weights, not just the same names
     again = ImpRAG.from_pretrained(out, dtype="float32")
     assert again.config == model.config
     prompts = ["Q: What is the capital of Veloria?\nA:"]
@@ -26,3 +30,27 @@ def test_save_and_reload(tmp_path, tokenizer) -> None:
     assert override.split == LayerSplit(1, 3)
     # No partial folder is ever left behind.
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_saving_never_deletes_a_folder_that_is_not_an_earlier_output(tmp_path, tokenizer) -> None:
+    model = ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3))
+    mine = tmp_path / "mine"
+    (mine / "runs").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(
+        OutputExistsError, match=r"mine exists and is not an earlier output.*imprag_config\.json"
+    ):
+        model.save_pretrained(mine)
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "runs").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary folder left either
+    # An earlier checkpoint is replaced; an empty folder is filled.
+    model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "stale.bin").write_text("old")
+    model.save_pretrained(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "stale.bin").exists()
+    (tmp_path / "empty").mkdir()
+    assert (model.save_pretrained(tmp_path / "empty") / "imprag_config.json").is_file()
+    # overwrite=False never replaces, so it never refuses.
+    with atomic_directory(mine, overwrite=False) as tmp:
+        (tmp / "x").write_text("discarded")
+    assert not (mine / "x").exists() and (mine / "notes.txt").is_file()

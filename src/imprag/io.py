@@ -9,7 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_directory", "atomic_write_text"]
+__all__ = ["OutputExistsError", "atomic_directory", "atomic_write_text"]
+
+
+class OutputExistsError(FileExistsError):
+    """An output directory holds something that is not ours to replace."""
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -36,14 +40,24 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_directory(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+def atomic_directory(path: str | Path, overwrite: bool = True, replaces: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it is renamed to `path` in one step.
 
     A crash leaves at most a `.tmp` sibling behind (cleaned up on the next attempt) and never a
     half-written `path`. An existing `path` is replaced when `overwrite`; otherwise (say another process
     finished the same work first) the new copy is discarded and the existing one kept.
+
+    Replacing deletes what `path` held, so it is refused (OutputExistsError, before any work) unless
+    `path` is empty or holds the file `replaces` -- the mark of an earlier output of the same kind: a
+    mistyped `--out ~/data` must not wipe a user's folder.
     """
     path = Path(path)
+    if overwrite and path.is_dir() and any(path.iterdir()) and not (replaces and (path / replaces).exists()):
+        mark = f" (no {replaces})" if replaces else ""
+        raise OutputExistsError(
+            f"{path} exists and is not an earlier output of this kind{mark}; writing there would delete its "
+            "contents: choose another output directory, or empty or remove it first"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from imprag.config import ConfigError
     from imprag.data import BenchmarkError, DataPackageError
     from imprag.evaluation.harness import EvalError
+    from imprag.io import OutputExistsError
     from imprag.model.backbone import UnsupportedModelError
     from imprag.model.defaults import MissingPackageError
     from imprag.model.reader import InputError
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         EvalError,
         TrainingDataError,
         TrainingError,
+        OutputExistsError,
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -18,6 +18,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import shutil
     from dataclasses import replace
 
+    from imprag.config import IMPRAG_CONFIG_NAME
     from imprag.io import atomic_directory
 
     if bool(args.prompts) == bool(args.data):
@@ -49,7 +50,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     mu = model.calibrate(prompts)
     source, out = Path(args.model or ""), Path(args.out)
     if (source / "adapter_config.json").is_file():  # an adapter stays an adapter: copy it, new config
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, replaces=IMPRAG_CONFIG_NAME) as tmp:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
             model.config.save(tmp)
     else:

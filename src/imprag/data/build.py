@@ -174,7 +174,7 @@ def build_benchmark(
             bar.update(1)
 
         items, stats = build_items(by_id, tasks, config, progress=step)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, replaces=MANIFEST) as tmp:
         for split in SPLITS:
             for task in tasks:
                 rows = [it.to_json() for it in items if it.task == task and it.split == split]

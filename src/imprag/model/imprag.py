@@ -30,7 +30,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from imprag.config import DecodeConfig, EmbeddingConfig, ImpRAGConfig, LayerSplit, ReaderConfig
+from imprag.config import (
+    IMPRAG_CONFIG_NAME,
+    DecodeConfig,
+    EmbeddingConfig,
+    ImpRAGConfig,
+    LayerSplit,
+    ReaderConfig,
+)
 from imprag.model import defaults
 from imprag.model.backbone import Backbone, KVCache, architecture_of
 from imprag.model.embeddings import passage_embedding, query_embedding
@@ -198,7 +205,7 @@ class ImpRAG:
         """Save model, tokenizer and `imprag_config.json`; the folder loads in stock transformers too."""
         from imprag.io import atomic_directory
 
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, replaces=IMPRAG_CONFIG_NAME) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp)

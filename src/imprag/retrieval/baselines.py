@@ -188,7 +188,7 @@ class BM25Retriever:
 
     def save(self, directory: str | Path) -> None:
         """Write the index to `directory` atomically (replacing any index there)."""
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, replaces=META) as tmp:
             self.bm25.save(str(tmp), show_progress=False)
             np.save(tmp / "rows.npy", self.rows)
             _write_meta(tmp, self.kind, self.corpus_hash, len(self))
@@ -292,7 +292,7 @@ class MiniLMRetriever:
 
     def save(self, directory: str | Path) -> None:
         """Write the index to `directory` atomically (replacing any index there)."""
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory, replaces=META) as tmp:
             faiss.write_index(self.index, str(tmp / "vectors.faiss"))
             _write_meta(tmp, self.kind, self.corpus_hash, len(self), model=MINILM_NAME, dim=self.dim)
 

@@ -142,7 +142,7 @@ def save_checkpoint(
 ) -> Path:
     """Write OUT/checkpoints/step-N atomically, then delete all but the newest `keep`."""
     path = out / "checkpoints" / f"step-{step:06d}"
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, replaces=STATE) as tmp:
         export_model(model, tmp)
         atomic_write_text(tmp / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         torch.save({"step": step, **trainer}, tmp / STATE)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from imprag.config import ConfigError, ImpRAGConfig
+from imprag.config import IMPRAG_CONFIG_NAME, ConfigError, ImpRAGConfig
 from imprag.distributed import Dist
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.imprag import ImpRAG
@@ -173,11 +173,12 @@ class Trainer:
         )
         while self.step < total:
             started = time.perf_counter()
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (train_step advances it)
             metrics = self.train_step(self.step)
             self.step += 1
             metrics.update(
                 step=self.step,
-                lr=self.scheduler.get_last_lr()[0],
+                lr=lr,
                 sec=round(time.perf_counter() - started, 3),
             )
             if self.step % cfg.engine.log_every == 0:
@@ -193,10 +194,12 @@ class Trainer:
                     {"step": self.step, "epoch": self.step // cfg.optim.steps_per_epoch, "health": report}
                 )
                 log.info("epoch %d retrieval health: %s", self.step // cfg.optim.steps_per_epoch, report)
+            if self.step == cfg.objective.warmup_epochs * cfg.optim.steps_per_epoch and self.step < total:
+                # Stage 1 alone: the `imprag-warmup` system. Exported before the boundary's checkpoint, so a
+                # run killed in between resumes before the boundary and exports it again.
+                self._export(self.out / "model-warmup")
             if epoch_end or self.step % cfg.engine.checkpoint_every == 0 or self.step == total:
                 self._checkpoint()
-            if self.step == cfg.objective.warmup_epochs * cfg.optim.steps_per_epoch and self.step < total:
-                self._export(self.out / "model-warmup")  # stage 1 alone: the `imprag-warmup` system
         bar.close()
         return self._export(self.out / "model")
 
@@ -209,7 +212,7 @@ class Trainer:
 
     def _export(self, directory: Path) -> Path:
         if self.dist.is_main:
-            with atomic_directory(directory) as tmp:
+            with atomic_directory(directory, replaces=IMPRAG_CONFIG_NAME) as tmp:
                 export_model(self.model, tmp)
                 atomic_write_text(
                     tmp / "train_config.json", json.dumps(self.config.to_dict(), indent=2) + "\n"
