@@ -4,6 +4,7 @@ the `imprag eval` command (errors, and a real run with a tiny saved model)."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from imprag.cli import build_parser, main
 from imprag.config import DecodeConfig
 from imprag.data import SPLITS, Benchmark, BenchmarkError, Item, get_task
 from imprag.evaluation.harness import STOP, EvalError, evaluate, score_item, summarize
+from imprag.evaluation.metrics import exact_match, true_false_accuracy
 from imprag.evaluation.systems import Prediction
 from imprag.model.generation import RetrievedPassage as RP
 
@@ -355,6 +357,15 @@ def test_resume_with_more_tasks(bench: Benchmark, tmp_path) -> None:
     assert json.loads((out / "run.json").read_text())["tasks"] == TASK_NAMES
 
 
+# The index facts `imprag eval` records (its manifest's model, corpus_hash, count and index settings)
+INDEX = {
+    "model": {"fingerprint": "f0", "b": 1},
+    "corpus_hash": "h0",
+    "count": 7,
+    "index": {"factory": "Flat"},
+}
+
+
 @pytest.mark.parametrize(
     "change, word",
     [
@@ -362,7 +373,22 @@ def test_resume_with_more_tasks(bench: Benchmark, tmp_path) -> None:
         ({"seed": 1}, "seed"),
         ({"split": "dev"}, "split"),
         ({"name": "other"}, "system"),
-        ({"record": {"model": {"source": "another"}}}, "model"),
+        ({"record": {"model": {"source": "another"}, "index": INDEX}}, "model"),
+        # the index refreshed with another model (imprag index --refresh): other vectors, other passages read
+        (
+            {
+                "record": {
+                    "model": {"source": "m"},
+                    "index": {**INDEX, "model": {"fingerprint": "f1", "b": 1}},
+                }
+            },
+            "index",
+        ),
+        # the index updated (imprag update): another corpus
+        (
+            {"record": {"model": {"source": "m"}, "index": {**INDEX, "corpus_hash": "h1", "count": 8}}},
+            "index",
+        ),
         ({"shots": 1}, "shots"),
         ({"batch_size": 2}, "batch_size"),
     ],
@@ -372,7 +398,8 @@ def test_other_settings_need_overwrite(bench: Benchmark, tmp_path, change: dict,
     train = Item("describe/train0", "describe", "train", _question("t0"), ["Omega"], ["A9"])
     bench = Benchmark.load(write_benchmark(tmp_path / "bench2", [*ITEMS, dev, train]))
     out = tmp_path / "run"
-    base = {"limit": None, "seed": 0, "split": "test", "name": "fake", "record": {"model": {"source": "m"}}}
+    base = {"limit": None, "seed": 0, "split": "test", "name": "fake"}
+    base["record"] = {"model": {"source": "m"}, "index": INDEX}
     base["shots"], base["batch_size"] = 0, 8
     evaluate(FakeSystem(), bench, ["describe"], base["split"], out, limit=None, seed=0, record=base["record"])
     settings = {**base, **change}
@@ -489,7 +516,12 @@ def test_eval_merges_rows_into_a_results_file(bench: Benchmark, saved: str, tmp_
     ]  # fmt: skip
 
 
-def test_eval_closed_book_end_to_end(bench: Benchmark, saved: str, tmp_path, capsys) -> None:
+def test_eval_closed_book_end_to_end(saved: str, tmp_path, capsys) -> None:
+    # The untrained model's answer to describe/d0 is made gold, so that not every score is 0.
+    describe = DecodeConfig(max_new_tokens=get_task("describe").max_new_tokens, stop=STOP)
+    said = ImpRAG.from_pretrained(saved).generate([ITEMS[0].prompt], decode_config=describe)[0].text
+    items = [dataclasses.replace(ITEMS[0], answers=["Alpha", said]), *ITEMS[1:]]
+    bench = Benchmark.load(write_benchmark(tmp_path / "bench", items))
     out = tmp_path / "out"
     argv = ["eval", "--data", str(bench.directory), "--system", "closed-book", "--out", str(out)]
     argv += ["--limit", "2", "--model", saved, "--tasks", "describe,fact-check"]
@@ -501,7 +533,11 @@ def test_eval_closed_book_end_to_end(bench: Benchmark, saved: str, tmp_path, cap
     assert [(r["task"], r["n"], r["recall"], r["article_recall"]) for r in metrics["rows"]] == [
         ("describe", 2, None, None), ("fact-check", 2, None, None),
     ]  # fmt: skip
-    assert all(r["em"] in (0.0, 0.5, 1.0) for r in metrics["rows"])
+    for row in metrics["rows"]:  # each reported score is the mean of its predictions' scores, recomputed
+        score = exact_match if get_task(row["task"]).scoring == "em" else true_false_accuracy
+        written = predictions(run_dir, row["task"])
+        assert row["em"] == pytest.approx(sum(score(r["prediction"], r["answers"]) for r in written) / 2)
+    assert metrics["rows"][0]["em"] == 0.5 and predictions(run_dir, "describe")[0]["prediction"] == said
     assert [r["id"] for r in predictions(run_dir, "describe")] == ["describe/d0", "describe/d1"]
     assert [r["id"] for r in predictions(run_dir, "fact-check")] == ["fact-check/f0", "fact-check/f1"]
     run = json.loads((run_dir / "run.json").read_text())

@@ -18,6 +18,7 @@ from imprag.training.data import (
     TrainingDataError,
     _retrieval_example,
     answer_text,
+    evaluated_rows,
     load_training_data,
 )
 from imprag.training.targets import PseudoLabel
@@ -95,6 +96,34 @@ def test_lm_batches_are_store_passages_given_their_titles(store) -> None:
     assert data.batch(1, 4) != data.batch(0, 4) and TrainingData(examples(), store, (0, 0, 1)).batch(
         0, 4
     ) == (kind, batch)
+
+
+def test_lm_batches_never_read_the_articles_dev_and_test_items_are_about(store) -> None:
+    class Bench:  # the two things evaluated_rows reads of a Benchmark
+        tasks = ("describe", "entity-linking")
+        counts = {"describe": {"train": 1, "dev": 1, "test": 1}, "entity-linking": {"test": 1}}  # noqa: RUF012
+
+        def items(self, task: str, split: str) -> list[Item]:
+            evidence = {("describe", "dev"): ["p3"], ("describe", "test"): ["p5", "p7"],
+                        ("describe", "train"): ["p9"], ("entity-linking", "test"): ["p11"]}  # fmt: skip
+            meta = {"source": "p13"} if task == "entity-linking" else {}
+            return [
+                Item(f"{task}-{split}", task, split, {}, ["a"], ev, meta=meta)
+                for ev in [evidence.get((task, split))]
+                if ev
+            ]
+
+    protected = evaluated_rows(Bench(), store)
+    assert protected == set(store.rows_of(["p3", "p5", "p7", "p11", "p13"]))  # not the train item's p9
+    data = TrainingData(examples(), store, (0.0, 0.0, 1.0), seed=0, lm_exclude=protected)
+    read = {e.id.removeprefix("lm:") for step in range(60) for e in data.batch(step, 4)[1]}
+    assert len(read) > 20 and not read & {"p3", "p5", "p7", "p11", "p13"}
+    unrestricted = {
+        e.id for step in range(60) for e in TrainingData(examples(), store, (0, 0, 1)).batch(step, 4)[1]
+    }
+    assert unrestricted & {"lm:p3", "lm:p5", "lm:p7", "lm:p11", "lm:p13"}  # they would be read otherwise
+    with pytest.raises(TrainingDataError, match="every kind with a share"):
+        TrainingData(examples(0, 0), store, (0.0, 0.0, 1.0), lm_exclude=range(len(store)))
 
 
 def test_random_rows_are_seeded_per_step_and_rank(store) -> None:

@@ -152,6 +152,11 @@ def test_a_separate_retriever_trains_alone_and_serves_ra_dit_llama(setup: dict[s
     argv = ["index", str(Path(setup["index"]).parent / "corpus.jsonl"), "--out", str(index)]
     assert main([*argv, "--model", str(out / "model"), "--no-progress"]) == 0
     generator = ImpRAG.from_pretrained(setup["model"])
+    with pytest.raises(InputError, match=r"objective\.system=ra-it"):  # the generator must be an ra-it run
+        SYSTEMS["ra-dit-llama"](generator, index, 2)
+    (tmp_path / "ra-it").mkdir()  # stands for one (what it generates is not what this test checks)
+    (tmp_path / "ra-it" / "train_config.json").write_text('{"objective": {"system": "ra-it"}}')
+    generator.source = str(tmp_path / "ra-it")
     system = SYSTEMS["ra-dit-llama"](generator, index, 2)
     prompts = ["Q: Which is topic 3?\nA:", "Q: Which is topic 9?\nA:"]
     answers = system.answer(prompts, ["", ""], DecodeConfig(max_new_tokens=2))

@@ -48,6 +48,12 @@ class Item:
     def prompt(self) -> str:
         return get_task(self.task).prompt(self.fields)
 
+    @property
+    def articles(self) -> list[str]:
+        """The corpus ids this item is about: its evidence, and an entity-linking sentence's own article.
+        Those of dev/test items are kept out of training."""
+        return [*self.evidence, *([self.meta["source"]] if "source" in self.meta else [])]
+
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "prompt": self.prompt}, ensure_ascii=False)
 

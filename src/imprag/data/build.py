@@ -84,7 +84,7 @@ def build_items(
         for split_items, _ in built.values()
         for it in split_items
         if it.split != "train"
-        for pid in [*it.evidence, *([it.meta["source"]] if "source" in it.meta else [])]
+        for pid in it.articles
     }
     items: list[Item] = []
     stats: dict[str, dict[str, int]] = {}

@@ -155,11 +155,35 @@ class ImplicitTextRetriever:
 Factory = Callable[[ImpRAG, Path, int], System]
 
 
-def _text(kind: str, name: str, oracle: bool = False) -> Factory:
+def trained_as(source: str | Path) -> str | None:
+    """The `objective.system` a model directory was trained with (its `train_config.json`), or None."""
+    config = Path(source) / "train_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("objective", {}).get("system", "imprag")
+
+
+def _require_trained(model: ImpRAG, name: str, system: str, untrained: str = "") -> None:
+    """A trained system's name must not report another model: refuse one not trained as `system`."""
+    from imprag.model.reader import InputError
+
+    found = trained_as(model.source)
+    if found != system:
+        what = "has no train_config.json" if found is None else f"was trained as {found!r}"
+        instead = f", or evaluate this model as {untrained}" if untrained else ""
+        raise InputError(
+            f"--system {name} reports a model trained with `imprag train ... objective.system={system}`, "
+            f"but --model {model.source!r} {what}; pass --model RUN/model of such a run{instead}"
+        )
+
+
+def _text(kind: str, name: str, oracle: bool = False, trained: str | None = None) -> Factory:
     def make(model: ImpRAG, index_dir: Path, k: int) -> System:
         from imprag.retrieval.baselines import load_baseline
         from imprag.retrieval.index import PassageIndex
 
+        if trained:
+            _require_trained(model, name, trained, untrained=kind)
         store = PassageIndex.load(index_dir).store
         return RetrieveThenRead(
             model, load_baseline(kind, index_dir / "baselines" / kind, store), name, k, oracle
@@ -168,13 +192,15 @@ def _text(kind: str, name: str, oracle: bool = False) -> Factory:
     return make
 
 
-def _implicit(name: str) -> Factory:
+def _implicit(name: str, trained: bool) -> Factory:
     """ImpRAG under `name`: the zero-shot model, or a trained one (`--model runs/X/model`, the index
     refreshed with it) reported as `imprag-warmup` (stage 1 only) or `imprag` (warmup + distillation)."""
 
     def make(model: ImpRAG, index_dir: Path, k: int) -> System:
         from imprag.retrieval.index import PassageIndex
 
+        if trained:
+            _require_trained(model, name, "imprag", untrained="imprag-zero-shot")
         return ImplicitRetrieval(model, PassageIndex.load(index_dir, model), name, k)
 
     return make
@@ -187,11 +213,10 @@ def _separate_retriever(model: ImpRAG, index_dir: Path, k: int) -> System:
     from imprag.model.reader import InputError
     from imprag.retrieval.index import PassageIndex, read_manifest
 
+    _require_trained(model, "ra-dit-llama", "ra-it")  # the generator
     built = read_manifest(index_dir)["model"]
     source = built["source"]
-    trained = Path(source) / "train_config.json"
-    system = json.loads(trained.read_text())["objective"]["system"] if trained.is_file() else None
-    if system != "retriever":
+    if trained_as(source) != "retriever":
         raise InputError(
             f"ra-dit-llama retrieves with the model {index_dir} was built with ({source!r}), which is not a "
             "retriever trained with `imprag train ... objective.system=retriever`; refresh the index with "
@@ -207,12 +232,12 @@ SYSTEMS: dict[str, Factory] = {
     "bm25": _text("bm25", "bm25"),
     "minilm": _text("minilm", "minilm"),
     "minilm-oracle": _text("minilm", "minilm-oracle", oracle=True),
-    "imprag-zero-shot": _implicit("imprag-zero-shot"),
-    "imprag-warmup": _implicit("imprag-warmup"),
-    "imprag": _implicit("imprag"),
+    "imprag-zero-shot": _implicit("imprag-zero-shot", trained=False),
+    "imprag-warmup": _implicit("imprag-warmup", trained=True),
+    "imprag": _implicit("imprag", trained=True),
     # RA-IT: MiniLM with the whole prompt, passages pasted, the LM fine-tuned on the same data
     # (`imprag train ... objective.system=ra-it`, evaluated with --model runs/X/model).
-    "ra-it": _text("minilm", "ra-it"),
+    "ra-it": _text("minilm", "ra-it", trained="ra-it"),
     # RA-DIT-Llama: a separately trained copy of layers 0..b as the retriever (the index's model), the
     # ra-it generator (--model) reading its passages pasted.
     "ra-dit-llama": _separate_retriever,

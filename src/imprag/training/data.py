@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -82,14 +82,17 @@ class TrainingData:
         store: PassageStore,
         mix: Sequence[float],
         seed: int = 0,
-        lm_rows: int | None = None,
+        lm_exclude: Collection[int] = (),
     ) -> None:
+        """`lm_exclude`: store rows plain-LM examples never read (the articles dev/test items are about)."""
         self.examples = {kind: list(examples.get(kind, [])) for kind in KINDS}  # lm: drawn from the store
         self.store = store
         self.seed = seed
-        self.lm_rows = len(store) if lm_rows is None else lm_rows
+        self.lm_rows = len(store)
+        self.lm_exclude = frozenset(lm_exclude)
+        lm_ok = self.lm_rows > sum(1 for r in self.lm_exclude if 0 <= r < self.lm_rows)
         available = {"retrieval": bool(self.examples["retrieval"]),
-                     "instruction": bool(self.examples["instruction"]), "lm": self.lm_rows > 0}  # fmt: skip
+                     "instruction": bool(self.examples["instruction"]), "lm": lm_ok}  # fmt: skip
         self.weights = {k: w for k, w in zip(KINDS, mix, strict=True) if w > 0 and available[k]}
         if not self.weights:
             raise TrainingDataError("no training examples: every kind with a share in data.mix is empty")
@@ -148,7 +151,11 @@ class TrainingData:
 
     def _lm(self, ordinal: int, size: int) -> list[Example]:
         rng = random.Random(f"{self.seed}/lm/{ordinal}")
-        rows = [rng.randrange(self.lm_rows) for _ in range(size)]
+        rows = []
+        while len(rows) < size:  # rejection keeps the stream a pure function of (seed, ordinal)
+            row = rng.randrange(self.lm_rows)
+            if row not in self.lm_exclude:
+                rows.append(row)
         out = []
         for passage in self.store.get(rows):
             words = passage.text.split()
@@ -195,7 +202,22 @@ def load_training_data(config: DataConfig, out: Path, seed: int = 0) -> Training
         examples["instruction"] += [
             Example(it.id, "instruction", it.prompt, answer_text(it.answers[0])) for it in items
         ]
-    return TrainingData(examples, store, config.mix, seed)
+    return TrainingData(examples, store, config.mix, seed, lm_exclude=evaluated_rows(bench, store))
+
+
+def evaluated_rows(bench: Benchmark, store: PassageStore) -> set[int]:
+    """Store rows of the articles the benchmark's dev/test items are about (evidence, and an entity-linking
+    sentence's own article): the benchmark keeps them out of every training task, and plain-LM batches must
+    not read them either."""
+    ids = {
+        pid
+        for task in bench.tasks
+        for split in ("dev", "test")
+        if bench.counts[task].get(split)
+        for it in bench.items(task, split)
+        for pid in it.articles
+    }
+    return {row for row in store.rows_of(sorted(ids)) if row is not None}
 
 
 def _checked(items: list[Item], task: str) -> list[Item]:
