@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -54,3 +56,20 @@ def test_saving_never_deletes_a_folder_that_is_not_an_earlier_output(tmp_path, t
     with atomic_directory(mine, overwrite=False) as tmp:
         (tmp / "x").write_text("discarded")
     assert not (mine / "x").exists() and (mine / "notes.txt").is_file()
+
+
+def test_the_model_fingerprint_covers_every_weight_and_survives_a_reload(tmp_path, tokenizer) -> None:
+    """An evaluation records it, so a resumed run refuses a retrained generator (layers above b changed),
+    which the retrieval fingerprint cannot see."""
+    model = ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3))
+    before, retrieval = model.model_fingerprint(), model.retrieval_fingerprint()
+    assert (
+        ImpRAG.from_pretrained(model.save_pretrained(tmp_path / "m"), dtype="bfloat16").model_fingerprint()
+        == before
+    )
+    with torch.no_grad():
+        model.model.model.layers[3].mlp.up_proj.weight.add_(0.01)
+    assert model.model_fingerprint() != before and model.retrieval_fingerprint() == retrieval
+    again = model.model_fingerprint()
+    model.config = dataclasses.replace(model.config, reader=dataclasses.replace(model.config.reader, k=7))
+    assert model.model_fingerprint() != again  # a reader setting changes the answers too

@@ -50,6 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model": {
             "source": model.source, "b": model.split.b, "t": model.split.t,
             "dtype": str(model.model.dtype), "retrieval_fingerprint": model.retrieval_fingerprint(),
+            "fingerprint": model.model_fingerprint(),  # every weight: a retrained generator is another model
             "query_center": _digest(model.config.embedding.query_center),
         },
         "index": manifest and {k: manifest.get(k) for k in ("model", "corpus_hash", "count", "index")},

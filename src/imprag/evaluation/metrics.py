@@ -30,12 +30,14 @@ __all__ = [
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans(dict.fromkeys(string.punctuation + "‘’“”…"))  # deleted, as in SQuAD ("D.C." = "DC")
-_DASHES = str.maketrans(dict.fromkeys("–—", " "))  # dashes separate words ("Rutherford–Bohr")
+# Dashes and hyphens separate words ("Rutherford–Bohr" == "Rutherford-Bohr" == "Rutherford Bohr"): gold
+# titles use en dashes where a model writes ASCII hyphens. (SQuAD deletes "-"; it never sees "–".)
+_DASHES = str.maketrans(dict.fromkeys("-‐‑‒–—―−", " "))
 
 
 def normalize_answer(text: str) -> str:
-    """Lower case, fold accents, delete punctuation (dashes separate words), drop the articles a/an/the,
-    squeeze spaces."""
+    """Lower case, fold accents, delete punctuation (dashes and hyphens separate words), drop the articles
+    a/an/the, squeeze spaces."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
     text = text.translate(_DASHES).translate(_PUNCT)

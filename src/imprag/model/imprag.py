@@ -228,9 +228,22 @@ class ImpRAG:
             "embedding": self.config.embedding.passage_side(),  # mu_q shifts E_q only
             "l_max": self.config.reader.l_max,
         }
+        return self._fingerprint("_retrieval_fp", params, settings)
+
+    def model_fingerprint(self) -> str:
+        """Hash of every weight and the whole ImpRAG configuration: what an evaluation's answers depend on
+        (a resumed evaluation refuses a model whose value differs). Same rounding and caching as
+        `retrieval_fingerprint`; the first call reads every weight once."""
+        params = sorted(self.model.named_parameters())
+        settings = {"model_type": self.model.config.model_type, "imprag": self.config.to_dict()}
+        return self._fingerprint("_model_fp", params, settings)
+
+    def _fingerprint(
+        self, slot: str, params: list[tuple[str, torch.Tensor]], settings: dict[str, Any]
+    ) -> str:
         text = json.dumps(settings, sort_keys=True)
         version = (text, tuple((id(p), p._version) for _, p in params))
-        cached = getattr(self, "_fingerprint", None)
+        cached = getattr(self, slot, None)
         if cached is not None and cached[0] == version:
             return cached[1]
         digest = hashlib.sha256()
@@ -242,7 +255,7 @@ class ImpRAG:
                     p.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
                 )
         value = digest.hexdigest()[:24]
-        self._fingerprint = (version, value)
+        setattr(self, slot, (version, value))
         return value
 
     @property
