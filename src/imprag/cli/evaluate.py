@@ -94,7 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--split", default="test", choices=["train", "dev", "test"], help="(default: %(default)s)"
     )
     ev.add_argument("--out", required=True, help="output directory")
-    ev.add_argument("--limit", type=int, help="first N items per task (a seeded random sample)")
+    ev.add_argument(
+        "--limit",
+        type=int,
+        help="first N items per task: a seeded sample of whole groups (an entity's items are adjacent)",
+    )
     ev.add_argument("--k", type=int, default=5, help="passages read per prompt (default: %(default)s)")
     ev.add_argument(
         "--shots",

@@ -110,8 +110,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate `system` on `tasks` of `split`; resumes predictions already in `out`. Returns the summary.
 
-    `limit` takes the first n items of each task (items are stored in seeded random order, so this is a
-    random sample). `record` adds facts to run.json (model and index manifests, ...). `shots` > 0 puts that
+    `limit` takes the first n items of each task. Items are stored in a seeded random order of their
+    groups (an entity's items are adjacent, e.g. one country's slot-filling relations), so this is a
+    cluster sample: unbiased, but n items cover fewer entities than n independent draws would. `record`
+    adds facts to run.json (model and index manifests, ...). `shots` > 0 puts that
     many solved examples before every prompt (see `demonstrations`); 0 is the paper's protocol.
     """
     out = Path(out)
