@@ -431,3 +431,16 @@ def test_store_in_a_folder_with_uri_special_characters(tmp_path, folder):
     finally:
         store.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder]  # no stray file created beside it
+
+
+def test_a_passage_without_text_is_refused_by_id_before_anything_is_stored(tmp_path, store):
+    blank = Passage(id="blank", title="A title", text="   ")
+    with pytest.raises(CorpusError, match="passage 'blank' has an empty text"):
+        PassageStore.build(tmp_path / "new.db", [*many(3), blank])
+    assert not (tmp_path / "new.db").exists()
+    before = (len(store), store.corpus_hash)
+    with pytest.raises(CorpusError, match="passage 'blank' has an empty text"):
+        store.upsert([Passage(id="fresh", title="", text="fine"), blank])
+    with pytest.raises(CorpusError, match="passage 'blank' has an empty text"):
+        store.diff([blank])
+    assert (len(store), store.corpus_hash) == before and store.rows_of(["fresh"]) == [None]

@@ -153,6 +153,7 @@ def test_cli_pseudo_label_over_a_real_bm25_index(tmp_path, tokenizer, capsys) ->
     ]
     assert [r["positives"][0] for r in rows] == words[:3] and all(len(r["negatives"]) == 2 for r in rows)
     assert main(argv) == 0 and "(cached)" in capsys.readouterr().out
+    assert main([*argv, "--limit", "0"]) == 2 and "--limit must be >= 1" in capsys.readouterr().err
     manifest["corpus"]["hash"] = "another"
     (bench / "benchmark.json").write_text(json.dumps(manifest))
     assert main(argv) == 2 and "indexes another corpus" in capsys.readouterr().err

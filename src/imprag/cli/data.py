@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from imprag.cli._common import (
+    UsageError,
     check_same_corpus,
     names,
 )
@@ -39,6 +40,8 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from imprag.retrieval.index import PassageIndex
     from imprag.training.targets import PseudoLabelConfig, cached_pseudo_labels
 
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1 (items per task), got {args.limit}")
     bench = Benchmark.load(args.data)
     tasks = names(args.tasks, bench.tasks)
     config = PseudoLabelConfig(

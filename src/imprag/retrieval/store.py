@@ -177,7 +177,8 @@ class PassageStore:
         fresh: list[Passage] = []
         changed: list[tuple[int, Passage]] = []
         for passage in passages:
-            hit = self._db.execute("SELECT row, digest FROM passages WHERE pid = ?", (passage.id,)).fetchone()
+            hit = self._db.execute("SELECT row, digest FROM passages WHERE pid = ?", (_checked(passage).id,))
+            hit = hit.fetchone()
             if hit is None:
                 fresh.append(passage)
             elif hit[1] != passage.digest:
@@ -231,7 +232,14 @@ class PassageStore:
         self._db.close()
 
 
+def _checked(p: Passage) -> Passage:
+    if not p.text.strip():
+        raise CorpusError(f"passage {p.id!r} has an empty text; every passage needs one (nothing was stored)")
+    return p
+
+
 def _row(row: int, p: Passage) -> tuple:
+    _checked(p)
     return (row, p.id, p.title, p.text, json.dumps(p.meta, ensure_ascii=False), p.digest)
 
 
