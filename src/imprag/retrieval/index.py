@@ -324,8 +324,15 @@ def build_index(
             est["shards_bytes"] / 1e6,
             est["index_bytes"] / 1e6,
         )
-    encode_shards(model, store, out / SHARDS, cfg.shard_size, cfg.batch_size, dist.rank, dist.world, progress)
-    dist.barrier()
+    error = None
+    try:
+        encode_shards(
+            model, store, out / SHARDS, cfg.shard_size, cfg.batch_size, dist.rank, dist.world, progress
+        )
+    except Exception as err:  # e.g. out of memory on one rank: the others must not wait at the barrier
+        error = err
+    if dist.broadcast_error(error is not None):  # also the barrier before rank 0 assembles the shards
+        raise error or InvalidIndexError("another process failed while encoding (see its error); run again")
     error = None
     if dist.is_main:
         try:
