@@ -15,7 +15,8 @@ throughout).
    on <= IndexConfig.train_size vectors sampled per shard like `_assemble`, `add_with_ids`) and searched
    with `PassageIndex.set_search_params` semantics. Vectors come from a Gaussian mixture (1000 centers)
    whose overall mean and covariance are fitted to the real E_p vectors of part 1 (E_p is far from
-   isotropic: a dominant mean direction and a low effective rank). 1000 queries from the same mixture.
+   isotropic: a dominant mean direction and a low effective rank). 1000 queries from the same mixture:
+   passage-like queries, not the E_q of real prompts (centred in the recipe), whose recall may differ.
    Per config: single-query latency p50/p99 (200 one-query calls, 1 faiss thread as a server answering
    one query at a time would; p50 with faiss's default threads too) and batch-of-1000 throughput (default
    threads), both as ratios against exact Flat search in the same run; recall@10 against Flat; serialized
