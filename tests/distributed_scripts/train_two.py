@@ -1,6 +1,7 @@
 """Run under torchrun by tests/test_distributed.py: each rank trains the same tiny model (saved by the
 test) for 3 steps of a global batch of 4 (2 examples per rank), calling Trainer.train_step itself, and
-writes its exact per-step losses, grad norms and final LoRA weights to OUT/rank{r}.pt.
+writes its exact per-step losses, answer-token counts, averaged gradients, grad norms and final LoRA weights
+to OUT/rank{r}.pt.
 
 Two configs: "joint" (J_gen + J_ret) and "gen-gradients" (ret_weight=0: the same steps, but only J_gen's
 gradients, which are exact across processes because nothing they depend on is gathered). The test runs
@@ -24,14 +25,26 @@ from imprag.training.data import Example, TrainingData
 from imprag.training.loop import Trainer
 
 PASSAGES = [Passage(f"p{i}", f"Title {i}", f"Text number {i} about things {i * 7}.") for i in range(30)]
-# Two-digit numbers: every answer has the same number of tokens, so the mean of the ranks' token-level
-# J_gen equals the global batch's (with answers of different lengths it would not).
+# Answers of different lengths: at every step the two ranks hold different numbers of answer tokens, so
+# the mean of the ranks' token-level J_gen means is not the global batch's; the trainer must weight each
+# rank by its share of the tokens (Trainer._global_token_mean) for the gradients to match one process's.
 EXAMPLES: dict[str, list[Example]] = {
     "retrieval": [
-        Example(f"r{i}", "retrieval", f"Q: what is {i}? A:", f" thing {i}\n", (i, i + 1), (i - 10,), (i,))
+        Example(
+            f"r{i}",
+            "retrieval",
+            f"Q: what is {i}? A:",
+            f" thing{' more' * (i % 3)} {i}\n",
+            (i, i + 1),
+            (i - 10,),
+            (i,),
+        )
         for i in range(10, 18)
     ],
-    "instruction": [Example(f"n{i}", "instruction", f"Recover {i} A:", f" ok {i}\n") for i in range(10, 16)],
+    "instruction": [
+        Example(f"n{i}", "instruction", f"Recover {i} A:", f" ok{' fine' * (i % 4)} {i}\n")
+        for i in range(10, 16)
+    ],
 }
 OVERRIDES = [
     "data.mix=[0.6, 0.4, 0]",
@@ -72,9 +85,28 @@ def train(
             return loss, metrics
 
         setattr(trainer, name, capture)
+    tokens: list[int] = []  # this process's answer tokens at each step
+    token_mean = trainer._global_token_mean
+
+    def count(local_mean: torch.Tensor, seqs: Any) -> torch.Tensor:
+        tokens.append(int(seqs.answer.sum()))
+        return token_mean(local_mean, seqs)
+
+    grads: list[torch.Tensor] = []  # the gradient each step applies (averaged over processes, unclipped)
+    average = trainer._average_gradients
+
+    def keep() -> None:
+        average()
+        grads.append(
+            torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in trainer.params])
+        )
+
+    trainer._global_token_mean, trainer._average_gradients = count, keep  # type: ignore[method-assign]
     metrics = [trainer.train_step(step) for step in range(config.total_steps)]
     return {
         "loss": torch.stack(losses),
+        "tokens": tokens,
+        "grads": torch.stack(grads),
         "grad_norm": [m["grad_norm"] for m in metrics],
         "kind": [m["kind"] for m in metrics],
         "stage": [m["stage"] for m in metrics],

@@ -5,6 +5,7 @@ config guards, and the exported model loading in imprag and in stock peft."""
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def full_run(tmp_path_factory, tokenizer, store):
 
 
 def test_a_run_logs_every_step_checkpoints_and_exports(full_run) -> None:
-    _, _, out, final = full_run
+    _, model, out, final = full_run
     assert final == out / "model"
     logged = records(out)
     assert steps(out) == [1, 2, 3, 4, 5, 6]
@@ -230,11 +231,61 @@ def test_a_run_logs_every_step_checkpoints_and_exports(full_run) -> None:
             "train_config.json",
         } <= {p.name for p in folder.iterdir()}
     assert TrainConfig.from_dict(json.loads((final / "train_config.json").read_text())) == config()
-    # the final export holds the step-6 weights
-    assert (
-        load_file(final / "adapter_model.safetensors").keys()
-        == load_file(out / "checkpoints" / "step-000006" / "adapter_model.safetensors").keys()
-    )
+    # the final export holds the step-6 weights, and they are the trained model's
+    exported = load_file(final / "adapter_model.safetensors")
+    saved = load_file(out / "checkpoints" / "step-000006" / "adapter_model.safetensors")
+    assert exported and exported.keys() == saved.keys() == trainable_state(model).keys()
+    for key, value in trainable_state(model).items():
+        assert torch.equal(exported[key], saved[key]) and torch.equal(exported[key], value.cpu()), key
+
+
+def test_the_logged_learning_rate_is_the_one_each_step_used(full_run) -> None:
+    """Linear warmup over 1 step, then cosine to 10% over the other 5 (step n logs the rate of update n)."""
+    out = full_run[2]
+    lr = [r["lr"] for r in records(out) if "health" not in r]
+    cosine = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)]
+    assert lr == pytest.approx([0.005 * f for f in [1.0, *cosine]], rel=1e-9)
+
+
+def test_a_run_killed_while_exporting_model_warmup_exports_it_on_resume(
+    full_run, store, tmp_path, monkeypatch
+) -> None:
+    """model-warmup is written before the boundary checkpoint: a kill in between resumes before the boundary,
+    so it is exported again (a kill after the checkpoint used to lose it for good)."""
+    base, _, straight, _ = full_run
+    out = tmp_path / "run"
+    real = Trainer._export
+
+    def dies_exporting_warmup(self, directory):
+        if directory.name == "model-warmup":
+            raise Killed
+        return real(self, directory)
+
+    monkeypatch.setattr(Trainer, "_export", dies_exporting_warmup)
+    with pytest.raises(Killed):
+        Trainer(ImpRAG.from_pretrained(base, dtype="float32"), training_data(store), config(), out).run(False)
+    monkeypatch.undo()
+    assert not (out / "model-warmup").exists() and not checkpoints(out)  # the boundary was not checkpointed
+    Trainer(ImpRAG.from_pretrained(base, dtype="float32"), training_data(store), config(), out).run(False)
+    a = load_file(straight / "model-warmup" / "adapter_model.safetensors")
+    b = load_file(out / "model-warmup" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_adapter_names_a_relative_base_by_its_absolute_path(tokenizer, tmp_path, monkeypatch) -> None:
+    from imprag.training.checkpoint import export_model, prepare_model
+    from imprag.training.config import EngineConfig
+
+    monkeypatch.chdir(tmp_path)
+    tiny(tokenizer).save_pretrained("base")
+    model = ImpRAG.from_pretrained("base", dtype="float32")
+    prepare_model(model, EngineConfig())
+    (tmp_path / "adapter").mkdir()
+    export_model(model, tmp_path / "adapter")
+    named = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == str((tmp_path / "base").resolve())
+    monkeypatch.chdir(tmp_path / "adapter")  # loads from anywhere
+    assert ImpRAG.from_pretrained(tmp_path / "adapter").split == model.split
 
 
 def test_lora_trains_only_the_adapters(full_run) -> None:

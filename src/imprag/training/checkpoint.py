@@ -120,7 +120,8 @@ def export_model(model: ImpRAG, directory: Path) -> None:
         # An embedded name ("smollm2-135m") or hub id stays as is; a local folder is made absolute, so the
         # adapter loads from any working directory.
         source = Path(model.source)
-        lora.base_model_name_or_path = str(source.resolve()) if source.is_dir() else model.source
+        local = model.source and source.is_dir()  # "" (a model built in memory) is no folder
+        lora.base_model_name_or_path = str(source.resolve()) if local else model.source
         lora.save_pretrained(directory)
         state = {k: v.detach().contiguous() for k, v in trainable_state(model).items()}
         save_file(state, directory / "adapter_model.safetensors", metadata={"format": "pt"})
