@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -120,6 +121,9 @@ def test_two_process_training_matches_one_process(tmp_path, tokenizer) -> None:
         global_loss = (r0["loss"] + r1["loss"]) / 2
         assert not torch.equal(r0["loss"], r1["loss"])  # the ranks did see different examples
         assert_close(global_loss[0], single["loss"][0], atol=1e-4, rtol=0)
+        # what both ranks log is that global loss, not their own
+        assert r0["logged_loss"] == r1["logged_loss"]
+        assert r0["logged_loss"] == pytest.approx([round(float(v), 4) for v in global_loss], abs=1.5e-4)
 
     # only J_gen's gradients (exact on every rank): every step matches the one-process run (the weights
     # within 1e-3: Adam's normalised step magnifies float noise in near-zero gradients)

@@ -39,6 +39,15 @@ class Dist:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    def mean(self, values: list[float]) -> list[float]:
+        """The mean of each value over the processes (identity with one)."""
+        if self.world == 1:
+            return values
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        return (total / self.world).tolist()
+
     def all_gather(self, tensor: Tensor) -> Tensor:
         """Every rank's `tensor` concatenated along dim 0 in rank order, (world * B, ...); every rank must
         pass the same shape. Only this rank's slice keeps its gradient; the others are constants here.

@@ -108,6 +108,7 @@ def train(
         "tokens": tokens,
         "grads": torch.stack(grads),
         "grad_norm": [m["grad_norm"] for m in metrics],
+        "logged_loss": [m["loss"] for m in metrics],
         "kind": [m["kind"] for m in metrics],
         "stage": [m["stage"] for m in metrics],
         "params": {k: v.detach().clone() for k, v in trainable_state(model).items()},

@@ -247,10 +247,15 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # Logged values are means over the processes: for `loss` that is the global loss exactly (J_gen is
+        # scaled by each process's share of the answer tokens); for the components, the ranks' mean.
+        numeric = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        means = self.dist.mean([loss.item(), *(float(metrics[k]) for k in numeric)])
+        metrics.update({k: round(v, 4) for k, v in zip(numeric, means[1:], strict=True)})
         return {
             "stage": stage,
             "kind": kind,
-            "loss": round(loss.item(), 4),
+            "loss": round(means[0], 4),
             "grad_norm": round(float(grad_norm), 4),
             **metrics,
         }
