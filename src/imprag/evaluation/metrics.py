@@ -5,6 +5,11 @@ articles a/an/the, single spaces) plus accent folding ("Brasília" == "Brasilia"
 EM. A prediction scores against the best of several gold answers. Retrieval recall is the paper's: the share
 of examples whose read passages contain a gold answer string (normalised, on word boundaries), and
 gold-article recall: the share whose read passages include one of the item's evidence passages.
+
+`normalize_answer` and `answer_in_text` also decide which items `imprag data build` keeps (data/builders.py):
+changing them changes the benchmark itself, its splits and its hold-out set, not only the scores. (Known
+and left: an ASCII hyphen is deleted while an en dash separates words, so "Mexican-American" does not match
+"Mexican–American"; no stored prediction behind docs/results.md is affected.)
 """
 
 from __future__ import annotations
@@ -30,14 +35,12 @@ __all__ = [
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans(dict.fromkeys(string.punctuation + "‘’“”…"))  # deleted, as in SQuAD ("D.C." = "DC")
-# Dashes and hyphens separate words ("Rutherford–Bohr" == "Rutherford-Bohr" == "Rutherford Bohr"): gold
-# titles use en dashes where a model writes ASCII hyphens. (SQuAD deletes "-"; it never sees "–".)
-_DASHES = str.maketrans(dict.fromkeys("-‐‑‒–—―−", " "))
+_DASHES = str.maketrans(dict.fromkeys("–—", " "))  # dashes separate words ("Rutherford–Bohr")
 
 
 def normalize_answer(text: str) -> str:
-    """Lower case, fold accents, delete punctuation (dashes and hyphens separate words), drop the articles
-    a/an/the, squeeze spaces."""
+    """Lower case, fold accents, delete punctuation (dashes separate words), drop the articles a/an/the,
+    squeeze spaces."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
     text = text.translate(_DASHES).translate(_PUNCT)
