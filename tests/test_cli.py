@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,8 +175,18 @@ def test_calibrate_saves_a_centered_copy_whose_indexes_stay_valid(saved: str, tm
     (tmp_path / "home" / "thesis.tex").write_text("years of work")
     argv = ["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(tmp_path / "home")]
     assert main(argv) == 2
-    assert "is not an earlier output" in capsys.readouterr().err
+    assert "are not an earlier output" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "home").iterdir()] == ["thesis.tex"]
+    (tmp_path / "notes.txt").write_text("mine")  # a file is no output folder either
+    argv = ["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(tmp_path / "notes.txt")]
+    assert main(argv) == 2 and "is a file" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # a fully fine-tuned run's training record survives calibration, into a new folder and in place
+    record = '{"objective": {"system": "imprag"}}'
+    (Path(saved) / "train_config.json").write_text(record)
+    for target in (tmp_path / "centered-run", Path(saved)):
+        assert main(["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(target)]) == 0
+        assert (target / "train_config.json").read_text() == record
 
 
 @pytest.mark.parametrize(
@@ -196,16 +207,24 @@ def test_calibrate_errors_are_one_line(argv: list[str], message: str, capsys) ->
     "argv, code",
     [(["info", "--model", "{saved}", "--json"], 0), (["index", "--refresh", "c.jsonl", "--out", "x"], 2)],
 )
-def test_the_cli_leaves_no_process_group_behind(saved: str, tmp_path, argv: list[str], code: int) -> None:
+def test_the_cli_leaves_no_process_group_behind(
+    saved: str, tmp_path, monkeypatch, argv: list[str], code: int
+) -> None:
     """A process that exits with its gloo group alive aborts in interpreter finalisation now and then (CI saw
-    SIGABRT after a finished two-process `imprag index`): commands end by destroying the group, after a
-    normal end and after an error every rank shares."""
+    SIGABRT after a finished two-process `imprag index`): commands end by destroying the group they joined,
+    after a normal end and after an error every rank shares; a group the caller made is left alone."""
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
-    try:
-        assert main([a.replace("{saved}", saved) for a in argv]) == code
-        assert not dist.is_initialized()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    import imprag.distributed
+
+    argv = [a.replace("{saved}", saved) for a in argv]
+    for n, joined_by_imprag in enumerate((True, False)):
+        rendezvous = f"file://{tmp_path / f'rendezvous{n}'}"
+        dist.init_process_group("gloo", init_method=rendezvous, rank=0, world_size=1)
+        monkeypatch.setattr(imprag.distributed, "_joined", joined_by_imprag)  # as init_from_env records it
+        try:
+            assert main(argv) == code
+            assert dist.is_initialized() is not joined_by_imprag
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()

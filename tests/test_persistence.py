@@ -40,7 +40,7 @@ def test_saving_never_deletes_a_folder_that_is_not_an_earlier_output(tmp_path, t
     (mine / "runs").mkdir(parents=True)
     (mine / "notes.txt").write_text("keep me")
     with pytest.raises(
-        OutputExistsError, match=r"mine exists and is not an earlier output.*imprag_config\.json"
+        OutputExistsError, match=r"mine holds files that are not an earlier output.*imprag_config\.json"
     ):
         model.save_pretrained(mine)
     assert (mine / "notes.txt").read_text() == "keep me" and (mine / "runs").is_dir()

@@ -65,6 +65,9 @@ class Dist:
         return torch.cat(parts, dim=0)
 
 
+_joined = False  # whether init_from_env created the process group (shutdown destroys only that one)
+
+
 def init_from_env() -> Dist:
     """Join the process group torchrun set up (if any) and return this process's rank and world size."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -75,6 +78,8 @@ def init_from_env() -> Dist:
         if backend == "nccl":  # one GPU per process, chosen before NCCL binds (untested here: no GPU)
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
+        global _joined
+        _joined = True
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
 
 
@@ -86,5 +91,7 @@ def shutdown() -> None:
     the interpreter's finalisation, which aborts with "terminate called without an active exception"
     (SIGABRT) now and then -- after all the work is done. Not for an unexpected crash of one rank: the
     others may still wait in a collective, and the launcher stops them anyway."""
-    if dist.is_available() and dist.is_initialized():
+    global _joined
+    if _joined and dist.is_initialized():  # a group the caller made is the caller's to end
         dist.destroy_process_group()
+    _joined = False

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputExistsError", "atomic_directory", "atomic_write_text"]
+__all__ = ["OutputExistsError", "atomic_directory", "atomic_write_text", "check_output"]
 
 
 class OutputExistsError(FileExistsError):
@@ -39,6 +39,20 @@ def _umask() -> int:
     return mask
 
 
+def check_output(path: str | Path, replaces: str | None = None) -> None:
+    """Refuse (OutputExistsError) an output folder `atomic_directory(path, replaces=...)` would not replace:
+    a file, or a folder with contents but no `replaces` mark. Commands call it before their work too."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, not an output folder: choose another output directory")
+    if path.is_dir() and any(path.iterdir()) and not (replaces and (path / replaces).exists()):
+        mark = f" (it has no {replaces})" if replaces else ""
+        raise OutputExistsError(
+            f"{path} holds files that are not an earlier output of this kind{mark}; writing there would "
+            "delete them, so nothing was written: choose a new or empty output directory"
+        )
+
+
 @contextmanager
 def atomic_directory(path: str | Path, overwrite: bool = True, replaces: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it is renamed to `path` in one step.
@@ -52,12 +66,8 @@ def atomic_directory(path: str | Path, overwrite: bool = True, replaces: str | N
     mistyped `--out ~/data` must not wipe a user's folder.
     """
     path = Path(path)
-    if overwrite and path.is_dir() and any(path.iterdir()) and not (replaces and (path / replaces).exists()):
-        mark = f" (no {replaces})" if replaces else ""
-        raise OutputExistsError(
-            f"{path} exists and is not an earlier output of this kind{mark}; writing there would delete its "
-            "contents: choose another output directory, or empty or remove it first"
-        )
+    if overwrite:
+        check_output(path, replaces)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -616,3 +616,19 @@ def test_cli_data_build_unknown_task(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "unknown task(s) 'nope'; known tasks: describe, fanoutqa" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_folder_of_other_files_is_refused_before_the_build(tmp_path, monkeypatch) -> None:
+    from imprag.data import build as build_module
+    from imprag.io import OutputExistsError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the corpus was read before the output folder was checked")
+
+    monkeypatch.setattr(build_module, "read_corpus", no_reading)
+    with pytest.raises(OutputExistsError, match="holds files that are not an earlier output"):
+        build_benchmark(tmp_path / "mine", ["describe"])
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]

@@ -365,3 +365,17 @@ def test_eval_bm25_and_imprag_zero_shot_end_to_end(model: ImpRAG, tmp_path, caps
     assert nontrivial > 0
     describe = {s: json.loads((out / s / "metrics.json").read_text())["rows"][0]["em"] for s in systems}
     assert describe["bm25"] >= 0.5 and describe["imprag-zero-shot"] >= 0.5  # d0, d1 / d1, d2 at least
+
+
+def test_eval_refuses_a_bad_system_before_running_any(
+    model: ImpRAG, index_dir: Path, tmp_path, capsys
+) -> None:
+    """`--system closed-book,imprag` with an untrained model: the refusal comes first, not after closed-book
+    has run over every task."""
+    saved = tmp_path / "untrained"
+    model.save_pretrained(saved)
+    bench = write_bench(tmp_path / "bench", bench_items(), read_manifest(index_dir)["corpus_hash"])
+    argv = ["eval", "--data", str(bench), "--index", str(index_dir), "--system", "closed-book,imprag"]
+    assert main([*argv, "--model", str(saved), "--out", str(tmp_path / "out"), "--tasks", "describe"]) == 2
+    assert "has no train_config.json" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "closed-book").exists()

@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 2
     # The ranks of `index` and `train` end together (errors are broadcast), so the group can go now; an
     # unexpected exception propagates without this (other ranks may still wait in a collective).
-    from imprag.distributed import shutdown
-
-    shutdown()
+    joined = sys.modules.get("imprag.distributed")  # only commands that may have joined a group import it
+    if joined is not None:
+        joined.shutdown()
     return code

@@ -57,8 +57,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
     }  # fmt: skip
     out = Path(args.out)
-    for name in systems:
-        system = SYSTEMS[name](model, Path(args.index) if args.index else Path(), args.k)
+    index_dir = Path(args.index) if args.index else Path()
+    # Every system is made (and every refusal raised: a stale index, an untrained model under a trained
+    # name) before the first one runs for hours.
+    made = {name: SYSTEMS[name](model, index_dir, args.k) for name in systems}
+    for name, system in made.items():
         evaluate(
             system, bench, tasks, args.split, out / name, limit=args.limit, batch_size=args.batch_size,
             seed=args.seed, record=record, overwrite=args.overwrite, shots=args.shots,

@@ -19,8 +19,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from imprag.config import IMPRAG_CONFIG_NAME
-    from imprag.io import atomic_directory
+    from imprag.io import atomic_directory, atomic_write_text, check_output
 
+    check_output(args.out, replaces=IMPRAG_CONFIG_NAME)  # before the model loads
     if bool(args.prompts) == bool(args.data):
         raise UsageError("give --data BENCH (its prompts of --tasks) or --prompts FILE (one prompt per line)")
     if args.n < 1:
@@ -53,8 +54,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         with atomic_directory(out, replaces=IMPRAG_CONFIG_NAME) as tmp:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
             model.config.save(tmp)
-    else:
+    else:  # keep the training record (trained system names check it), also when out is the source
+        kept = {
+            n: (source / n).read_text(encoding="utf-8")
+            for n in ("train_config.json",)
+            if (source / n).is_file()
+        }
         model.save_pretrained(out)
+        for name, text in kept.items():
+            atomic_write_text(out / name, text)
     print(
         f"mu_q from {len(prompts)} prompts (norm {float(mu.norm()):.2f}) saved with the model in {out}; "
         f"pooling {model.config.embedding.pooling}. "

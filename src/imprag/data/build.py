@@ -29,7 +29,7 @@ from imprag.data.benchmark import MANIFEST, SPLITS, Benchmark, BenchmarkError, I
 from imprag.data.builders import EVAL_BUILDERS, TRAIN_BUILDERS, Candidate, check
 from imprag.data.sources import package_versions
 from imprag.data.tasks import TASKS, get_task
-from imprag.io import atomic_directory
+from imprag.io import atomic_directory, check_output
 from imprag.retrieval.corpus import CorpusHash, Passage, read_corpus
 
 __all__ = ["BuildConfig", "build_benchmark", "build_items"]
@@ -162,6 +162,7 @@ def build_benchmark(
         get_task(task)  # unknown names are errors before any work
     if (out / MANIFEST).exists() and not overwrite:
         raise BenchmarkError(f"{out} already holds a benchmark; pass overwrite=True (--overwrite) to rebuild")
+    check_output(out, replaces=MANIFEST)  # a folder of other files: refused before the build, never wiped
     passages = list(read_corpus(corpus))
     by_id = {p.id: p for p in passages}
     hasher = CorpusHash()

@@ -33,6 +33,7 @@ from torch import nn
 
 from imprag.config import ConfigError
 from imprag.io import atomic_directory, atomic_write_text
+from imprag.model.defaults import DEFAULT_MODELS
 from imprag.model.imprag import ImpRAG
 from imprag.training.config import EngineConfig, TrainConfig
 
@@ -120,7 +121,8 @@ def export_model(model: ImpRAG, directory: Path) -> None:
         # An embedded name ("smollm2-135m") or hub id stays as is; a local folder is made absolute, so the
         # adapter loads from any working directory.
         source = Path(model.source)
-        local = model.source and source.is_dir()  # "" (a model built in memory) is no folder
+        # (an embedded name wins over a same-named folder, as in from_pretrained; "" names no folder)
+        local = model.source not in DEFAULT_MODELS and model.source and source.is_dir()
         lora.base_model_name_or_path = str(source.resolve()) if local else model.source
         lora.save_pretrained(directory)
         state = {k: v.detach().contiguous() for k, v in trainable_state(model).items()}
