@@ -32,6 +32,15 @@ TRAINING_TEXT = [
 VOCAB = 320
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and a busy machine's spinning OpenMP threads slow them 100x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     """A real (byte-level BPE) tokenizer trained in a few milliseconds; no BOS, '</s>' is EOS."""

@@ -33,9 +33,7 @@ class Dist:
         """True on every rank if any rank failed (so all ranks stop together instead of hanging)."""
         if self.world == 1:
             return failed
-        # NCCL reduces GPU tensors only: this process's own GPU (init_from_env set it)
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([1 if failed else 0], device=device)
+        flag = torch.tensor([1 if failed else 0], device=self._device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -43,10 +41,19 @@ class Dist:
         """The mean of each value over the processes (identity with one)."""
         if self.world == 1:
             return values
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        total = torch.tensor(values, dtype=torch.float64, device=device)
+        total = torch.tensor(values, dtype=torch.float64, device=self._device())
         dist.all_reduce(total)
         return (total / self.world).tolist()
+
+    @staticmethod
+    def _device() -> torch.device:
+        """Where collectives' small tensors live: NCCL reduces GPU tensors only (this process's own GPU,
+        set by init_from_env); gloo, CPU ones."""
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else torch.device("cpu")
+        )
 
     def all_gather(self, tensor: Tensor) -> Tensor:
         """Every rank's `tensor` concatenated along dim 0 in rank order, (world * B, ...); every rank must

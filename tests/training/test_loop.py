@@ -46,13 +46,7 @@ BASE = [
 PROMPT = ["Q: What is the capital of Veloria? A:"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and a busy machine's spinning OpenMP threads slow them 100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(*overrides: str) -> TrainConfig:
