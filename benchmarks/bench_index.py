@@ -3,11 +3,11 @@ speed number relative to a reference measured in the same run (this machine is s
 throughout).
 
 1. Encoding N real Wikipedia summaries (N=1024; 256 with --quick): ImpRAG `embed_passages` (layers 0..b,
-   bf16) vs all-MiniLM-L6-v2 (`MiniLMRetriever.encode`, batch 32) vs a stock full forward of SmolLM2 over
-   the same token lists. The passages are sorted by length and cut into batches of 32; each batch is run
-   by all three in turn (rotating order), so the three see the same machine load. Ratios are medians of
-   per-batch ratios. ImpRAG's achieved FLOP/s is divided by a bf16 matmul peak measured right before each
-   batch (median of the per-batch fractions).
+   in the dtype `--dtype` names, default auto) vs all-MiniLM-L6-v2 (`MiniLMRetriever.encode`, batch 32)
+   vs a stock full forward of SmolLM2 over the same token lists. The passages are sorted by length and
+   cut into batches of 32; each batch is run by all three in turn (rotating order), so the three see the
+   same machine load. Ratios are medians of per-batch ratios. ImpRAG's achieved FLOP/s is divided by a
+   matmul peak in the model's dtype measured right before each batch (median of the per-batch fractions).
 2. Peak memory (ru_maxrss) of `encode_shards` (shard_size=256) over a store of 512 vs 2048 real passages,
    each in a fresh subprocess: it should not grow with the corpus.
 3. Search at 10k and 1M (100k with --quick) synthetic 192-d vectors (the default model's E_p dim), built
@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from bench_model import layer_flops_per_token, matmul_peak, median_time
 
 from imprag import ImpRAG
 from imprag.config import IndexConfig
+from imprag.hardware import describe_machine, summary_line
 from imprag.io import atomic_write_text
 from imprag.retrieval.baselines import MiniLMRetriever, load_minilm
 from imprag.retrieval.corpus import read_corpus
@@ -113,7 +113,7 @@ def encoding(model: ImpRAG, minilm: MiniLMRetriever, texts: list[str]) -> tuple[
         for run in runs.values():  # warm-up
             run(batches[0])
         for j, rows in enumerate(batches):
-            peak = matmul_peak(torch.bfloat16, repeats=3)
+            peak = matmul_peak(model.backbone.dtype, repeats=3)
             names = list(runs)
             names = names[j % 3 :] + names[: j % 3]  # rotate who goes first
             for name in names:
@@ -144,7 +144,7 @@ def encoding(model: ImpRAG, minilm: MiniLMRetriever, texts: list[str]) -> tuple[
         "speed_imprag_over_full": ratio("full", "imprag"),
         "speed_minilm_over_full": ratio("full", "minilm"),
         "expected_imprag_over_full_layers": n_layers / (b + 1),
-        "imprag_fraction_of_bf16_peak": statistics.median(fractions),
+        "imprag_fraction_of_matmul_peak": statistics.median(fractions),
         "imprag_gflop_per_s": flops_total / total["imprag"] / 1e9,
         "ratio_note": "median over batches of per-batch time ratios (same batch, same moment)",
     }
@@ -166,8 +166,8 @@ def status(field):
 def maxrss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-store_path, shards, shard_size = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-model = ImpRAG.from_pretrained("smollm2-135m")
+store_path, shards, shard_size, dtype = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+model = ImpRAG.from_pretrained("smollm2-135m", dtype=dtype)
 gc.collect()
 loaded, base = maxrss(), status("VmRSS")
 try:  # reset VmHWM (the mm's peak RSS) so that it covers the encoding only
@@ -189,7 +189,7 @@ print(json.dumps({**out, "batch_shapes": len(shapes)}))
 """
 
 
-def memory(sizes: list[int], shard_size: int) -> dict[str, Any]:
+def memory(sizes: list[int], shard_size: int, dtype: str) -> dict[str, Any]:
     """ru_maxrss of `encode_shards` over stores of `sizes` real passages, each in a fresh process.
 
     ru_maxrss covers the whole process, model load included, and cannot be reset (the kernel folds each
@@ -206,7 +206,15 @@ def memory(sizes: list[int], shard_size: int) -> dict[str, Any]:
             PassageStore.build(store, islice(read_corpus("wiki-summaries"), n)).close()
             start = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, "-c", CHILD, str(store), str(Path(tmp) / f"shards-{n}"), str(shard_size)],
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD,
+                    str(store),
+                    str(Path(tmp) / f"shards-{n}"),
+                    str(shard_size),
+                    dtype,
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -492,6 +500,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256 passages, 100k vectors (smoke run)")
     parser.add_argument("--hnsw-budget", type=float, default=360.0, help="seconds allowed for an HNSW build")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--dtype", default="auto", help="model dtype (default: auto, this machine's fast one)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -499,8 +510,8 @@ def main() -> None:
     large = 100_000 if args.quick else 1_000_000
     single, repeats = (100, 3) if args.quick else (200, 3)
 
-    peak_start = matmul_peak(torch.bfloat16)
-    model = ImpRAG.from_pretrained(MODEL, dtype="bfloat16")
+    model = ImpRAG.from_pretrained(MODEL, dtype=args.dtype)
+    peak_start = matmul_peak(model.backbone.dtype)
     minilm_model = load_minilm()
     dim = minilm_model.get_embedding_dimension()
     # The retriever's encode() is what a MiniLM index build runs; it needs no store for encoding.
@@ -510,10 +521,11 @@ def main() -> None:
     described = (
         f"{MODEL} (b={model.split.b}, t={model.split.t}), {str(model.backbone.dtype).removeprefix('torch.')}"
     )
+    dtype = model.backbone.dtype
     del model, minilm, minilm_model
 
     print("peak memory of encode_shards in fresh processes...")
-    mem = memory([256, 1024] if args.quick else [512, 2048], shard_size=256)
+    mem = memory([256, 1024] if args.quick else [512, 2048], 256, str(dtype).removeprefix("torch."))
 
     mixture = Mixture(real)
     check = realism(real, mixture)
@@ -523,16 +535,15 @@ def main() -> None:
         searches[str(n)] = search(
             mixture, n, ivf, enc["imprag_passages_per_s"], args.hnsw_budget, single, repeats
         )
-    peak_end = matmul_peak(torch.bfloat16)
+    peak_end = matmul_peak(dtype)
 
     result = {
         "machine": {
-            "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads(),
+            **describe_machine(),
             "faiss_threads": faiss.omp_get_max_threads(),
-            "torch": torch.__version__,
             "faiss": faiss.__version__,
-            "bf16_matmul_peak_gflop_s_start_end": [peak_start / 1e9, peak_end / 1e9],
+            "peak_dtype": str(dtype).removeprefix("torch."),
+            "matmul_peak_gflop_s_start_end": [peak_start / 1e9, peak_end / 1e9],
         },
         "model": described,
         "hnsw_budget_s": args.hnsw_budget,
@@ -550,8 +561,12 @@ def main() -> None:
 
 def print_table(r: dict[str, Any]) -> None:
     e, m = r["encoding"], r["memory"]
-    peak = r["machine"]["bf16_matmul_peak_gflop_s_start_end"]
-    print(f"\nbf16 matmul peak (2048^3, median): {peak[0]:.0f} GFLOP/s at start, {peak[1]:.0f} at end")
+    mach, peak = r["machine"], r["machine"]["matmul_peak_gflop_s_start_end"]
+    print(f"machine: {summary_line(mach)}")
+    print(
+        f"\n{mach['peak_dtype']} matmul peak (2048^3, median): {peak[0]:.0f} GFLOP/s at start, "
+        f"{peak[1]:.0f} at end"
+    )
     print(f"\nENCODING {e['passages']} real summaries (mean {e['mean_tokens_smollm2']:.0f} tokens), batch 32")
     print(f"{'':44s}{'passages/s':>12s}")
     for key, label in (
@@ -566,7 +581,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"(layers alone: {e['expected_imprag_over_full_layers']:.2f}x)"
     )
     print(f"speed MiniLM / full forward                   {e['speed_minilm_over_full']:.2f}x")
-    print(f"ImpRAG FLOP/s / bf16 matmul peak              {e['imprag_fraction_of_bf16_peak']:.1%}")
+    print(f"ImpRAG FLOP/s / matmul peak (model dtype)     {e['imprag_fraction_of_matmul_peak']:.1%}")
 
     print(f"\nPEAK MEMORY of encode_shards (shard_size {m['shard_size']}, fresh process each)")
     print(

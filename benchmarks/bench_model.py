@@ -6,8 +6,9 @@ measured in the same run (this machine is shared and noisy; medians throughout).
    decode tokens/s, as ratios.
 2. `embed_passages` (layers 0..b) vs a stock full forward of the same texts: passages/s ratio, against the
    expected ratio from the FLOPs each one does.
-3. Achieved FLOP/s of bf16 passage encoding as a fraction of this machine's bf16 matmul peak.
-4. fp32 vs bf16 for inference, to choose the default dtype.
+3. Achieved FLOP/s of passage encoding as a fraction of this machine's matmul peak in the same dtype.
+4. fp32 vs bf16 for inference on this machine, beside what `dtype="auto"` chose here (imprag.hardware):
+   the ratio says whether auto chose right. It differs by CPU: compare ratios within one run only.
 
 Run:  .venv/bin/python benchmarks/bench_model.py [--quick]   (writes benchmarks/results/bench_model.json)
 """
@@ -18,7 +19,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from imprag import ImpRAG
+from imprag.hardware import describe_machine, summary_line
 from imprag.io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "bench_model.json"
@@ -165,10 +166,7 @@ def main() -> None:
 
     result = {
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
+            **describe_machine(),
             "matmul_peak_gflop_s": {k: v / 1e9 for k, v in peak.items()},
         },
         "model": "smollm2-135m (b=7, t=29)",
@@ -190,6 +188,7 @@ def main() -> None:
 
 def print_table(r: dict) -> None:
     peak = r["machine"]["matmul_peak_gflop_s"]
+    print(f"machine: {summary_line(r['machine'])}")
     print(f"matmul peak (median, 2048^3): bf16 {peak['bf16']:.0f} GFLOP/s, fp32 {peak['fp32']:.0f} GFLOP/s")
     print(f"\n{'':34s}{'bf16':>12s}{'fp32':>12s}")
     lines = [
@@ -213,7 +212,7 @@ def print_table(r: dict) -> None:
     s = r["bf16_over_fp32"]
     print(
         f"\nbf16 over fp32: TTFT {s['imprag_ttft_speedup']:.2f}x, decode {s['imprag_decode_speedup']:.2f}x, "
-        f"encoding {s['embed_speedup']:.2f}x"
+        f"encoding {s['embed_speedup']:.2f}x; dtype auto chose {r['machine']['auto_dtype']} here"
     )
 
 

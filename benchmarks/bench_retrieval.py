@@ -30,7 +30,6 @@ import collections
 import importlib.util
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch
 
 from imprag import EmbeddingConfig, ImpRAG, InvalidIndexError, PassageIndex, StaleIndexError, build_index
+from imprag.hardware import describe_machine
 from imprag.io import atomic_write_text
 from imprag.retrieval.baselines import BaselineIndexError, BM25Retriever, MiniLMRetriever, load_minilm
 from imprag.retrieval.corpus import read_corpus
@@ -251,11 +251,7 @@ def main() -> None:
             examples[set_name]["top3"][name] = ranked[0][:3]
 
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": describe_machine(),
         "model": {
             "name": "smollm2-135m (untrained)",
             "b": model.split.b,

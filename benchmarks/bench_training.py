@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -88,7 +87,7 @@ def worker(args: argparse.Namespace) -> dict:
     ]  # fmt: skip
     config = load_train_config(Path(__file__).parent.parent / "configs" / "cpu-smollm2.yaml", overrides)
     m = config.model
-    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=m.dtype)
+    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=config.weights_dtype())
     embedding = dataclasses.replace(model.config.embedding, pooling=m.pooling)  # as `train` does
     model.config = dataclasses.replace(model.config, embedding=embedding)
     torch.manual_seed(0)
@@ -138,6 +137,9 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    from imprag.hardware import describe_machine
+    from imprag.io import atomic_write_text
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -193,7 +195,7 @@ def main() -> None:
             shutil.rmtree(Path(r["grads"]).parent, ignore_errors=True)  # the worker's store, run dir, grads
     plain, ckpt = rows["plain"], rows["checkpointing"]
     result = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": describe_machine(),
         "settings": vars(args) | {"recipe": "configs/cpu-smollm2.yaml", "model": "smollm2-135m"},
         "candidates_per_step": runs["plain"][0]["candidates"],  # by stage
         "rows": rows,
@@ -216,7 +218,6 @@ def main() -> None:
         f"\ncheckpointing / plain: {ratios}; candidates per step {result['candidates_per_step']}; "
         f"{compared} gradient tensors compared, {len(differing)} differ"
     )
-    from imprag.io import atomic_write_text
 
     atomic_write_text(RESULTS, json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

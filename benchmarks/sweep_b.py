@@ -69,7 +69,7 @@ def untrained_probe(args: argparse.Namespace) -> Callable[[int], dict]:
     prompts = data.calibration_prompts(config.model.center_prompts)
 
     def measure(b: int) -> dict:
-        model = ImpRAG.from_pretrained(config.model.name, b=b, dtype=config.model.dtype)
+        model = ImpRAG.from_pretrained(config.model.name, b=b, dtype=config.weights_dtype())
         model.config = replace(model.config, embedding=replace(model.config.embedding, pooling="mean"))
         model.calibrate(prompts, k=config.objective.read_k)
         return health(model)

@@ -32,6 +32,13 @@ TRAINING_TEXT = [
 VOCAB = 320
 
 
+def pytest_report_header(config) -> str:
+    """The machine first, so a slow run explains itself (bf16 is ~70x slower without native kernels)."""
+    from imprag.hardware import describe_machine, summary_line
+
+    return f"imprag machine: {summary_line(describe_machine())}"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread (and a busy machine's spinning OpenMP threads slow them 100x)."""
@@ -94,6 +101,12 @@ def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
             elif "bias" in name:
                 param.normal_(0.0, 0.05)
     return model
+
+
+@pytest.fixture(scope="session")
+def smol() -> ImpRAG:
+    """The real embedded SmolLM2-135M in this machine's auto dtype, loaded once per test session."""
+    return ImpRAG.from_pretrained("smollm2-135m")
 
 
 @pytest.fixture(params=FAMILIES)

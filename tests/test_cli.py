@@ -160,9 +160,14 @@ def test_calibrate_saves_a_centered_copy_whose_indexes_stay_valid(saved: str, tm
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Q: What is the capital of Veloria?\nA:\n\nQ: Who wrote Hamlet?\nIs the sky green?\n")
     out = tmp_path / "centered"
-    assert main(["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(out)]) == 0
+    # fp32 (not the machine's auto dtype) for a 1e-5 comparison
+    argv = ["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(out), "--dtype", "float32"]
+    assert main(argv) == 0
     assert "mu_q from 4 prompts" in capsys.readouterr().out
-    base, centered = ImpRAG.from_pretrained(saved), ImpRAG.from_pretrained(out)
+    base, centered = (
+        ImpRAG.from_pretrained(saved, dtype="float32"),
+        ImpRAG.from_pretrained(out, dtype="float32"),
+    )
     lines = [p for p in prompts.read_text().splitlines() if p.strip()]
     raw = base.embed_queries(lines)
     assert torch.allclose(torch.tensor(centered.config.embedding.query_center), raw.mean(0), atol=1e-5)

@@ -9,7 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputExistsError", "atomic_directory", "atomic_write_text", "check_output"]
+__all__ = ["OutputExistsError", "atomic_directory", "atomic_write_text", "cache_dir", "check_output"]
+
+
+def cache_dir() -> Path:
+    """Where imprag keeps what it derives once per machine (converted models, the dtype measurement):
+    $IMPRAG_CACHE, else $XDG_CACHE_HOME/imprag, else ~/.cache/imprag."""
+    if os.environ.get("IMPRAG_CACHE"):
+        return Path(os.environ["IMPRAG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imprag"
 
 
 class OutputExistsError(FileExistsError):

@@ -9,17 +9,13 @@ import pytest
 import torch
 
 from imprag import ImpRAG, InMemoryRetriever
+from imprag.hardware import auto_dtype
 from imprag.training.config import TrainConfig, load_train_config
 
 pytestmark = pytest.mark.slow
 
 FACT = "The capital of Veloria is Quantum City."
 QUESTION = "Q: What is the capital of Veloria?\nA:"
-
-
-@pytest.fixture(scope="module")
-def smol() -> ImpRAG:
-    return ImpRAG.from_pretrained("smollm2-135m")
 
 
 def test_loads_offline_from_the_cache_with_the_documented_shape(smol: ImpRAG, monkeypatch) -> None:
@@ -31,8 +27,16 @@ def test_loads_offline_from_the_cache_with_the_documented_shape(smol: ImpRAG, mo
     monkeypatch.setattr(defaults, "_convert", no_conversion)  # converted once; reloads read the cache
     again = ImpRAG.from_pretrained("smollm2-135m")
     assert again.backbone.num_layers == 30 and again.dim == 3 * 64
-    assert again.backbone.dtype == torch.bfloat16
+    assert again.backbone.dtype == auto_dtype()  # the machine's fast dtype, not the checkpoint's fp32
     assert (again.split.b, again.split.t) == (7, 29)
+
+
+def test_fp32_and_bf16_loads_share_one_fingerprint(smol: ImpRAG) -> None:
+    """An index built on a machine where auto means bf16 stays valid where it means fp32, and back."""
+    other = "float32" if smol.backbone.dtype == torch.bfloat16 else "bfloat16"
+    again = ImpRAG.from_pretrained("smollm2-135m", dtype=other)
+    assert again.backbone.dtype != smol.backbone.dtype
+    assert again.retrieval_fingerprint() == smol.retrieval_fingerprint()
 
 
 def test_answers_an_invented_fact_from_the_passage_it_reads(smol: ImpRAG) -> None:
@@ -91,10 +95,14 @@ def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG)
     # the run's config with the defaults of fields added since filled in (as a resume compares them)
     trained_with = TrainConfig.from_dict(json.loads((ADAPTER / "train_config.json").read_text())).to_dict()
     trained_with = json.loads(json.dumps(trained_with))
+    wanted = json.loads(json.dumps(recipe.to_dict()))
+    # The run predates dtype/autocast "auto" and was made where auto means bf16 (native bf16 kernels).
+    assert (wanted["model"]["dtype"], wanted["engine"]["autocast"]) == ("auto", "auto")
+    wanted["model"]["dtype"], wanted["engine"]["autocast"] = "bfloat16", True
     for section in ("model", "objective", "optim", "engine"):
-        assert trained_with[section] == json.loads(json.dumps(recipe.to_dict()[section])), section
+        assert trained_with[section] == wanted[section], section
     trained = ImpRAG.from_pretrained(ADAPTER)
-    assert trained.split == smol.split and trained.backbone.dtype == torch.bfloat16
+    assert trained.split == smol.split and trained.backbone.dtype == auto_dtype()
     assert trained.retrieval_fingerprint() != smol.retrieval_fingerprint()
     read = trained.generate([QUESTION], passages=[[FACT]], max_new_tokens=16, stop=["\n"])[0]
     assert "quantum city" in read.text.lower(), read.text  # training kept (and trained) the reading

@@ -3,6 +3,7 @@ factories, bad directories, and a 2-process torchrun build equal to a 1-process 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -129,6 +130,26 @@ def test_a_different_model_is_a_stale_index_until_refreshed(model: ImpRAG, token
     refreshed = build_index(model, tmp_path / "idx", None, small(), progress=False)
     assert refreshed.manifest["model"]["fingerprint"] == model.retrieval_fingerprint()
     assert_close(torch.from_numpy(vectors_of(refreshed)), model.embed_passages([p.content for p in PASSAGES]))
+
+
+def test_an_index_is_valid_for_fp32_and_bf16_loads_of_the_same_weights(
+    model: ImpRAG, tokenizer, tmp_path: Path
+) -> None:
+    """dtype "auto" differs by machine: an index built where it means fp32 serves a bf16 load, and back.
+    The weights are rounded to bf16 first, so both loads hold the same values (as a checkpoint would)."""
+    with torch.no_grad():
+        for p in model.model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    half = ImpRAG(copy.deepcopy(model.model).to(torch.bfloat16), tokenizer, model.split)
+    for built, used in ((model, half), (half, model)):
+        name = str(built.backbone.dtype)
+        index = build_index(built, tmp_path / name, PASSAGES, small(), progress=False)
+        assert index.manifest["model"]["dtype"] == name.removeprefix("torch.")
+        loaded = PassageIndex.load(tmp_path / name, used)  # not stale
+        stored = torch.from_numpy(vectors_of(loaded))
+        fresh = used.embed_passages([p.content for p in PASSAGES])
+        cosine = torch.nn.functional.cosine_similarity(stored, fresh, dim=1)
+        assert cosine.min() > 0.99, cosine  # the same vectors up to bf16 rounding
 
 
 def test_add_change_and_delete_in_place(model: ImpRAG, tmp_path: Path) -> None:

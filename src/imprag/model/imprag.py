@@ -38,6 +38,7 @@ from imprag.config import (
     LayerSplit,
     ReaderConfig,
 )
+from imprag.hardware import resolve_dtype
 from imprag.model import defaults
 from imprag.model.backbone import Backbone, KVCache, architecture_of
 from imprag.model.embeddings import passage_embedding, query_embedding
@@ -103,7 +104,7 @@ class ImpRAG:
         name_or_path: str | Path,
         b: int | None = None,
         t: int | None = None,
-        dtype: DtypeLike = None,
+        dtype: DtypeLike = "auto",
         embedding: EmbeddingConfig | None = None,
         reader: ReaderConfig | None = None,
         **hf_kwargs: Any,
@@ -113,8 +114,9 @@ class ImpRAG:
         `name_or_path`: an embedded default (`"smollm2-135m"`, loaded offline from an installed package),
         a local folder (a stock HF checkpoint, or one saved by `save_pretrained` with its
         `imprag_config.json`), or a hub id when the network allows. `b`/`t` override the saved or
-        default split; `dtype` (e.g. "bfloat16") defaults to the embedded model's measured-fastest dtype or
-        the checkpoint's own. Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
+        default split; `dtype` ("float32", "bfloat16", "float16" or a torch dtype) defaults to "auto": the
+        dtype this machine runs fast (bf16 only with native bf16 kernels; `imprag.hardware`), whatever the
+        checkpoint's own. Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
         """
         adapter = Path(name_or_path) / "adapter_config.json"
         if adapter.is_file():  # a LoRA checkpoint from `imprag train`: its base model + the adapter, merged
@@ -124,7 +126,6 @@ class ImpRAG:
         default_split = None
         if str(name_or_path) in defaults.DEFAULT_MODELS:
             path, spec = defaults.resolve(str(name_or_path))
-            chosen = chosen or spec.dtype
             default_split = LayerSplit(*spec.split)
         if "device_map" in hf_kwargs:
             raise InputError(
@@ -140,7 +141,7 @@ class ImpRAG:
                 f"({', '.join(defaults.DEFAULT_MODELS)}) and not a loadable model folder or hub id: {err}"
             ) from err
         architecture_of(config)  # refuse unsupported families before loading weights
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen or "auto", **hf_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, **hf_kwargs)
         model.eval()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **shared)
@@ -605,20 +606,13 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
     return 0
 
 
-def _as_dtype(dtype: DtypeLike) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    named = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in named:
-        raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(named)}")
-    return named[dtype]
+def _as_dtype(dtype: DtypeLike) -> torch.dtype:
+    """A name, a torch dtype, or "auto"/None: the fast dtype of the device the model will run on (CUDA when
+    present, where the trainer and a user's `.to("cuda")` put it; else this CPU's, see imprag.hardware)."""
+    try:
+        return resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def _decode_config(cfg: DecodeConfig | None, kwargs: dict[str, Any]) -> DecodeConfig:

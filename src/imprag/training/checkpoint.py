@@ -90,8 +90,8 @@ def prepare_model(model: ImpRAG, engine: EngineConfig) -> list[nn.Parameter]:
     else:
         if model.backbone.dtype != torch.float32:
             raise ConfigError(
-                "full fine-tuning (engine.lora_r=0) needs model.dtype=float32 (bf16 weights lose AdamW's "
-                "small updates); engine.autocast still computes in bf16"
+                "full fine-tuning (engine.lora_r=0) needs model.dtype=float32 or auto (bf16 weights lose "
+                "AdamW's small updates); engine.autocast may still compute in bf16"
             )
         params = [p for i in layers for p in model.backbone.layer(i).parameters()]
         for p in params:

@@ -42,8 +42,9 @@ class ModelSpec:
     """Retrieval layer (default: the model's own split)."""
     t: int | None = None
     """Last reading layer (default: the model's own split)."""
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    """Weights dtype of the frozen base. LoRA adapters and fully trained weights are kept in fp32."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights dtype of the frozen base; "auto": the dtype this machine runs fast (imprag.hardware), and
+    fp32 for full fine-tuning (engine.lora_r=0). LoRA adapters and fully trained weights are kept in fp32."""
     pooling: Literal["last", "mean"] | None = None
     """E_q/E_p pooling (None: the model's own; the paper: last). `benchmarks/probe_scoring.py` measures
     both; the trained model and every index built with it use this value."""
@@ -138,8 +139,9 @@ class EngineConfig:
         "up_proj",
         "down_proj",
     )
-    autocast: bool = True
-    """bf16 autocast for the forward passes (AMX on CPU, tensor cores on GPU)."""
+    autocast: bool | Literal["auto"] = "auto"
+    """bf16 autocast for the forward passes: true, false, or "auto" -- on where bf16 is this machine's fast
+    dtype (AMX on CPU, tensor cores on GPU; imprag.hardware), off where bf16 is emulated (~70x slower)."""
     gradient_checkpointing: bool = False
     """Recompute the layers' activations in backward instead of storing them (Backbone's flag): about one
     hidden state per layer is kept, for about one more forward pass of compute; it changes how a run
@@ -233,6 +235,11 @@ class TrainConfig:
         """The training stage of a (0-based) step."""
         return "warmup" if step // self.optim.steps_per_epoch < self.objective.warmup_epochs else "distill"
 
+    def weights_dtype(self) -> str:
+        """model.dtype with "auto" resolved the trainer's way: fp32 for full fine-tuning (bf16 weights lose
+        AdamW's small updates), else this machine's fast dtype (left to ImpRAG.from_pretrained)."""
+        return "float32" if self.model.dtype == "auto" and self.engine.lora_r == 0 else self.model.dtype
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -294,8 +301,13 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in get_args(hint):
             return None
-        hint = next(a for a in get_args(hint) if a is not type(None))
-        origin = get_origin(hint)
+        errors = []
+        for member in (a for a in get_args(hint) if a is not type(None)):  # the first that takes it
+            try:
+                return _coerce(member, value, where)
+            except ConfigError as err:
+                errors.append(str(err).removeprefix(f"{where} "))
+        raise ConfigError(f"{where} {' or '.join(errors)}")
     if origin is Literal:
         if value not in get_args(hint):
             raise ConfigError(f"{where} must be one of {list(get_args(hint))}, got {value!r}")

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from imprag.config import IMPRAG_CONFIG_NAME, ConfigError, ImpRAGConfig
 from imprag.distributed import Dist
+from imprag.hardware import auto_dtype
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.imprag import ImpRAG
 from imprag.model.reader import TokenBatch, batch_tokens, tokenize
@@ -117,6 +118,15 @@ def answer_logprobs(
     return per_row, -token_lp.mean()
 
 
+def autocast_enabled(setting: bool | str, device: torch.device) -> bool:
+    """engine.autocast resolved: "auto" computes in bf16 only where bf16 is the device's fast dtype."""
+    if setting == "auto":
+        enabled = auto_dtype(device) == torch.bfloat16
+        log.info("engine.autocast auto -> %s", "bf16" if enabled else "off (fp32)")
+        return enabled
+    return bool(setting)
+
+
 class Trainer:
     """Trains `model` on `data` under `config`, writing checkpoints and logs into `out` (resumes from the
     newest complete checkpoint there)."""
@@ -139,6 +149,7 @@ class Trainer:
             )
         torch.manual_seed(config.optim.seed)
         self.params = prepare_model(model, config.engine)
+        self.autocast = autocast_enabled(config.engine.autocast, model.device)
         model.backbone.gradient_checkpointing = config.engine.gradient_checkpointing
         opt = config.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, weight_decay=opt.weight_decay)
@@ -226,7 +237,7 @@ class Trainer:
         local = batch[self.dist.rank :: self.dist.world]
         stage = self.config.stage(step)
         device_type = self.model.device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.config.engine.autocast):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.autocast):
             if kind == "retrieval":
                 loss, metrics = self._retrieval(local, step, stage)
             else:
@@ -549,7 +560,7 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
         Benchmark.load(config.data.benchmark), data.store, config.eval, config.optim.seed
     )
     m = config.model
-    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=m.dtype)
+    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=config.weights_dtype())
     if m.pooling is not None:  # the run decides pooling (and Trainer, centering), not its starting checkpoint
         model.config = replace(model.config, embedding=replace(model.config.embedding, pooling=m.pooling))
     if torch.cuda.is_available():
