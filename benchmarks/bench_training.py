@@ -3,13 +3,12 @@ costs in memory and time with `engine.gradient_checkpointing` on, relative to th
 the same run.
 
 The step is the loop's own `Trainer.train_step` under `configs/cpu-smollm2.yaml` (LoRA r=8 on every layer
-group, bf16 weights and autocast, batch 8, 5 positives + 4 hard negatives per item and 16 random rows per
-warmup step, the generator reading the retriever's current top 3, centered mean-pooled scores), on real
-Wikipedia passages
-(the embedded corpus) with synthetic labels: an item's own article plus random rows stand in for the
-teacher's positives, which changes no tensor shape. Both stages are measured: a warmup step (J_gen +
-NCE over every candidate's E_p, with gradients) and a self-distillation step (also the KL target: one
-answer likelihood per candidate under no_grad).
+group, dtype and autocast "auto" (bf16 only with native bf16 kernels), batch 8, 5 positives + 4 hard
+negatives per item and 16 random rows per warmup step, the generator reading the retriever's current top
+3, centered mean-pooled scores), on real Wikipedia passages (the embedded corpus) with synthetic labels:
+an item's own article plus random rows stand in for the teacher's positives, which changes no tensor
+shape. Both stages are measured: a warmup step (J_gen + NCE over every candidate's E_p, with gradients)
+and a self-distillation step (also the KL target: one answer likelihood per candidate under no_grad).
 
 Each setting runs in fresh processes (`--processes`, alternating), so a peak resident memory (VmHWM) is
 one run's own. Reported, as medians over the processes (each process's value is kept too):

@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from imprag import ImpRAG
+from imprag.hardware import describe_machine
 from imprag.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,7 +58,9 @@ def main() -> None:
         b, t = model.split.b, model.split.t
         rows.append({"model": spec, "b": b, "t": t, "alone": alone, "with_distractors": mixed})
         print(f"{spec[-60:]:<60} {b:>3} {t:>3} {alone:>7}/{args.n} {mixed:>11}/{args.n}")
-    atomic_write_text(args.out, json.dumps({"n": args.n, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(
+        args.out, json.dumps({"machine": describe_machine(), "n": args.n, "rows": rows}, indent=2) + "\n"
+    )
     print(f"wrote {args.out}")
 
 

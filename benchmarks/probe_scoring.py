@@ -37,6 +37,7 @@ from torch import Tensor
 
 from imprag import ImpRAG, PassageIndex
 from imprag.data import Benchmark
+from imprag.hardware import describe_machine
 from imprag.io import atomic_write_text
 from imprag.training.config import EvalConfig
 from imprag.training.health import RetrievalHealth
@@ -100,6 +101,7 @@ def main() -> None:
         cells = [f"{row[t]['recall']:.2f} / {row[t]['hub_share']:.2f}" for t in tasks]
         print(f"| {name} | " + " | ".join(cells) + " |")
     record = {
+        "machine": describe_machine(),
         "model": args.model,
         "pool": len(health.pool),
         "k": health.k,

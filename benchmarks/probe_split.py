@@ -19,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from imprag import ImpRAG, LayerSplit, ReaderConfig
+from imprag.hardware import describe_machine
 from imprag.io import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results" / "probe_split.json"
@@ -114,7 +115,8 @@ def main() -> None:
         print(f"{b:>3} {t:>3} {layout:>7} {l_max:>6} {alone:>7}/{args.n} {mixed:>11}/{args.n}")
     result = {
         "model": "smollm2-135m",
-        "dtype": "bfloat16",
+        "dtype": str(base.backbone.dtype).removeprefix("torch."),
+        "machine": describe_machine(),
         "n": args.n,
         "closed_book": closed_hits,
         "rows": rows,

@@ -116,9 +116,16 @@ def main() -> None:
             if health is not None:
                 cells = [f"{health[t]['recall']:.2f} / {health[t]['hub_share']:.2f}" for t in tasks]
                 print(f"| {b} | {when} | " + " | ".join(cells) + " |")
+    from imprag.hardware import describe_machine
     from imprag.io import atomic_write_text
 
-    record = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": 8, "rows": rows}
+    record = {
+        "machine": describe_machine(),
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps,
+        "batch_size": 8,
+        "rows": rows,
+    }
     atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
     print(f"written to {args.out}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,13 @@ def timings(fp32: float, bf16: float):
         return {"float32": fp32, "bfloat16": bf16}
 
     return measure, calls
+
+
+@pytest.fixture(autouse=True)
+def no_isa_override(monkeypatch) -> None:
+    """The flag rules hold without ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA (a test may set them)."""
+    for name in hardware.ISA_OVERRIDES:
+        monkeypatch.delenv(name, raising=False)
 
 
 def test_flags_decide_without_measuring() -> None:
@@ -73,39 +81,74 @@ def test_cpu_info_reads_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
 
 
 def test_a_measurement_is_cached_per_machine_and_a_bad_cache_is_measured_again(
-    tmp_path: Path, caplog
+    tmp_path: Path, caplog, monkeypatch
 ) -> None:
     path = tmp_path / "machine.json"
     measure, calls = timings(0.010, 0.004)
     first = hardware._cached_cpu_choice(ZEN4, path, measure)
-    saved = json.loads(path.read_text())
+    (saved,) = json.loads(path.read_text()).values()
     assert calls == [1] and saved["dtype"] == "bfloat16" and saved["key"] == hardware.machine_key(ZEN4)
     again = hardware._cached_cpu_choice(ZEN4, path, never)  # the cache answers
     assert again.dtype == first.dtype and again.reason.endswith("(cached)")
 
-    # another machine (other CPU), another torch: ignored, measured again, rewritten for this one
-    path.write_text(
-        json.dumps({**saved, "key": {**saved["key"], "cpu": "Some Other CPU"}, "dtype": "float32"})
-    )
-    assert hardware._cached_cpu_choice(ZEN4, path, measure).dtype == torch.bfloat16 and calls == [1, 1]
-    assert json.loads(path.read_text())["key"]["cpu"] == ZEN4.model
-    path.write_text(json.dumps({**saved, "key": {**saved["key"], "torch": "0.1"}, "dtype": "float32"}))
-    assert hardware._cached_cpu_choice(ZEN4, path, measure).dtype == torch.bfloat16 and len(calls) == 3
+    # another CPU, or an ISA override, has its own entry: measured once, the first entry kept
+    other = CpuInfo("Some Other CPU", "x86_64", ZEN4.flags)
+    assert hardware._cached_cpu_choice(other, path, timings(0.010, 0.009)[0]).dtype == torch.float32
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert hardware._cached_cpu_choice(ZEN4, path, timings(0.010, 0.5)[0]).dtype == torch.float32
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert len(json.loads(path.read_text())) == 3
+    assert hardware._cached_cpu_choice(ZEN4, path, never).dtype == torch.bfloat16  # still cached
+    assert hardware._cached_cpu_choice(other, path, never).dtype == torch.float32
 
-    for corrupt in ("{not json", '{"key": 1}', '["a list"]', json.dumps({**saved, "dtype": "int3"})):
+    for corrupt in (
+        "{not json",
+        '["a list"]',
+        json.dumps({json.dumps(saved["key"], sort_keys=True): {"dtype": "int3"}}),
+    ):
         path.write_text(corrupt)
+        caplog.clear()
         with caplog.at_level(logging.WARNING, logger="imprag.hardware"):
             assert hardware._cached_cpu_choice(ZEN4, path, measure).dtype == torch.bfloat16
-    assert len(calls) == 7 and json.loads(path.read_text())["dtype"] == "bfloat16"
+        assert "ignoring the unreadable" in caplog.text, corrupt
+    assert len(calls) == 4 and next(iter(json.loads(path.read_text()).values()))["dtype"] == "bfloat16"
 
     flags_only = tmp_path / "flags.json"
     hardware._cached_cpu_choice(AVX2, flags_only, never)
     assert not flags_only.exists()  # nothing measured, nothing to cache
 
 
+def test_an_isa_override_makes_even_amx_measured(monkeypatch) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN told not to use AMX / AVX512_BF16
+    emulated, calls = timings(0.010, 0.7)
+    chosen = choose_cpu_dtype(AMX, emulated)
+    assert chosen.dtype == torch.float32 and calls == [1] and "ONEDNN_MAX_CPU_ISA set" in chosen.reason
+    assert choose_cpu_dtype(AVX2, timings(0.010, 0.004)[0]).dtype == torch.bfloat16  # flags not trusted
+
+
+def test_measure_matmuls_stops_early_where_bf16_is_emulated(monkeypatch) -> None:
+    """The tiny probe decides when bf16 is >10x slower: the large matmul (seconds if emulated) never runs."""
+    import torch.nn.functional as F
+
+    shapes = []
+    real = F.linear
+
+    def slow_bf16(x, w):
+        shapes.append(tuple(x.shape))
+        if x.dtype == torch.bfloat16:
+            time.sleep(0.002)  # ~100x a tiny fp32 matmul
+        return real(x, w)
+
+    monkeypatch.setattr(hardware.F, "linear", slow_bf16)
+    seconds = hardware.measure_matmuls(rows=64, hidden=32, inner=64, repeats=2)
+    assert seconds["bfloat16"] > 10 * seconds["float32"]
+    assert all(rows == 32 for rows, _ in shapes)  # only the tiny (32-row) probe ran
+
+
 def test_the_cache_key_names_what_changes_a_measurement(monkeypatch) -> None:
     key = hardware.machine_key(ZEN4)
-    assert key["flags"] == ["avx2", "avx512_bf16", "avx512f"] and key["threads"] == torch.get_num_threads()
+    assert key["flags"] == ["avx2", "avx512_bf16", "avx512f"] and key["rule"] == hardware.RULE
+    assert "threads" not in key  # torchrun ranks (1 thread each) reuse a plain run's decision
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # forces emulated bf16 kernels: must not reuse
     assert hardware.machine_key(ZEN4) != key
 
@@ -123,10 +166,17 @@ def fresh(monkeypatch, tmp_path: Path):
 
 
 def test_cuda_follows_bf16_support(fresh, monkeypatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    asked = []
+
+    def native(including_emulation=True, answer=True):
+        asked.append(including_emulation)
+        return answer
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", native)
     assert hardware.auto_dtype("cuda") == torch.bfloat16
+    assert asked == [False]  # emulated bf16 (pre-Ampere GPUs) does not count
     monkeypatch.setattr(hardware, "_CHOSEN", {})
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert hardware.auto_dtype("cuda:0") == torch.float32
 
 
@@ -138,6 +188,15 @@ def test_the_choice_is_made_and_logged_once_per_process(fresh, monkeypatch, capl
         assert resolve_dtype("auto") == torch.float32 and resolve_dtype(None) == torch.float32
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["dtype auto -> float32 (no native bf16 on this CPU)"]
+
+
+def test_from_pretrained_resolves_auto_for_the_cpu_even_beside_a_gpu(fresh, monkeypatch, tiny_dir) -> None:
+    """Weights load onto the CPU and every command but train runs there: the CPU's rule, not CUDA's."""
+    devices = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(hardware, "auto_dtype", lambda device="cpu": devices.append(device) or torch.float32)
+    ImpRAG.from_pretrained(tiny_dir)
+    assert devices == ["cpu"]
 
 
 def test_explicit_names_and_dtypes_win_and_unknown_names_list_the_choices(fresh, monkeypatch) -> None:
@@ -170,9 +229,8 @@ def test_from_pretrained_defaults_to_the_machines_dtype_and_an_explicit_one_wins
 
 
 def test_cli_dtype_choices(tiny_dir: Path, capsys) -> None:
-    from imprag.cli import _common, main
+    from imprag.cli import main
 
-    assert _common.DTYPE_CHOICES == hardware.DTYPE_CHOICES
     with pytest.raises(SystemExit) as exit_:
         main(["info", "--model", str(tiny_dir), "--dtype", "int3"])
     error = capsys.readouterr().err.strip().splitlines()[-1]

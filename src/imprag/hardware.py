@@ -7,7 +7,8 @@ on an Intel Sapphire Rapids with AMX-BF16, a 2048^3 matmul ran ~2,500 GFLOP/s in
 Between the two sit CPUs with AVX512_BF16 but no AMX (AMD Zen 4): bf16 dot-product instructions exist,
 and whether they win depends on the shapes. So `"auto"` resolves as follows:
 
-- CUDA: bf16 where `torch.cuda.is_bf16_supported()`, else fp32. (Written, not run: no GPU here.)
+- CUDA: bf16 where the GPU has native bf16 (`torch.cuda.is_bf16_supported(including_emulation=False)`:
+  Ampere and newer), else fp32. (Written, not run: no GPU here.)
 - CPU, decided by its flags: AMX-BF16 -> bf16; an x86 CPU without AVX512_BF16 -> fp32 (no native bf16).
 - CPU, otherwise (AVX512_BF16 without AMX, a non-x86 CPU, flags unknown): measured. A matmul of model
   shape (a decoder MLP's two projections over a batch of tokens) in both dtypes, medians of a few runs;
@@ -15,9 +16,12 @@ and whether they win depends on the shapes. So `"auto"` resolves as follows:
   tiny bf16 matmul first stops the measurement early where bf16 is emulated.
 
 A measurement is made once per machine and cached in `cache_dir()/machine.json` under a key of everything
-that can change its result (CPU model and flags, torch version and kernel capability, threads, the
-`ATEN_CPU_CAPABILITY` / `ONEDNN_MAX_CPU_ISA` overrides). A cached file that is corrupt or has another key
-is ignored and re-measured, never trusted. An explicit dtype always wins over all of this.
+that can change its result (CPU model and flags, torch version and kernel capability, the
+`ATEN_CPU_CAPABILITY` / `ONEDNN_MAX_CPU_ISA` overrides, the rule's version), one entry per key. A file
+that is corrupt is ignored and re-measured, never trusted; a key without an entry is measured. With an ISA
+override set, the flags are not trusted either (they no longer say which kernels run): it is measured.
+An explicit dtype always wins over all of this. Known gap: torchrun ranks that find no cached entry
+measure at the same moment and decide each on its own; near the margin they could disagree.
 """
 
 from __future__ import annotations
@@ -110,14 +114,24 @@ def cpu_info(path: str | Path = "/proc/cpuinfo") -> CpuInfo:
 
 
 def choose_cpu_dtype(info: CpuInfo, measure: Callable[[], dict[str, float]]) -> DtypeChoice:
-    """The CPU's fast dtype: by flags where they decide, else by `measure()` (seconds by dtype name)."""
+    """The CPU's fast dtype: by flags where they decide, else by `measure()` (seconds by dtype name).
+    With an ISA override set (e.g. ONEDNN_MAX_CPU_ISA=AVX2) the flags no longer say which kernels run, so it
+    is measured."""
+    overridden = [k for k in ISA_OVERRIDES if k in os.environ]
+    if overridden:
+        return _measured(info, measure, f"{'/'.join(overridden)} set")
     if "amx_bf16" in info.flags:
         return DtypeChoice(torch.bfloat16, "AMX-BF16: native bf16 matmuls")
     if info.arch in ("x86_64", "AMD64", "i686") and info.flags and "avx512_bf16" not in info.flags:
         return DtypeChoice(torch.float32, "no native bf16 on this CPU")
+    return _measured(
+        info, measure, "AVX512_BF16 without AMX" if "avx512_bf16" in info.flags else f"{info.arch} CPU"
+    )
+
+
+def _measured(info: CpuInfo, measure: Callable[[], dict[str, float]], what: str) -> DtypeChoice:
     seconds = measure()
     speedup = seconds["float32"] / seconds["bfloat16"]
-    what = "AVX512_BF16 without AMX" if "avx512_bf16" in info.flags else f"{info.arch} CPU"
     if speedup >= BF16_MARGIN:
         return DtypeChoice(torch.bfloat16, f"{what}: bf16 measured {speedup:.2f}x faster", seconds)
     return DtypeChoice(torch.float32, f"{what}: bf16 measured {speedup:.2f}x of fp32, not faster", seconds)
@@ -128,11 +142,12 @@ def measure_matmuls(
 ) -> dict[str, float]:
     """Median seconds of a decoder MLP's up and down projections over `rows` tokens, in fp32 and bf16.
 
-    About 1.6 GFLOP per call: ~20-40 ms in fp32 on 2 cores. A tiny bf16 matmul is timed first; where it is
-    far slower than fp32 (emulated bf16) the large one is skipped and bf16 reported at the tiny ratio."""
+    About 1.6 GFLOP per call: ~10-40 ms in fp32 on 2 cores. A tiny matmul is timed first (best of 5 in each
+    dtype); where bf16 is over 10x slower there (emulated bf16: ~70x; native bf16 on a tiny shape: ~1.5x) the
+    large one is skipped and the tiny times are reported."""
     generator = torch.Generator().manual_seed(0)
 
-    def timed(dtype: torch.dtype, n: int, h: int, i: int, count: int) -> float:
+    def timed(dtype: torch.dtype, n: int, h: int, i: int, count: int, pick=statistics.median) -> float:
         x = torch.randn(n, h, generator=generator).to(dtype)
         up, down = (
             torch.randn(i, h, generator=generator).to(dtype),
@@ -148,14 +163,14 @@ def measure_matmuls(
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return pick(times)
 
     with torch.inference_mode():
         tiny = {
-            name: timed(dt, 32, 128, 256, 3)
+            name: timed(dt, 32, 128, 256, 5, min)
             for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
         }
-        if tiny["bfloat16"] > 4 * tiny["float32"]:
+        if tiny["bfloat16"] > 10 * tiny["float32"]:
             return tiny
         return {
             name: timed(dt, rows, hidden, inner, repeats)
@@ -163,30 +178,45 @@ def measure_matmuls(
         }
 
 
+RULE = 1
+"""Version of the decision rule (margin, shapes, early exit): a cached decision of another rule is redone."""
+
+
 def machine_key(info: CpuInfo) -> dict[str, Any]:
-    """Everything a cached measurement depends on; a cached result with another key is re-measured."""
+    """Everything a cached measurement depends on; a cached result with another key is re-measured.
+
+    Threads are not in it: whether bf16 has native kernels does not change with them, and torchrun ranks
+    (OMP_NUM_THREADS=1) must reuse the decision a plain run made, not each make their own."""
     return {
+        "rule": RULE,
         "cpu": info.model,
         "arch": info.arch,
         "flags": sorted(f for f in info.flags if f in FLAGS),
         "torch": torch.__version__,
         "capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
         "env": {k: os.environ[k] for k in ISA_OVERRIDES if k in os.environ},
     }
 
 
 def _cached_cpu_choice(info: CpuInfo, path: Path, measure: Callable[[], dict[str, float]]) -> DtypeChoice:
+    """The choice for `info`, from the cache file when it holds this machine key's entry (one entry per key:
+    an ISA override or another torch version does not evict the plain setup's)."""
     key = machine_key(info)
+    slot = json.dumps(key, sort_keys=True)
+    entries: dict[str, Any] = {}
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved["key"] == key:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(entries, dict):
+            raise ValueError("not a mapping of machine keys")
+        if slot in entries:
+            saved = entries[slot]
             return DtypeChoice(DTYPES[saved["dtype"]], saved["reason"] + " (cached)", saved.get("measured"))
-        log.debug("%s was measured on another machine or setup; measuring again", path)
+        log.debug("%s has no entry for this machine and setup; measuring", path)
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("ignoring the unreadable %s (%s); measuring again", path, err)
+        entries = {}
     measured: list[dict[str, float]] = []
 
     def recorded() -> dict[str, float]:
@@ -195,9 +225,14 @@ def _cached_cpu_choice(info: CpuInfo, path: Path, measure: Callable[[], dict[str
 
     choice = choose_cpu_dtype(info, recorded)
     if measured:  # a flags-only decision needs no cache
-        record = {"key": key, "dtype": choice.name, "reason": choice.reason, "measured": choice.measured}
+        entries[slot] = {
+            "key": key,
+            "dtype": choice.name,
+            "reason": choice.reason,
+            "measured": choice.measured,
+        }
         try:
-            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+            atomic_write_text(path, json.dumps(entries, indent=2) + "\n")
         except OSError as err:  # a read-only cache only costs a measurement next time
             log.warning("cannot cache the dtype measurement in %s: %s", path, err)
     return choice
@@ -211,7 +246,7 @@ def auto_choice(device: str | torch.device = "cpu") -> DtypeChoice:
     kind = torch.device(device).type
     if kind not in _CHOSEN:
         if kind == "cuda":
-            fast = torch.cuda.is_bf16_supported()
+            fast = torch.cuda.is_bf16_supported(including_emulation=False)  # pre-Ampere emulates it
             choice = DtypeChoice(
                 torch.bfloat16 if fast else torch.float32,
                 "CUDA with bf16 support" if fast else "CUDA without bf16 support",
@@ -248,6 +283,7 @@ def describe_machine(device: str | torch.device = "cpu") -> dict[str, Any]:
     choice = auto_choice(device)
     return {
         **machine_key(info),
+        "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "auto_dtype": choice.name,
         "auto_reason": choice.reason,
@@ -256,7 +292,8 @@ def describe_machine(device: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def summary_line(machine: dict[str, Any]) -> str:
-    """One line for logs, test headers and CI: `AMD EPYC | AVX512 | avx2 avx512_bf16 | 2 threads | ...`."""
+    """One line for logs, test headers and CI, e.g. `AMD EPYC | torch 2.13.0+cpu AVX512 | avx2 avx512_bf16
+    avx512f | 2 threads | dtype auto -> bfloat16 (AVX512_BF16 without AMX: bf16 measured 2.61x faster)`."""
     flags = " ".join(machine["flags"]) or "flags unknown"
     return (
         f"{machine['cpu']} | torch {machine['torch']} {machine['capability']} | {flags} | "

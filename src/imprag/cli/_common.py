@@ -7,8 +7,7 @@ import json
 import os
 from pathlib import Path
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-"""imprag.hardware.DTYPE_CHOICES, spelled out so that building the parser (and --help) needs no torch."""
+from imprag.hardware import DTYPE_CHOICES
 
 
 class UsageError(Exception):

@@ -115,8 +115,9 @@ class ImpRAG:
         a local folder (a stock HF checkpoint, or one saved by `save_pretrained` with its
         `imprag_config.json`), or a hub id when the network allows. `b`/`t` override the saved or
         default split; `dtype` ("float32", "bfloat16", "float16" or a torch dtype) defaults to "auto": the
-        dtype this machine runs fast (bf16 only with native bf16 kernels; `imprag.hardware`), whatever the
-        checkpoint's own. Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
+        dtype this machine's CPU runs fast (bf16 only with native bf16 kernels; `imprag.hardware`), whatever
+        the checkpoint's own. For a GPU pass `dtype=imprag.hardware.auto_dtype("cuda")`, then `.to("cuda")`.
+        Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
         """
         adapter = Path(name_or_path) / "adapter_config.json"
         if adapter.is_file():  # a LoRA checkpoint from `imprag train`: its base model + the adapter, merged
@@ -607,10 +608,11 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
 
 
 def _as_dtype(dtype: DtypeLike) -> torch.dtype:
-    """A name, a torch dtype, or "auto"/None: the fast dtype of the device the model will run on (CUDA when
-    present, where the trainer and a user's `.to("cuda")` put it; else this CPU's, see imprag.hardware)."""
+    """A name, a torch dtype, or "auto"/None: this CPU's fast dtype (imprag.hardware), since the weights load
+    onto the CPU and the commands run there; a caller that moves the model to a GPU resolves "auto" for it
+    (`hardware.auto_dtype("cuda")`, as `imprag train` does)."""
     try:
-        return resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_dtype(dtype, "cpu")
     except ValueError as err:
         raise InputError(str(err)) from None
 

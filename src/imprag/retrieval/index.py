@@ -447,9 +447,20 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
     elif (out / BUILD).is_file():
         previous = json.loads((out / BUILD).read_text(encoding="utf-8"))
         started = (out / STORE).is_file() or any((out / SHARDS).glob("*.npy"))
-        if started and previous != json.loads(json.dumps(settings)):
+        wanted = json.loads(json.dumps(settings))
+        if started and previous != wanted:
+            then, now = previous.get("model", {}), wanted.get("model", {})
+            differ = [f"model.{k}" for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+            rest = sorted((set(previous) | set(wanted)) - {"model"})
+            differ += [k for k in rest if previous.get(k) != wanted.get(k)]
+            was = then.get("dtype")
+            hint = (
+                f" (it was encoding in {was}: pass --dtype {was} to resume)"
+                if differ == ["model.dtype"]
+                else ""
+            )
             raise InvalidIndexError(
-                f"{out} holds an interrupted build with different settings (model, corpus or index); pass "
+                f"{out} holds an interrupted build with different settings ({', '.join(differ)}){hint}; pass "
                 "--overwrite to start over"
             )
         log.info("resuming the interrupted build in %s", out)

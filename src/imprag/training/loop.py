@@ -449,16 +449,16 @@ class Trainer:
         config_path = self.out / "train_config.json"
         resolved = json.dumps(self.config.to_dict(), indent=2) + "\n"
         found = latest_checkpoint(self.out)
-        if (
-            found is not None
-            and config_path.is_file()
-            and _comparable(_normalized(json.loads(config_path.read_text(encoding="utf-8"))))
-            != _comparable(json.loads(resolved))
-        ):
-            raise TrainingError(
-                f"{self.out} holds checkpoints of a run with another training config ({config_path}); resume "
-                "it with the same config, or train into a new --out directory"
-            )
+        if found is not None and config_path.is_file():
+            before = _comparable(_normalized(json.loads(config_path.read_text(encoding="utf-8"))))
+            now = _comparable(json.loads(resolved))
+            if before != now:
+                differ = _differing(before, now) if before is not None else ["(unreadable)"]
+                raise TrainingError(
+                    f"{self.out} holds checkpoints of a run with another training config ({config_path}; "
+                    f"differing: {', '.join(differ)}); resume it with the same config (e.g. the override "
+                    "model.dtype=bfloat16 for a run made before dtype 'auto'), or train into a new --out"
+                )
         self.dist.barrier()  # every rank has read the old file before rank 0 writes it
         if self.dist.is_main:  # temporary directories of checkpoints a crash interrupted
             for tmp in (self.out / "checkpoints").glob(".step-*.tmp-*"):
@@ -526,6 +526,18 @@ def _comparable(config: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**config, "engine": engine}
 
 
+def _differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two config dicts, e.g. ['model.dtype']."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}={x!r}->{y!r}")
+    return out
+
+
 def _step_of(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
@@ -560,7 +572,10 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
         Benchmark.load(config.data.benchmark), data.store, config.eval, config.optim.seed
     )
     m = config.model
-    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=config.weights_dtype())
+    dtype = config.weights_dtype()
+    if dtype == "auto" and torch.cuda.is_available():  # the model is moved there below
+        dtype = auto_dtype("cuda")
+    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=dtype)
     if m.pooling is not None:  # the run decides pooling (and Trainer, centering), not its starting checkpoint
         model.config = replace(model.config, embedding=replace(model.config.embedding, pooling=m.pooling))
     if torch.cuda.is_available():
