@@ -511,7 +511,8 @@ def main() -> None:
     single, repeats = (100, 3) if args.quick else (200, 3)
 
     model = ImpRAG.from_pretrained(MODEL, dtype=args.dtype)
-    peak_start = matmul_peak(model.backbone.dtype)
+    dtype = model.backbone.dtype
+    peak_start = matmul_peak(dtype)
     minilm_model = load_minilm()
     dim = minilm_model.get_embedding_dimension()
     # The retriever's encode() is what a MiniLM index build runs; it needs no store for encoding.
@@ -521,7 +522,6 @@ def main() -> None:
     described = (
         f"{MODEL} (b={model.split.b}, t={model.split.t}), {str(model.backbone.dtype).removeprefix('torch.')}"
     )
-    dtype = model.backbone.dtype
     del model, minilm, minilm_model
 
     print("peak memory of encode_shards in fresh processes...")

@@ -22,6 +22,7 @@ __all__ = [
     "ImpRAGConfig",
     "LayerSplit",
     "ReaderConfig",
+    "differing_fields",
 ]
 
 IMPRAG_CONFIG_NAME = "imprag_config.json"
@@ -253,6 +254,19 @@ class ImpRAGConfig:
 
 
 T = TypeVar("T")
+
+
+def differing_fields(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted name, value in a, value in b) of every field that differs between two nested settings dicts,
+    e.g. [("model.dtype", "float32", "bfloat16")]: what a refused resume names."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differing_fields(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append((f"{prefix}{key}", x, y))
+    return out
 
 
 def _check_ints(obj: object, where: str, names: tuple[str, ...]) -> None:

@@ -102,7 +102,9 @@ def test_resume_with_other_settings_is_refused(model: ImpRAG, tmp_path: Path) ->
     with pytest.raises(KeyboardInterrupt):  # killed after storing the passages, before any shard
         build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
     model.embed_passages = real  # type: ignore[method-assign]
-    with pytest.raises(InvalidIndexError, match=r"interrupted build with different settings \(index\);"):
+    with pytest.raises(
+        InvalidIndexError, match=r"interrupted build with different settings \(index\.factory\);"
+    ):
         build_index(model, tmp_path / "idx", PASSAGES, small(factory="HNSW8"), progress=False)
     # resumed where "auto" resolves to another dtype: the error says which dtype resumes it
     half = ImpRAG(copy.deepcopy(model.model).to(torch.bfloat16), model.tokenizer, model.split)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from imprag.config import IndexConfig
+from imprag.config import IndexConfig, differing_fields
 from imprag.distributed import Dist
 from imprag.io import atomic_write_text
 from imprag.model.imprag import ImpRAG
@@ -449,11 +449,8 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
         started = (out / STORE).is_file() or any((out / SHARDS).glob("*.npy"))
         wanted = json.loads(json.dumps(settings))
         if started and previous != wanted:
-            then, now = previous.get("model", {}), wanted.get("model", {})
-            differ = [f"model.{k}" for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
-            rest = sorted((set(previous) | set(wanted)) - {"model"})
-            differ += [k for k in rest if previous.get(k) != wanted.get(k)]
-            was = then.get("dtype")
+            differ = [name for name, _, _ in differing_fields(previous, wanted)]
+            was = previous.get("model", {}).get("dtype")
             hint = (
                 f" (it was encoding in {was}: pass --dtype {was} to resume)"
                 if differ == ["model.dtype"]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from imprag.config import IMPRAG_CONFIG_NAME, ConfigError, ImpRAGConfig
+from imprag.config import IMPRAG_CONFIG_NAME, ConfigError, ImpRAGConfig, differing_fields
 from imprag.distributed import Dist
 from imprag.hardware import auto_dtype
 from imprag.io import atomic_directory, atomic_write_text
@@ -453,7 +453,11 @@ class Trainer:
             before = _comparable(_normalized(json.loads(config_path.read_text(encoding="utf-8"))))
             now = _comparable(json.loads(resolved))
             if before != now:
-                differ = _differing(before, now) if before is not None else ["(unreadable)"]
+                differ = (
+                    [f"{k}={x!r}->{y!r}" for k, x, y in differing_fields(before, now)]
+                    if before is not None
+                    else ["(unreadable)"]
+                )
                 raise TrainingError(
                     f"{self.out} holds checkpoints of a run with another training config ({config_path}; "
                     f"differing: {', '.join(differ)}); resume it with the same config (e.g. the override "
@@ -524,18 +528,6 @@ def _comparable(config: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     engine = {k: v for k, v in config.get("engine", {}).items() if k not in RUNTIME_ONLY}
     return {**config, "engine": engine}
-
-
-def _differing(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of the fields whose values differ between two config dicts, e.g. ['model.dtype']."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differing(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}={x!r}->{y!r}")
-    return out
 
 
 def _step_of(line: str) -> int:
