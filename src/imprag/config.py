@@ -139,6 +139,11 @@ class ReaderConfig:
         if self.layout not in ("start", "flush"):
             raise ConfigError(f"ReaderConfig.layout must be 'start' or 'flush', got {self.layout!r}")
 
+    def prompt_start(self, n: int) -> int:
+        """Position of a prompt's first token when it reads `n` passages: n * l_max (the passages sit
+        below it). The one place this offset is computed."""
+        return n * self.l_max
+
 
 @dataclass(frozen=True)
 class DecodeConfig:
@@ -214,6 +219,16 @@ class ImpRAGConfig:
     split: LayerSplit
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
+    passages: Literal["shared", "frozen"] = "shared"
+    """Which weights encode passages. 'shared' (the paper): the model's own, adapter included, so every
+    training step changes E_p and the K/V the middle layers read, and an index must be re-encoded after
+    training. 'frozen': the base weights, with a LoRA adapter switched off for every passage pass (E_p
+    and the passages' K/V in layers b..t); the adapter acts on the prompt's pass only. Then one index of
+    the base model serves every adapter trained on it (`retrieval_fingerprint` is the base's)."""
+
+    def __post_init__(self) -> None:
+        if self.passages not in ("shared", "frozen"):
+            raise ConfigError(f"ImpRAGConfig.passages must be 'shared' or 'frozen', got {self.passages!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -227,6 +242,7 @@ class ImpRAGConfig:
             split=_build(LayerSplit, data["split"], "split"),
             embedding=_build(EmbeddingConfig, data.get("embedding", {}), "embedding"),
             reader=_build(ReaderConfig, data.get("reader", {}), "reader"),
+            passages=data.get("passages", "shared"),
         )
 
     def save(self, directory: str | Path) -> Path:

@@ -45,6 +45,12 @@ class Dist:
         dist.all_reduce(total)
         return (total / self.world).tolist()
 
+    def sum_(self, tensor: Tensor) -> Tensor:
+        """Sum `tensor` over the processes in place (and return it); identity with one."""
+        if self.world > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
     @staticmethod
     def _device() -> torch.device:
         """Where collectives' small tensors live: NCCL reduces GPU tensors only (this process's own GPU,

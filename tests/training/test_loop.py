@@ -550,7 +550,7 @@ def test_distillation_targets_score_each_candidate_alone(tokenizer, store, tmp_p
         Example("c", "retrieval", "Q: Is the sky blue? A:", " True\n", tuple(range(10, 18)), (33, 34)),
     ]  # 9 + 3 + 10 = 22 candidates: more than one scoring chunk
     texts = [[p.content for p in store.get(e.candidates)] for e in batch]
-    got = trainer._candidate_logprobs(batch, texts)
+    got = trainer._candidate_logprobs(batch, [list(e.candidates) for e in batch])
     assert got.shape == (3, 10)
     for i, (e, row) in enumerate(zip(batch, texts, strict=True)):
         for j, text in enumerate(row):
@@ -579,7 +579,7 @@ def test_the_distillation_stage_trains(tokenizer, store, tmp_path) -> None:
     _, batch = trainer.data.batch(0, 4)
     _, metrics = trainer._retrieval(batch, 0, "distill")
     texts = [[p.content for p in store.get(e.candidates)] for e in batch]
-    target = trainer._candidate_logprobs(batch, texts)
+    target = trainer._candidate_logprobs(batch, [list(e.candidates) for e in batch])
     with torch.no_grad():
         e_q = model.embed_queries([e.prompt for e in batch], k=cfg.objective.read_k)
         own = torch.stack([model.embed_passages(row) for row in texts])  # (4, 3, D): 3 candidates each

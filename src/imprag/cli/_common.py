@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from imprag.hardware import DTYPE_CHOICES
@@ -45,12 +46,17 @@ def load_model(args: argparse.Namespace, manifest: dict | None = None):
     from imprag import ImpRAG
 
     name, b, t = args.model, args.b, args.t
-    if name is None and manifest is not None:
-        built = manifest["model"]
+    built = manifest["model"] if name is None and manifest is not None else None
+    if built is not None:
         name = built.get("source") or built["name"]
         b = built["b"] if b is None else b
         t = built.get("t") if t is None else t
-    return ImpRAG.from_pretrained(name or "smollm2-135m", b=b, t=t, dtype=args.dtype)
+    model = ImpRAG.from_pretrained(name or "smollm2-135m", b=b, t=t, dtype=args.dtype)
+    if built is not None and isinstance(built.get("embedding"), dict):
+        # The index's E_p settings (say `imprag index --pooling mean` over a base model) come back with it.
+        embedding = replace(model.config.embedding, **built["embedding"])
+        model.config = replace(model.config, embedding=embedding)
+    return model
 
 
 def open_index(directory: str, args: argparse.Namespace, writable: bool = False):

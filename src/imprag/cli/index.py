@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from imprag.cli._common import (
@@ -36,6 +37,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     }
     dist = init_from_env()
     model = load_model(args)
+    if args.pooling:  # E_p of the base with a trained run's pooling: the index frozen-passage runs share
+        embedding = replace(model.config.embedding, pooling=args.pooling)
+        model.config = replace(model.config, embedding=embedding)
     corpus = None if args.refresh else args.corpus
     index = build_index(
         model, args.out, corpus, config, options, args.overwrite, progress=not args.no_progress, dist=dist
@@ -110,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     index.add_argument("--baselines", help="also build baseline retrievers: bm25, minilm or bm25,minilm")
     index.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_args(index)
+    index.add_argument("--pooling", choices=["last", "mean"], default=None,
+                       help="E_p pooling (default: the model's own); a run with model.passages=frozen "
+                       "trains against the index of its base model with the run's pooling")  # fmt: skip
     index.set_defaults(func=cmd_index)
 
     update = sub.add_parser("update", help="add, change or delete passages of an index in place")

@@ -15,7 +15,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from imprag.config import (
 )
 from imprag.hardware import resolve_dtype
 from imprag.model import defaults
+from imprag.model.adapters import base_weights, has_adapters
 from imprag.model.backbone import Backbone, KVCache, architecture_of
 from imprag.model.embeddings import passage_embedding, query_embedding
 from imprag.model.generation import Generation, RetrievedPassage, decode
@@ -79,13 +81,19 @@ class ImpRAG:
         split: LayerSplit | None = None,
         embedding: EmbeddingConfig | None = None,
         reader: ReaderConfig | None = None,
+        passages: str = "shared",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.backbone = Backbone(model)
         n = self.backbone.num_layers
         split = (split or LayerSplit.default_for(n)).validate_for(n)
-        self.config = ImpRAGConfig(split, embedding or EmbeddingConfig(), reader or ReaderConfig())
+        self.config = ImpRAGConfig(
+            split,
+            embedding or EmbeddingConfig(),
+            reader or ReaderConfig(),
+            passages,  # type: ignore[arg-type]
+        )
         center = self.config.embedding.query_center
         if center is not None and len(center) != self.dim:
             raise InputError(
@@ -107,6 +115,7 @@ class ImpRAG:
         dtype: DtypeLike = "auto",
         embedding: EmbeddingConfig | None = None,
         reader: ReaderConfig | None = None,
+        passages: str | None = None,
         **hf_kwargs: Any,
     ) -> ImpRAG:
         """Load an ImpRAG model.
@@ -117,11 +126,14 @@ class ImpRAG:
         default split; `dtype` ("float32", "bfloat16", "float16" or a torch dtype) defaults to "auto": the
         dtype this machine's CPU runs fast (bf16 only with native bf16 kernels; `imprag.hardware`), whatever
         the checkpoint's own. For a GPU pass `dtype=imprag.hardware.auto_dtype("cuda")`, then `.to("cuda")`.
+        `passages` ("shared" or "frozen", `ImpRAGConfig.passages`) defaults to the saved value, else shared.
         Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
         """
         adapter = Path(name_or_path) / "adapter_config.json"
-        if adapter.is_file():  # a LoRA checkpoint from `imprag train`: its base model + the adapter, merged
-            return cls._from_adapter(Path(name_or_path), b, t, dtype, embedding, reader, **hf_kwargs)
+        if adapter.is_file():  # a LoRA checkpoint from `imprag train`: its base model + the adapter
+            return cls._from_adapter(
+                Path(name_or_path), b, t, dtype, embedding, reader, passages, **hf_kwargs
+            )
         path: str | Path = name_or_path
         chosen = _as_dtype(dtype)
         default_split = None
@@ -160,6 +172,7 @@ class ImpRAG:
             split,
             embedding or (saved.embedding if saved else None),
             reader or (saved.reader if saved else None),
+            passages or (saved.passages if saved else "shared"),
         )
         loaded.source = str(name_or_path)
         return loaded
@@ -173,6 +186,7 @@ class ImpRAG:
         dtype: DtypeLike,
         embedding: EmbeddingConfig | None,
         reader: ReaderConfig | None,
+        passages: str | None,
         **hf_kwargs: Any,
     ) -> ImpRAG:
         try:
@@ -195,11 +209,16 @@ class ImpRAG:
             reader=reader or (saved.reader if saved else None),
             **hf_kwargs,
         )
-        # Merge in fp32 and cast back, so a bf16 base is not rounded twice.
+        passages = passages or (saved.passages if saved else "shared")
         target = loaded.model.dtype
-        merged = PeftModel.from_pretrained(loaded.model.float(), directory).merge_and_unload()
-        result = cls(merged.to(target).eval(), loaded.tokenizer, loaded.split, loaded.config.embedding,
-                     loaded.config.reader)  # fmt: skip
+        if passages == "frozen":
+            # Not merged: passage passes switch the adapter off and run the base weights (model/adapters.py).
+            # peft's layers stay in place of the projections, so the backbone's loop runs them unchanged.
+            model = PeftModel.from_pretrained(loaded.model, directory).base_model.model
+        else:  # merged in fp32 and cast back, so a bf16 base is not rounded twice
+            model = PeftModel.from_pretrained(loaded.model.float(), directory).merge_and_unload().to(target)
+        result = cls(model.eval(), loaded.tokenizer, loaded.split, loaded.config.embedding,
+                     loaded.config.reader, passages)  # fmt: skip
         result.source = str(directory)
         return result
 
@@ -207,6 +226,12 @@ class ImpRAG:
         """Save model, tokenizer and `imprag_config.json`; the folder loads in stock transformers too."""
         from imprag.io import atomic_directory
 
+        if has_adapters(self.model):
+            raise InputError(
+                "this model carries an unmerged LoRA adapter (passages='frozen'): save_pretrained would "
+                "write peft's layer names into a stock checkpoint; copy the adapter folder it was loaded "
+                "from, or export it with imprag.training.checkpoint.export_model"
+            )
         with atomic_directory(directory, replaces=IMPRAG_CONFIG_NAME) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
@@ -219,11 +244,19 @@ class ImpRAG:
 
         Weights are hashed after rounding to bf16, so the same checkpoint loaded in fp32 or bf16 matches.
         The result is cached until any of those weights is modified in place (e.g. by an optimizer step)
-        or a setting changes.
+        or a setting changes. With `passages="frozen"` only the base weights encode passages: adapter
+        weights are left out and peft's `base_layer` names read as the stock ones, so the value is the
+        base model's, and an index of the base serves every adapter trained on it.
         """
+        frozen = self.config.passages == "frozen"
         params = [("embed", self.backbone.decoder.embed_tokens.weight)]
         for i in range(self.split.b + 1):
-            params += [(f"layer{i}.{n}", p) for n, p in sorted(self.backbone.layer(i).named_parameters())]
+            named = [
+                (n.replace(".base_layer.", ".") if frozen else n, p)
+                for n, p in self.backbone.layer(i).named_parameters()
+                if not (frozen and "lora_" in n)
+            ]
+            params += [(f"layer{i}.{n}", p) for n, p in sorted(named, key=lambda x: x[0])]
         settings = {
             "model_type": self.model.config.model_type,
             "b": self.split.b,
@@ -284,8 +317,19 @@ class ImpRAG:
         return self._bottom(prompts, passage=False)
 
     def encode_passages(self, passages: TokenBatch) -> Tensor:
-        """E_p (B, D): layers 0..b-1 and layer b's projections only."""
+        """E_p (B, D): layers 0..b-1 and layer b's projections only (the base weights, without gradient,
+        when passages are frozen)."""
         return self._bottom(passages, passage=True)
+
+    @contextmanager
+    def passage_pass(self) -> Iterator[None]:
+        """The weights a passage pass runs with: the model's own ('shared'), or with passages frozen the
+        base's, any LoRA adapter switched off, and no gradient (nothing that trains touches them)."""
+        if self.config.passages != "frozen":
+            yield
+            return
+        with base_weights(self.model), torch.no_grad():
+            yield
 
     def forward(
         self, prompts: TokenBatch, passages: TokenBatch | None = None, select: Tensor | None = None
@@ -306,6 +350,12 @@ class ImpRAG:
     __call__ = forward
 
     def _bottom(self, batch: TokenBatch, passage: bool) -> Tensor:
+        if passage:
+            with self.passage_pass():
+                return self._bottom_pass(batch, passage)
+        return self._bottom_pass(batch, passage)
+
+    def _bottom_pass(self, batch: TokenBatch, passage: bool) -> Tensor:
         bb, b = self.backbone, self.split.b
         batch = batch.to(bb.device)
         h = bb.embed(batch.input_ids)
@@ -336,7 +386,8 @@ class ImpRAG:
         if chosen is not None:
             _check_layout(prompts, chosen)
         if chosen is not None and bool(chosen.valid.any()):
-            step.passages = passage_kv(bb, chosen, split)
+            with self.passage_pass():
+                step.passages = passage_kv(bb, chosen, split)
         h = bb.attend(split.b, h, proj, step)
         h = bb.run(h, range(split.b + 1, bb.num_layers), step)
         step.commit()
@@ -360,7 +411,7 @@ class ImpRAG:
         """Prompt and passage batches laid out together for `forward`: prompt i starts at
         len(passages[i]) * l_max and its passages sit below it, as in `generate`."""
         self._check_passage_lists(passages, len(prompts))
-        offsets = [len(p) * self.config.reader.l_max for p in passages]
+        offsets = [self.config.reader.prompt_start(len(p)) for p in passages]
         return self.prompt_batch(prompts, offsets, padding_side), self.passage_batch(passages, offsets)
 
     def passage_tokens(self, texts: Sequence[str], warn: bool = False) -> list[list[int]]:
@@ -381,7 +432,7 @@ class ImpRAG:
         truncation (off for passages from an index, which were embedded truncated the same way)."""
         rows = [self.passage_tokens(p, warn=warn) if len(p) else [] for p in passages]
         if offsets is None:
-            offsets = [len(p) * self.config.reader.l_max for p in passages]
+            offsets = [self.config.reader.prompt_start(len(p)) for p in passages]
         ends = offsets if self.config.reader.layout == "flush" else None
         return pack_passages(rows, self.pad_id, ends)
 
@@ -391,7 +442,7 @@ class ImpRAG:
         position k*l_max (k defaults to reader.k). Pre-RoPE vectors barely depend on k (bf16 rounding);
         post-RoPE ones do."""
         ids = tokenize(self.tokenizer, prompts, "prompt")
-        offsets = [(self.config.reader.k if k is None else k) * self.config.reader.l_max] * len(ids)
+        offsets = [self.config.reader.prompt_start(self.config.reader.k if k is None else k)] * len(ids)
         self._check_lengths(ids, offsets, 0)
         return self._embed(ids, offsets, batch_size, passage=False)
 
@@ -458,15 +509,15 @@ class ImpRAG:
         if passages is not None and index is not None:
             raise InputError("pass either passages=... or index=..., not both")
         ids = tokenize(self.tokenizer, prompts, "prompt")
-        l_max = self.config.reader.l_max
+        start = self.config.reader.prompt_start
         if passages is not None:
             self._check_passage_lists(passages, len(ids))
             if k is not None:
                 raise InputError("k applies to retrieval from an index; with passages=... all are read")
-            offsets = [len(p) * l_max for p in passages]
+            offsets = [start(len(p)) for p in passages]
         elif index is not None:
             k = self._check_k(k, index)
-            offsets = [k * l_max] * len(ids)
+            offsets = [start(k)] * len(ids)
         else:
             offsets = [0] * len(ids)
         self._check_lengths(ids, offsets, cfg.max_new_tokens)

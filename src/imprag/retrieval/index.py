@@ -66,6 +66,7 @@ def _model_record(model: ImpRAG) -> dict[str, Any]:
         "embedding": model.config.embedding.passage_side(),
         "l_max": model.config.reader.l_max,
         "dtype": str(model.backbone.dtype).removeprefix("torch."),
+        "passages": model.config.passages,  # frozen: the fingerprint (and every vector) is the base's
     }
 
 
@@ -145,6 +146,22 @@ class PassageIndex:
 
     def fetch(self, ids: Sequence[int]) -> list[Passage]:
         return self.store.get(ids)
+
+    def vectors(self) -> tuple[Tensor, Tensor]:
+        """Every stored E_p exactly, as (rows (N,) int64, vectors (N, D) float32) in the index's own order:
+        what exact whole-corpus scoring (frozen-passage training, full-corpus health) multiplies against.
+        Only a Flat index keeps the vectors exactly; others are refused rather than approximated."""
+        factory = self.manifest["index"]["factory"]
+        if factory != "Flat":
+            raise InvalidIndexError(
+                f"{self.directory} is a {factory} index, whose vectors are compressed; exact scoring needs "
+                f"a Flat index: `imprag index CORPUS --out NEW_DIR --factory Flat`"
+            )
+        inner = faiss.downcast_index(self.faiss.index)
+        n = int(inner.ntotal)
+        vectors = inner.reconstruct_n(0, n) if n else np.zeros((0, self.dim), dtype=np.float32)
+        rows = faiss.vector_to_array(self.faiss.id_map).astype(np.int64)
+        return torch.from_numpy(rows), torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def check_model(self, model: ImpRAG) -> None:
         check_model(self.manifest, model, self.directory)
@@ -244,10 +261,21 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 def check_model(manifest: dict[str, Any], model: ImpRAG, directory: Path) -> None:
     built, now = manifest["model"], _model_record(model)
     if built["fingerprint"] != now["fingerprint"]:
-        diffs = [k for k in ("name", "b", "embedding", "l_max") if built.get(k) != now[k]] or ["weights"]
+        built = {"passages": "shared", **built}  # manifests written before the setting existed
+        diffs = [k for k in ("name", "b", "embedding", "l_max", "passages") if built.get(k) != now[k]]
+        differ = ", ".join(diffs or ["weights"])
+        if now["passages"] == "frozen":
+            raise StaleIndexError(
+                f"index {directory} was encoded by another base model than this adapter's (passages "
+                f"frozen: the adapter reads the E_p of its base; {differ} differ; fingerprint "
+                f"{built['fingerprint']} vs the base's {now['fingerprint']}). Index the corpus with the "
+                "base model and the adapter's pooling (`imprag index CORPUS --out NEW_DIR --model BASE "
+                f"--pooling {model.config.embedding.pooling}`), or `imprag index --refresh --out "
+                f"{directory}` with this model (which encodes with the base weights)"
+            )
         raise StaleIndexError(
-            f"index {directory} is stale: it was encoded by a different model ({', '.join(diffs)} differ; "
-            f"fingerprint {built['fingerprint']} vs {now['fingerprint']}). Rebuild it with "
+            f"index {directory} is stale: it was encoded by a different model ({differ} "
+            f"differ; fingerprint {built['fingerprint']} vs {now['fingerprint']}). Rebuild it with "
             f"`imprag index --refresh --out {directory}` (re-encodes the same passages with this model)"
         )
 

@@ -53,6 +53,12 @@ class ModelSpec:
     the first step and again at every epoch end, saved with the model (EmbeddingConfig.query_center)."""
     center_prompts: int = 256
     """How many train prompts (retrieval and instruction, interleaved) estimate mu_q."""
+    passages: Literal["shared", "frozen"] = "shared"
+    """Which weights encode passages (ImpRAGConfig.passages). 'shared' [P]: the trained model's own, so E_p
+    moves with every step. 'frozen' [D]: the base model's (the LoRA adapter is off for passage passes, in
+    training and at inference), so the index of the base model (data.index, built with this run's pooling)
+    holds every E_p exactly, stays valid for the trained adapter, and training can score each query
+    against the whole corpus (objective.negatives=corpus). Needs LoRA (engine.lora_r > 0)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ class DataConfig:
     instruction_tasks: tuple[str, ...] = ("denoise", "sentence", "reading")
     """Tasks trained without passages [P: instruction tuning + the two synthetic tasks]."""
     cap: int = 5000
-    """At most this many train items per task [P: 5k each]."""
+    """At most this many train items per task [P: 5k each]; 0: all of them."""
     mix: tuple[float, float, float] = (0.5, 0.4, 0.1)
     """Share of steps that are retrieval / instruction / plain-corpus LM batches [P: ~10% LM; D: rest]."""
     teacher: Literal["minilm", "bm25"] = "minilm"
@@ -81,6 +87,9 @@ class DataConfig:
     [D]: in-batch negatives alone never push down a passage that is never in a batch (hubness)."""
     label_cache: str = ""
     """Where pseudo labels are cached (default: OUT/pseudo-labels)."""
+    teacher_top_m: int = 0
+    """Keep the teacher's top-m passages and scores per item (0: none): the dense teacher signal of
+    objective.teacher_kl_weight."""
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,29 @@ class ObjectiveConfig:
     read_k: int = 3
     """Passages the generator reads per retrieval example during training [D; the paper reads 10]."""
     read: Literal["retrieved", "positives"] = "retrieved"
-    """What it reads: the retriever's current top read_k among the item's candidates (default), or the
-    teacher's top positives."""
+    """What it reads: the retriever's current top read_k among the item's candidates (default; with
+    negatives=corpus, among the whole corpus but the articles dev/test items are about), or the teacher's
+    top positives."""
+    negatives: Literal["sampled", "corpus"] = "sampled"
+    """What each query's positives are normalised against in the NCE. 'sampled' [P-like]: the step's
+    candidates (positives, hard negatives, data.random_negatives, all gathered over processes), encoded
+    with gradient. 'corpus' [D]: every passage of data.index (one (B, D) x (D, N) matmul, the softmax over
+    the whole corpus but the query's other positives and gold articles). With model.passages=frozen the
+    index holds the exact E_p; with shared they are refreshed every refresh_every steps (ANCE-style: the
+    negatives stale, each query's positives re-encoded with gradient)."""
+    refresh_every: int = 0
+    """negatives=corpus with shared passages: re-encode the whole corpus every this many steps (> 0)."""
+    teacher_kl_weight: float = 0.0
+    """Weight of the dense teacher signal: KL(P_teacher || P_model) over the teacher's top
+    data.teacher_top_m passages, P_teacher = softmax(teacher score / tau_teacher), P_model =
+    softmax(s / tau_r) [D]. Added to the warmup NCE; 0 = off."""
+    tau_teacher: float = 0.05
+    """Temperature of the teacher's scores (MiniLM cosines of a top-32 span ~0.2: 0.05 gives ~e^4)."""
+    distill_kl_weight: float = 1.0
+    """Weight of the self-distillation KL in stage 2 [P: 1]."""
+    distill_nce_weight: float = 0.0
+    """Weight of the warmup NCE kept in stage 2 (0 [P]: self-distillation alone), the gate that keeps a
+    small reader's self-distillation from pulling full-corpus recall down."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +145,10 @@ class OptimConfig:
     """Linear learning-rate warmup, then cosine decay to 10% over the run."""
     batch_size: int = 8
     """Global batch (examples per step over all processes); must divide by the process count."""
+    retrieval_batch_size: int = 0
+    """Queries per retrieval step (0: batch_size). J_ret is over all of them, J_gen over the first
+    batch_size: with frozen passages a query costs only layers 0..b, so a step can train many queries for
+    the price of a few generator reads [D]. Must divide by the process count."""
     epochs: int = 10
     """Epochs of the schedule [P: 10]."""
     steps_per_epoch: int = 50
@@ -159,9 +193,13 @@ class EvalConfig:
     per_task: int = 50
     """Dev items per task."""
     pool: int = 2000
-    """Random corpus passages searched beside the dev items' gold articles (a pool, not the full corpus:
-    re-encoding the whole corpus every epoch would cost more than training on CPU)."""
+    """Random corpus passages searched beside the dev items' gold articles, with scope=pool."""
     k: int = 10
+    scope: Literal["auto", "pool", "corpus"] = "auto"
+    """What the epoch-end health searches: 'corpus', every passage of data.index (with frozen passages one
+    matmul against the index's exact E_p; with shared ones the corpus is re-encoded, minutes per epoch on a
+    CPU); 'pool', the dev items' gold articles plus `pool` random passages (cheap, but it ranked runs
+    differently from the corpus and flattered them); 'auto': corpus when passages are frozen, else pool."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +233,40 @@ class TrainConfig:
             (bool(e.train_groups), "engine.train_groups must name at least one of bottom, middle, top"),
             (e.checkpoint_every >= 1 and e.keep_checkpoints >= 1, "engine checkpoint settings must be >= 1"),
             (e.log_every >= 1, "engine.log_every must be >= 1"),
+            (
+                self.model.passages != "frozen" or e.lora_r > 0,
+                "model.passages=frozen encodes passages with the base weights, which full fine-tuning "
+                "(engine.lora_r=0) changes: use LoRA (engine.lora_r > 0) or model.passages=shared",
+            ),
+            (
+                o.negatives != "corpus" or self.model.passages == "frozen" or o.refresh_every > 0,
+                "objective.negatives=corpus with shared passages needs objective.refresh_every > 0 (how "
+                "often the corpus is re-encoded); or set model.passages=frozen",
+            ),
+            (o.refresh_every >= 0, "objective.refresh_every must be >= 0"),
+            (
+                opt.retrieval_batch_size == 0 or opt.retrieval_batch_size >= opt.batch_size,
+                "optim.retrieval_batch_size must be 0 (= batch_size) or >= optim.batch_size",
+            ),
+            (
+                o.teacher_kl_weight == 0 or d.teacher_top_m >= 2,
+                "objective.teacher_kl_weight > 0 needs data.teacher_top_m >= 2 (the teacher's top passages)",
+            ),
+            (
+                o.teacher_kl_weight == 0 or o.negatives == "corpus",
+                "objective.teacher_kl_weight scores the teacher's top-m passages, which only "
+                "objective.negatives=corpus has as columns",
+            ),
+            (
+                o.teacher_kl_weight == 0 or o.system != "ra-it",
+                "objective.teacher_kl_weight trains a retriever; objective.system=ra-it has none",
+            ),
+            (
+                min(o.teacher_kl_weight, o.distill_kl_weight, o.distill_nce_weight) >= 0
+                and o.tau_teacher > 0,
+                "objective weights must be >= 0 and objective.tau_teacher > 0",
+            ),
+            (d.cap >= 0 and d.teacher_top_m >= 0, "data.cap and data.teacher_top_m must be >= 0"),
             (d.positives < 10, "data.positives must be < 10: hard negatives come from teacher ranks 10-50"),
             (d.hard_negatives <= 41, "data.hard_negatives must be <= 41 (teacher ranks 10-50)"),
             (
@@ -230,6 +302,16 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.optim.epochs * self.optim.steps_per_epoch
+
+    @property
+    def retrieval_batch_size(self) -> int:
+        return self.optim.retrieval_batch_size or self.optim.batch_size
+
+    @property
+    def health_scope(self) -> Literal["pool", "corpus"]:
+        if self.eval.scope == "auto":
+            return "corpus" if self.model.passages == "frozen" else "pool"
+        return self.eval.scope
 
     def stage(self, step: int) -> Literal["warmup", "distill"]:
         """The training stage of a (0-based) step."""

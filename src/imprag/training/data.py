@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
@@ -53,6 +53,10 @@ class Example:
     """Passage-store rows of the hard negatives."""
     evidence: tuple[int, ...] = ()
     """Rows of the gold articles (logged as training recall, never used as labels)."""
+    teacher_rows: tuple[int, ...] = ()
+    """Rows of the teacher's top-m passages, best first (data.teacher_top_m; the dense teacher signal)."""
+    teacher_scores: tuple[float, ...] = ()
+    """The teacher's scores of `teacher_rows`."""
 
     @property
     def candidates(self) -> tuple[int, ...]:
@@ -122,9 +126,10 @@ class TrainingData:
             self._kinds.append(rng.choices(kinds, weights)[0])
         return self._kinds[step]
 
-    def batch(self, step: int, size: int) -> tuple[Kind, list[Example]]:
-        """The global batch of `step`: its kind and `size` examples."""
+    def batch(self, step: int, size: int | Mapping[Kind, int]) -> tuple[Kind, list[Example]]:
+        """The global batch of `step`: its kind and `size` examples (or `size[kind]`, a size per kind)."""
         kind = self.kind_of(step)
+        size = size if isinstance(size, int) else size[kind]
         ordinal = sum(1 for s in range(step) if self.kind_of(s) == kind)  # batches of this kind before
         if kind == "lm":
             return kind, self._lm(ordinal, size)
@@ -183,10 +188,12 @@ def load_training_data(config: DataConfig, out: Path, seed: int = 0) -> Training
             "benchmark's corpus"
         )
     examples: dict[Kind, list[Example]] = {"retrieval": [], "instruction": []}
-    label_config = PseudoLabelConfig(positives=config.positives, negatives=config.hard_negatives, seed=seed)
+    label_config = PseudoLabelConfig(
+        positives=config.positives, negatives=config.hard_negatives, top_m=config.teacher_top_m, seed=seed
+    )
     teacher = None
     for task in config.retrieval_tasks:
-        items = _checked(bench.items(task, "train")[: config.cap], task)
+        items = _checked(bench.items(task, "train")[: config.cap or None], task)
         if teacher is None:
             teacher = load_teacher(config, store)
         cache = config.label_cache or str(out / "pseudo-labels")
@@ -198,7 +205,7 @@ def load_training_data(config: DataConfig, out: Path, seed: int = 0) -> Training
             _retrieval_example(item, label, store) for item, label in zip(items, labels, strict=True)
         ]
     for task in config.instruction_tasks:
-        items = _checked(bench.items(task, "train")[: config.cap], task)
+        items = _checked(bench.items(task, "train")[: config.cap or None], task)
         examples["instruction"] += [
             Example(it.id, "instruction", it.prompt, answer_text(it.answers[0])) for it in items
         ]
@@ -244,16 +251,18 @@ def load_teacher(config: DataConfig, store: PassageStore) -> TextRetriever:
 
 
 def _retrieval_example(item: Item, label: PseudoLabel, store: PassageStore) -> Example:
-    rows = store.rows_of(label.positives + label.negatives + list(item.evidence))
-    missing = [pid for pid, row in zip(label.positives + label.negatives, rows, strict=False) if row is None]
+    named = label.positives + label.negatives + label.top
+    rows = store.rows_of(named + list(item.evidence))
+    missing = [pid for pid, row in zip(named, rows, strict=False) if row is None]
     if missing:
         raise TrainingDataError(
             f"pseudo labels of item {item.id} name passage(s) {missing[:3]} that are not in the index store; "
             "delete the label cache (data.label_cache) to recompute them against this index"
         )
-    n_pos, n_neg = len(label.positives), len(label.negatives)
-    evidence = tuple(r for r in rows[n_pos + n_neg :] if r is not None)
+    n_pos, n_neg, n_top = len(label.positives), len(label.negatives), len(label.top)
+    evidence = tuple(r for r in rows[n_pos + n_neg + n_top :] if r is not None)
     return Example(
         item.id, "retrieval", item.prompt, answer_text(item.answers[0]),
         tuple(rows[:n_pos]), tuple(rows[n_pos : n_pos + n_neg]), evidence,  # type: ignore[arg-type]
+        tuple(rows[n_pos + n_neg : n_pos + n_neg + n_top]), tuple(label.scores),  # type: ignore[arg-type]
     )  # fmt: skip

@@ -2,12 +2,13 @@
 
 `environment.md` shows a naive warmup collapsing into hubs (one passage the top-1 of most queries) while its
 training loss looks fine, so the loop measures what matters at every epoch end: for up to `per_task` dev
-items of each task, whether a gold article is among the top-k of a pool made of every item's gold articles
-plus `pool` random corpus passages (re-encoding the whole corpus each epoch would cost more than training
-on a CPU; the final numbers come from `imprag eval` over a full index), and the hub share and number of
-distinct top-1 passages (`evaluation.metrics.hubness`). `reference(name, teacher)` gives the same numbers
-for the run's teacher ranked within the same pool, logged once at the start of a run: pool numbers get a
-yardstick.
+items of each task, whether a gold article is among the top-k of what is searched, and the hub share and
+number of distinct top-1 passages (`evaluation.metrics.hubness`). What is searched (`EvalConfig.scope`):
+the whole corpus (with frozen passages one matmul against the index's exact E_p, given as `vectors`), or a
+pool of every item's gold articles plus `pool` random corpus passages, re-encoded each time (cheap, but it
+ranked runs differently from the corpus and flattered them: 0.30-0.72 on the pool for 1-7% on the
+corpus). `reference(name, teacher)` gives the same numbers for the run's teacher ranked within the same
+pool, logged once at the start of a run: pool numbers get a yardstick.
 """
 
 from __future__ import annotations
@@ -39,17 +40,31 @@ class RetrievalHealth:
     """Store rows searched (every gold row plus random ones), sorted."""
     store: PassageStore
     k: int = 10
+    vectors: torch.Tensor | None = None
+    """E_p of the `pool` rows in pool order, when fixed (frozen passages); None: encoded at each call."""
 
     @classmethod
     def from_benchmark(
-        cls, bench: Benchmark, store: PassageStore, config: EvalConfig, seed: int = 0
+        cls,
+        bench: Benchmark,
+        store: PassageStore,
+        config: EvalConfig,
+        seed: int = 0,
+        scope: str = "pool",
+        corpus: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> RetrievalHealth:
+        """`scope` "corpus": every stored passage, with `corpus` = (rows, E_p) when they are fixed (the
+        index's); "pool": the gold articles plus `config.pool` random passages."""
         prompts: dict[str, list[str]] = {}
         gold: dict[str, list[set[int]]] = {}
         for task in config.tasks:
             items = bench.items(task, "dev")[: config.per_task]
             prompts[task] = [it.prompt for it in items]
             gold[task] = [{r for r in store.rows_of(it.evidence) if r is not None} for it in items]
+        if scope == "corpus":
+            if corpus is not None:
+                return cls(prompts, gold, corpus[0].tolist(), store, config.k, corpus[1].float())
+            return cls(prompts, gold, list(range(len(store))), store, config.k)
         rng = random.Random(f"{seed}/health")
         extra = rng.sample(range(len(store)), min(config.pool, len(store)))
         pool = sorted(set(extra).union(*(g for rows in gold.values() for g in rows)))
@@ -57,8 +72,15 @@ class RetrievalHealth:
 
     def __call__(self, model: ImpRAG) -> dict[str, Any]:
         """Per task: recall@k of a gold article, hub share and distinct top-1s; and their means."""
-        texts = [p.content for p in self.store.get(self.pool)]
-        e_p = model.embed_passages(texts)  # (P, D)
+        if self.vectors is not None:
+            e_p = self.vectors
+        else:
+            e_p = torch.cat(
+                [
+                    model.embed_passages([p.content for p in self.store.get(self.pool[i : i + 1024])])
+                    for i in range(0, len(self.pool), 1024)
+                ]
+            )  # (P, D), read in bounded chunks
         pool = torch.tensor(self.pool)
         k = min(self.k, len(self.pool))
         return self.report(

@@ -42,6 +42,7 @@ from imprag.hardware import auto_dtype
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.imprag import ImpRAG
 from imprag.model.reader import TokenBatch, batch_tokens, tokenize
+from imprag.retrieval.store import PassageStore
 from imprag.training.checkpoint import (
     export_model,
     latest_checkpoint,
@@ -53,7 +54,13 @@ from imprag.training.checkpoint import (
 )
 from imprag.training.config import TrainConfig
 from imprag.training.data import Example, TrainingData
-from imprag.training.losses import distillation_kl, multi_label_nce
+from imprag.training.retrieval import (
+    CorpusCandidates,
+    SampledCandidates,
+    Scored,
+    choose_reads,
+    retrieval_loss,
+)
 
 __all__ = ["Sequences", "Trainer", "TrainingError", "answer_logprobs", "build_sequences"]
 
@@ -93,7 +100,7 @@ def build_sequences(
     ]
     if any(not ids for ids in answer_ids):
         raise TrainingError("an answer has no tokens; every training example needs a non-empty answer")
-    offsets = [n * model.config.reader.l_max for n in reads]
+    offsets = [model.config.reader.prompt_start(n) for n in reads]
     seqs = [p + a for p, a in zip(prompt_ids, answer_ids, strict=True)]
     model._check_lengths(seqs, offsets, 0)
     batch = batch_tokens(seqs, offsets, model.pad_id)
@@ -139,16 +146,27 @@ class Trainer:
         out: str | Path,
         dist: Dist | None = None,
         health: Any = None,
+        corpus: CorpusCandidates | None = None,
     ) -> None:
+        """`corpus`: every passage's E_p for objective.negatives=corpus (train() reads the index's); None
+        encodes the passage store with the model."""
         self.model, self.data, self.config, self.out = model, data, config, Path(out)
         self.dist = dist or Dist()
         self.health = health
-        if config.optim.batch_size % self.dist.world:
-            raise TrainingError(
-                f"optim.batch_size={config.optim.batch_size} does not divide into {self.dist.world} processes"
-            )
+        for name, size in (("batch_size", config.optim.batch_size),
+                           ("retrieval_batch_size", config.retrieval_batch_size)):  # fmt: skip
+            if size % self.dist.world:
+                raise TrainingError(f"optim.{name}={size} does not divide into {self.dist.world} processes")
         torch.manual_seed(config.optim.seed)
+        if model.config.passages != config.model.passages:
+            model.config = replace(model.config, passages=config.model.passages)
         self.params = prepare_model(model, config.engine)
+        self.candidates: SampledCandidates | CorpusCandidates
+        if config.objective.negatives == "corpus":
+            self.candidates = corpus or CorpusCandidates.encode(model, data.store)
+            self.candidates.refresh_every = config.objective.refresh_every
+        else:
+            self.candidates = SampledCandidates(model, data, config, self.dist)
         self.autocast = autocast_enabled(config.engine.autocast, model.device)
         model.backbone.gradient_checkpointing = config.engine.gradient_checkpointing
         opt = config.optim
@@ -233,7 +251,10 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One optimizer step over the global batch of `step`; returns its logged metrics."""
-        kind, batch = self.data.batch(step, self.config.optim.batch_size)
+        size = self.config.optim.batch_size
+        kind, batch = self.data.batch(
+            step, {"retrieval": self.config.retrieval_batch_size, "instruction": size, "lm": size}
+        )
         local = batch[self.dist.rank :: self.dist.world]
         stage = self.config.stage(step)
         device_type = self.model.device.type
@@ -294,99 +315,47 @@ class Trainer:
         return self._generation(pasted)
 
     def _retrieval(self, examples: list[Example], step: int, stage: str) -> tuple[Tensor, dict[str, Any]]:
-        model, d, o = self.model, self.config.data, self.config.objective
+        """J_ret over every query of the slice (training/retrieval.py) + J_gen over its first batch_size
+        share, each reading what the retriever ranks first."""
+        model, o = self.model, self.config.objective
+        readers = examples[: self.config.optim.batch_size // self.dist.world]
         if o.system == "ra-it":
-            return self._pasted(examples)
-        # Candidates of this process: every example's positives + hard negatives, then random corpus rows
-        # (stage 1 only: the stage-2 KL is over each item's own candidates [D], see ObjectiveConfig).
-        n_random = d.random_negatives if stage == "warmup" else 0
-        width = len(examples) * (d.positives + d.hard_negatives) + n_random
-        rows = [r for e in examples for r in e.candidates]
-        rows = list(dict.fromkeys(rows + self.data.random_rows(step, self.dist.rank, n_random)))
-        texts = dict(zip(rows, (p.content for p in self.data.store.get(rows)), strict=True))
-        ids = model.passage_tokens([texts[r] for r in rows])
-        e_p = model.encode_passages(batch_tokens(ids, [0] * len(ids), model.pad_id)).float()  # (n, D)
-        e_p = F.pad(e_p, (0, 0, 0, width - len(rows)))  # (width, D): equal shapes for all_gather
-        local_ids = torch.tensor(rows + [-1] * (width - len(rows)), device=e_p.device)
-        all_p, all_ids = (
-            self.dist.all_gather(e_p),
-            self.dist.all_gather(local_ids),
-        )  # (W*width, D), (W*width,)
-        # A passage on several processes counts once, preferring this process's copy (it has a gradient).
-        base = self.dist.rank * width
-        order = list(range(base, base + width)) + [
-            j for j in range(len(all_ids)) if not base <= j < base + width
-        ]
-        seen: set[int] = set()
-        first = torch.zeros(len(all_ids), dtype=torch.bool)
-        for j in order:
-            r = int(all_ids[j])
-            if r >= 0 and r not in seen:
-                seen.add(r)
-                first[j] = True
-
-        offset = o.read_k * model.config.reader.l_max
-        e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], offset)).float()  # (m, D)
-        with torch.autocast(e_q.device.type, enabled=False):  # scores ~1e2 apart by ~1: bf16 would merge them
-            scores = e_q.float() @ all_p.float().T  # (m, W*width)
-        positives = torch.stack(
-            [torch.isin(all_ids, torch.tensor(e.positives, device=all_ids.device)) for e in examples]
-        )
-        # An item's gold article is never its negative (as for the hard negatives, training/targets.py).
-        gold = torch.stack(
-            [torch.isin(all_ids, torch.tensor(e.evidence or (-2,), device=all_ids.device)) for e in examples]
-        )
-        valid = first.to(e_p.device)[None, :] & (positives | ~gold)  # (m, W*width)
-        own = [[base + rows.index(r) for r in e.candidates] for e in examples]  # columns of each item's own
-        own_idx, own_mask = _ragged(own, e_p.device)  # (m, c)
-        own_scores = scores.gather(1, own_idx)
-
-        if stage == "warmup":
-            j_ret = multi_label_nce(scores, positives & valid, valid, temperature=o.tau_r)
-        else:
-            target = self._candidate_logprobs(examples, [[texts[r] for r in e.candidates] for e in examples])
-            j_ret = distillation_kl(own_scores, target, own_mask, tau_r=o.tau_r, tau_t=o.tau_t)
-        top1 = all_ids[scores.detach().masked_fill(~valid, float("-inf")).argmax(dim=1)]
-        metrics = {
-            "j_ret": round(j_ret.item(), 4),
-            "top1_positive": round(
-                sum(int(t) in e.positives for t, e in zip(top1.tolist(), examples, strict=True))
-                / len(examples),
-                3,
-            ),
-        }
+            return self._pasted(readers)
+        start = model.config.reader.prompt_start(o.read_k)  # where training reads E_q (as calibration does)
+        e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], start)).float()  # (m, D)
+        scored = self.candidates.score(examples, e_q, step, stage)
+        j_ret, metrics = retrieval_loss(scored, examples, stage, o, self._candidate_logprobs)
         if o.system == "retriever":  # a separate retriever: no generator reads here
             return o.ret_weight * j_ret, metrics
-        # The generator reads the retriever's current top read_k own candidates (or the teacher's positives).
-        if o.read == "retrieved":
-            ranked = own_scores.detach().masked_fill(~own_mask, float("-inf")).argsort(dim=1, descending=True)
-            reads = [
-                [e.candidates[j] for j in ranked[i, : o.read_k].tolist() if j < len(e.candidates)]
-                for i, e in enumerate(examples)
-            ]
-        else:
-            reads = [list(e.positives[: o.read_k]) for e in examples]
+        corpus = isinstance(self.candidates, CorpusCandidates)
+        reads = choose_reads(
+            Scored(scored.scores[: len(readers)], scored.ids, scored.valid[: len(readers)],
+                   scored.positives[: len(readers)], scored.column_of),
+            readers, o.read_k, o.read, corpus, self.data.lm_exclude,
+        )  # fmt: skip
+        texts = _contents(self.data.store, [r for row in reads for r in row])
         seqs = build_sequences(
-            model, [e.prompt for e in examples], [e.answer for e in examples], [len(r) for r in reads]
+            model, [e.prompt for e in readers], [e.answer for e in readers], [len(r) for r in reads]
         )
-        offsets = [len(r) * model.config.reader.l_max for r in reads]
+        offsets = [model.config.reader.prompt_start(len(r)) for r in reads]
         passages = model.passage_batch([[texts[r] for r in row] for row in reads], offsets, warn=False)
         _, j_gen = answer_logprobs(model, seqs, passages)
-
         metrics.update(
             j_gen=round(j_gen.item(), 4),
             read_gold=round(
-                sum(bool(set(r) & set(e.evidence)) for r, e in zip(reads, examples, strict=True))
-                / len(examples),
+                sum(bool(set(r) & set(e.evidence)) for r, e in zip(reads, readers, strict=True))
+                / len(readers),
                 3,
             ),
         )
         return self._global_token_mean(j_gen, seqs) + o.ret_weight * j_ret, metrics
 
     @torch.no_grad()
-    def _candidate_logprobs(self, examples: list[Example], candidates: list[list[str]]) -> Tensor:
-        """log P_LM(answer | one candidate, prompt) for each item's candidates, (m, c) padded with 0."""
+    def _candidate_logprobs(self, examples: list[Example], rows: list[list[int]]) -> Tensor:
+        """log P_LM(answer | one candidate, prompt) for each item's candidate rows, (m, c) padded with 0."""
         model, reduce = self.model, self.config.objective.answer_logprob
+        texts = _contents(self.data.store, [r for row in rows for r in row])
+        candidates = [[texts[r] for r in row] for row in rows]
         flat = [(i, text) for i, row in enumerate(candidates) for text in row]
         values: list[Tensor] = []
         for start in range(0, len(flat), SCORE_CHUNK):
@@ -412,21 +381,15 @@ class Trainer:
         exactly the one-process gradient even when processes hold different numbers of answer tokens."""
         if self.dist.world == 1:
             return local_mean
-        import torch.distributed as tdist
-
         count = torch.tensor([float(seqs.answer.sum())], device=local_mean.device)
-        total = count.clone()
-        tdist.all_reduce(total)
+        total = self.dist.sum_(count.clone())
         return local_mean * (count * self.dist.world / total).to(local_mean)[0]
 
     def _average_gradients(self) -> None:
         if self.dist.world == 1:
             return
-        import torch.distributed as tdist
-
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.flatten() for g in grads])
-        tdist.all_reduce(flat)
+        flat = self.dist.sum_(torch.cat([g.flatten() for g in grads]))
         flat /= self.dist.world
         n = 0
         for p, g in zip(self.params, grads, strict=True):
@@ -499,14 +462,10 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
 
-def _ragged(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    idx = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
-    for i, r in enumerate(rows):
-        idx[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = True
-    return idx, mask
+def _contents(store: PassageStore, rows: Sequence[int]) -> dict[int, str]:
+    """Store row -> the passage content the model reads (title, newline, text)."""
+    unique = list(dict.fromkeys(rows))
+    return dict(zip(unique, (p.content for p in store.get(unique)), strict=True))
 
 
 def _normalized(saved: dict[str, Any]) -> dict[str, Any] | None:
@@ -560,19 +519,29 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
         raise failed or TrainingError("rank 0 could not load the training data")
     if not dist.is_main:
         data = load_training_data(config.data, out, config.optim.seed)
-    health = RetrievalHealth.from_benchmark(
-        Benchmark.load(config.data.benchmark), data.store, config.eval, config.optim.seed
-    )
     m = config.model
     dtype = config.weights_dtype()
     if dtype == "auto" and torch.cuda.is_available():  # the model is moved there below
         dtype = auto_dtype("cuda")
-    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=dtype)
+    model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=dtype, passages=m.passages)
     if m.pooling is not None:  # the run decides pooling (and Trainer, centering), not its starting checkpoint
         model.config = replace(model.config, embedding=replace(model.config.embedding, pooling=m.pooling))
     if torch.cuda.is_available():
         model.model.to(f"cuda:{torch.cuda.current_device()}")
-    trainer = Trainer(model, data, config, out, dist, health)
+    corpus, vectors = None, None
+    if m.passages == "frozen":  # the index holds every E_p exactly, if a model like this one encoded it
+        from imprag.retrieval.index import PassageIndex
+
+        index = PassageIndex.load(config.data.index, model)  # StaleIndexError names the fix
+        wanted = config.objective.negatives == "corpus" or config.health_scope == "corpus"
+        vectors = index.vectors() if wanted else None
+        if vectors is not None and config.objective.negatives == "corpus":
+            corpus = CorpusCandidates(vectors[0], vectors[1], model, data.store)
+    health = RetrievalHealth.from_benchmark(
+        Benchmark.load(config.data.benchmark), data.store, config.eval, config.optim.seed,
+        scope=config.health_scope, corpus=vectors,
+    )  # fmt: skip
+    trainer = Trainer(model, data, config, out, dist, health, corpus)
     if trainer.step == 0 and dist.is_main:  # the teacher on the same pool: what the health numbers mean
         teacher = config.data.teacher
         try:

@@ -3,11 +3,13 @@
 For each training item the teacher (MiniLM by default, or BM25) ranks the passage store with the item's
 prompt as its query. Positives are the teacher's top `positives` (paper: 5); hard negatives are `negatives`
 passages sampled from the teacher's ranks `negative_ranks` (paper: 10-50), never one of the item's gold
-evidence passages (a gold article ranked 20th is not a negative) [D].
+evidence passages (a gold article ranked 20th is not a negative) [D]. With `top_m`, the label also keeps the
+teacher's top-m passages and their scores: the dense teacher signal (`objective.teacher_kl_weight`), a KL
+from the teacher's score distribution over them to the model's.
 
 Labels are cached on disk, keyed by teacher and corpus hash:
 
-    OUT/{teacher}-{corpus_hash}/{task}-{split}.jsonl   {"id", "positives": [...], "negatives": [...]}
+    OUT/{teacher}-{corpus_hash}/{task}-{split}.jsonl   {"id", "positives", "negatives", "top", "scores"}
     OUT/{teacher}-{corpus_hash}/{task}-{split}.json    settings and the items' ids hash (written last)
 
 A cached file is reused only when its settings and items match; otherwise it is recomputed.
@@ -19,7 +21,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,11 +44,15 @@ class PseudoLabelConfig:
     """1-based, inclusive teacher ranks the hard negatives are sampled from."""
     query: Literal["prompt", "oracle"] = "prompt"
     """The teacher's query: the item's whole prompt (as RA-IT retrieves) or its hand-built ideal query."""
+    top_m: int = 0
+    """Also keep the teacher's top-m passages with their scores (0: none)."""
     seed: int = 0
     batch_size: int = 256
 
     def __post_init__(self) -> None:
         first, last = self.negative_ranks
+        if self.top_m < 0:
+            raise ValueError("top_m must be >= 0")
         if self.positives < 1 or self.negatives < 0:
             raise ValueError("positives must be >= 1 and negatives >= 0")
         if not (self.positives < first <= last):
@@ -63,6 +69,10 @@ class PseudoLabel:
     positives: list[str]
     """Passage ids, teacher order."""
     negatives: list[str]
+    top: list[str] = field(default_factory=list)
+    """The teacher's top-m passage ids, best first (`PseudoLabelConfig.top_m`)."""
+    scores: list[float] = field(default_factory=list)
+    """The teacher's scores of `top` (cosine for MiniLM, BM25 scores for BM25)."""
 
 
 def pseudo_label(
@@ -71,7 +81,8 @@ def pseudo_label(
     """Positives and hard negatives for every item, in item order (deterministic for a seed)."""
     config = config or PseudoLabelConfig()
     first, last = config.negative_ranks
-    depth = min(last, len(teacher)) if hasattr(teacher, "__len__") else last  # a corpus smaller than 50
+    depth = max(last, config.top_m)
+    depth = min(depth, len(teacher)) if hasattr(teacher, "__len__") else depth  # a corpus smaller than 50
     out: list[PseudoLabel] = []
     for start in tqdm(range(0, len(items), config.batch_size), desc="pseudo-labels", unit="batch"):
         batch = items[start : start + config.batch_size]
@@ -81,7 +92,13 @@ def pseudo_label(
             pool = [pid for pid in ids[first - 1 : last] if pid not in item.evidence]
             rng = random.Random(f"{config.seed}/{item.id}")  # per item: labels do not depend on batching
             negatives = rng.sample(pool, min(config.negatives, len(pool)))
-            out.append(PseudoLabel(item.id, ids[: config.positives], negatives))
+            top = ranked[: config.top_m]
+            out.append(
+                PseudoLabel(
+                    item.id, ids[: config.positives], negatives, [p.id for p in top],
+                    [round(float(p.score), 6) for p in top],
+                )
+            )  # fmt: skip
     return out
 
 
