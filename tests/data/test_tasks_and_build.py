@@ -32,7 +32,7 @@ from imprag.evaluation.metrics import answer_in_text, normalize_answer
 from imprag.retrieval.corpus import CorpusError, read_corpus
 
 UNSEEN = ["slot-filling", "fact-check", "entity-linking"]
-NO_RETRIEVAL = ["denoise", "sentence", "reading"]
+NO_RETRIEVAL = ["denoise", "sentence", "reading", "verify", "title"]
 
 # -- tasks ---------------------------------------------------------------------------------------------
 
@@ -40,12 +40,12 @@ NO_RETRIEVAL = ["denoise", "sentence", "reading"]
 def test_registry_formats() -> None:
     assert list(TASKS) == [
         "describe", "fanoutqa", "trivia", "slot-filling", "fact-check", "entity-linking",
-        "denoise", "sentence", "reading",
+        "denoise", "sentence", "reading", "verify", "title",
     ]  # fmt: skip
     assert tasks_of("seen") == ["describe", "fanoutqa", "trivia"]
     assert tasks_of("unseen") == UNSEEN
     assert tasks_of("no-retrieval") == NO_RETRIEVAL
-    assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == {"fact-check"}
+    assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == {"fact-check", "verify"}
     # answer-string recall is meaningless for True/False answers and for tasks that read no passages
     assert {n for n, t in TASKS.items() if t.answer_recall} == {
         "describe", "fanoutqa", "trivia", "slot-filling", "entity-linking",
@@ -97,6 +97,17 @@ def test_get_task_unknown_lists_known() -> None:
             "[SEP] for the context mentioned before [SEP] A:",
         ),
         ("reading", {"context": "Rome\nRome is old.", "question": "Q?"}, "Rome\nRome is old. Q: Q? A:"),
+        (
+            "verify",
+            {"context": "Rome\nRome is old.", "claim": "Rome is a city."},
+            "Rome\nRome is old. [SEP] Rome is a city. Does the text before [SEP] support the claim after "
+            "[SEP]? Answer True or False A:",
+        ),
+        (
+            "title",
+            {"context": "___ is old."},
+            "___ is old. Q: What is the title of the article this text comes from? A:",
+        ),
     ],
 )
 def test_prompt_rendering(task: str, fields: dict[str, str], prompt: str) -> None:
@@ -293,7 +304,7 @@ def test_gold_answer_is_in_evidence(all_items: dict[str, list[Item]], corpus: di
     """Every item whose answer is not the verdict "False" has a gold answer in an evidence passage
     (fact-check True items: the answer is "True", checked through the claim below)."""
     for task, items in all_items.items():
-        if task in ("fact-check", "denoise"):
+        if task in ("fact-check", "verify", "denoise"):
             continue  # verdicts; denoise answers are "span; span" joined, checked below
         for it in items:
             assert any(answer_in_text(a, corpus[e].content) for a in it.answers for e in it.evidence), it.id
@@ -428,6 +439,46 @@ def test_item_kinds_that_proved_uninformative_are_gone(all_items: dict[str, list
         if it.id.count("/") == 1:  # a description claim: fact-check/<article>
             true, false = it.meta["true_claim"], it.meta["false_claim"]
             assert true != false and _head_of_claim(true) == _head_of_claim(false), it.id
+
+
+def test_verify_judges_description_claims_against_the_text(
+    all_items: dict[str, list[Item]], corpus: dict
+) -> None:
+    """True claims state the article's own description, False ones another article's with the same head
+    noun; the labels are balanced, and the text in the prompt is the article."""
+    items = all_items["verify"]
+    assert len(items) == 3000
+    assert 0.45 < sum(it.answers == ["True"] for it in items) / len(items) < 0.55
+    assert {a for it in items for a in it.answers} == {"True", "False"}
+    for it in items:
+        p = corpus[it.evidence[0]]
+        assert it.fields["context"] == p.content
+        claim = it.fields["claim"]
+        assert claim.startswith(f"{p.title} is ") and claim.endswith(".")
+        claimed = claim.removeprefix(f"{p.title} is ").removeprefix("a ").removeprefix("an ").rstrip(".")
+        own = normalize_answer(claimed) == normalize_answer(p.meta["description"])
+        assert own == (it.answers == ["True"]), it.id
+        assert builders._head(claimed) == builders._head(p.meta["description"]), it.id
+
+
+def test_title_blanks_every_mention_of_the_title(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    items = all_items["title"]
+    assert len(items) == 3000
+    for it in items:
+        p = corpus[it.evidence[0]]
+        assert it.answers == [p.title] and "___" in it.fields["context"]
+        assert builders._base(p.title).lower() not in it.fields["context"].lower(), it.id
+
+
+def test_new_answer_types_come_in_templates_unlike_the_unseen_ones() -> None:
+    """verify answers True/False like fact checking and title names a title like entity linking, but
+    neither shares an instruction with an unseen template."""
+    for task in ("verify", "title"):
+        ours = get_task(task).template.split("{context}")[1]
+        for unseen in UNSEEN:
+            theirs = get_task(unseen).template.replace("{context}", "").replace("{statement}", "")
+            theirs = theirs.replace("{entity}", "").replace("{relation}", "").removesuffix("A:").strip()
+            assert theirs.split("?")[0] not in ours and theirs not in ours, (task, unseen)
 
 
 def _head_of_claim(claim: str) -> str:

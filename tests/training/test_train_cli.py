@@ -4,10 +4,12 @@ teacher, two epochs (warmup, then distillation), the exported model reloaded, th
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import tiny_model
+from torch.testing import assert_close
 
 from imprag import ImpRAG, LayerSplit
 from imprag.cli import build_parser, main
@@ -206,3 +208,71 @@ def test_a_retriever_run_refuses_what_it_cannot_train(extra: list[str], message:
 
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_train_config(None, ["objective.system=retriever", "optim.epochs=3", *extra])
+
+
+FROZEN = [
+    "model.passages=frozen", "objective.negatives=corpus", "data.teacher_top_m=4",
+    "objective.teacher_kl_weight=0.5", "eval.scope=corpus",
+]  # fmt: skip
+
+
+def test_a_frozen_adapter_retrieves_from_the_base_index_without_a_refresh(
+    setup: dict[str, str], tmp_path: Path, tokenizer, capsys
+) -> None:
+    """One index per base model: training with frozen passages scores against the base index's own E_p,
+    and the adapter it exports loads against that index as it is (no `index --refresh`); an index of
+    another base is refused, naming both fingerprints."""
+    out = Path(setup["out"])
+    manifest_before = (Path(setup["index"]) / "manifest.json").read_text()
+    assert main(["train", "--out", str(out), "--no-progress", *overrides(setup), *FROZEN]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "j_teacher" in r]
+    assert steps and all(r["kind"] == "retrieval" for r in steps)
+    health = [r["health"] for r in log if "health" in r]
+    assert health and all(h["scope"] == "corpus" for h in health)
+    base = ImpRAG.from_pretrained(setup["model"], dtype="float32")
+    trained = ImpRAG.from_pretrained(out / "model", dtype="float32")
+    assert trained.config.passages == "frozen"
+    assert trained.retrieval_fingerprint() == base.retrieval_fingerprint()
+    texts = [p.content for p in PASSAGES]
+    assert_close(trained.embed_passages(texts), base.embed_passages(texts))
+    prompt = "Q: Which is topic 3? A:"
+    assert (trained.embed_queries([prompt]) - base.embed_queries([prompt])).abs().max() > 1e-4
+    capsys.readouterr()
+    assert main(["retrieve", setup["index"], prompt, "--model", str(out / "model"), "-k", "3"]) == 0
+    assert "Article" in capsys.readouterr().out
+    assert (Path(setup["index"]) / "manifest.json").read_text() == manifest_before  # nothing re-encoded
+    # an index encoded by another base model is stale for this adapter
+    other = tmp_path / "other-base"
+    ImpRAG(tiny_model("llama", seed=1), tokenizer, LayerSplit(1, 3)).save_pretrained(other)
+    other_index = tmp_path / "other-idx"
+    corpus = str(tmp_path / "corpus.jsonl")
+    assert main(["index", corpus, "--out", str(other_index), "--model", str(other), "--no-progress"]) == 0
+    built = json.loads((other_index / "manifest.json").read_text())["model"]["fingerprint"]
+    capsys.readouterr()
+    assert main(["retrieve", str(other_index), prompt, "--model", str(out / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "another base model" in err and built in err and trained.retrieval_fingerprint() in err
+
+
+@pytest.mark.parametrize("bad", ["nan", "empty"])
+def test_a_broken_teacher_distribution_is_refused_before_step_1(
+    setup: dict[str, str], monkeypatch, capsys, bad: str
+) -> None:
+    import imprag.training.data as data_module
+
+    real = data_module.cached_pseudo_labels
+
+    def broken(*args, **kwargs):
+        labels, cached = real(*args, **kwargs)
+        scores = [1.0, float("nan"), 0.5, 0.2] if bad == "nan" else []
+        labels[2] = replace(labels[2], top=labels[2].top[: len(scores)], scores=scores)
+        return labels, cached
+
+    monkeypatch.setattr(data_module, "cached_pseudo_labels", broken)
+    out = Path(setup["out"])
+    assert main(["train", "--out", str(out), "--no-progress", *overrides(setup), *FROZEN]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the labels' one log line
+    assert last.startswith("imprag train: error: the bm25 teacher's top-4 of item describe-2 ")
+    assert ("has non-finite scores" if bad == "nan" else "is empty") in last
+    assert not (out / "log.jsonl").exists() and not list(out.glob("checkpoint*"))

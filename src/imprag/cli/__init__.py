@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except expected as err:
         print(f"imprag {args.command}: error: {err}", file=sys.stderr)
         code = 2
+    finally:  # one handler per call: a second main() in the process must not print every line twice
+        log.removeHandler(mine)
     # The ranks of `index` and `train` end together (errors are broadcast), so the group can go now; an
     # unexpected exception propagates without this (other ranks may still wait in a collective).
     joined = sys.modules.get("imprag.distributed")  # only commands that may have joined a group import it

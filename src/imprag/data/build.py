@@ -43,7 +43,7 @@ class BuildConfig:
     eval_size: int = 300
     """Items in each of dev and test of a task that also has a train split (`describe`); the rest is train."""
     max_items: dict[str, int] = field(
-        default_factory=lambda: {"denoise": 3000, "sentence": 3000, "reading": 3000}
+        default_factory=lambda: dict.fromkeys(("denoise", "sentence", "reading", "verify", "title"), 3000)
     )
     """Caps per task (applied per split, after the seeded shuffle)."""
 
@@ -96,7 +96,7 @@ def build_items(
     free = [p for pid, p in sorted(corpus.items()) if pid not in protected]
     for task in [t for t in TRAIN_BUILDERS if t in tasks]:
         stream = rng(task)
-        made = [TRAIN_BUILDERS[task](p, stream) for p in free]
+        made = TRAIN_BUILDERS[task](free, stream)
         candidates = [c for c in made if c is not None]
         kept = [c for c in candidates if check(c, corpus)]
         kept.sort(key=lambda c: _hash01(config.seed, f"{task}\x00{c.key}"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -419,6 +419,43 @@ def _reading(p: Passage, rng: random.Random) -> Candidate | None:
     return Candidate("reading", p.id, {"context": p.content, "question": question}, [desc], [p.id], "", p.id)
 
 
+def _verify(passages: list[Passage], rng: random.Random) -> list[Candidate | None]:
+    """True/False judgements of a claim against the text in the prompt: "<title> is <description>", with
+    the article's own Wikipedia description (True; the text need not state it word for word) or, half the
+    time, another article's with the same head noun (False, so the kind of thing cannot give it away).
+    Unseen fact checking answers True/False too; without this no training task ever does."""
+    lower = _lowercase_words(passages)
+    by_head: dict[str, list[Passage]] = collections.defaultdict(list)
+    for p in passages:
+        if desc := (p.meta.get("description") or "").strip():
+            by_head[_head(desc)].append(p)
+    out: list[Candidate | None] = []
+    for p in passages:
+        desc = (p.meta.get("description") or "").strip()
+        others = [
+            o for o in by_head.get(_head(desc), [])
+            if o.id != p.id and normalize_answer(o.meta["description"]) != normalize_answer(desc)
+        ] if desc else []  # fmt: skip
+        if not others:
+            out.append(None)
+            continue
+        true = rng.random() < 0.5
+        claimed = desc if true else rng.choice(others).meta["description"].strip()
+        fields = {"context": p.content, "claim": f"{p.title} is {_noun_phrase(claimed, lower)}."}
+        out.append(Candidate("verify", p.id, fields, [str(true)], [p.id], "", p.id, [p.title]))
+    return out
+
+
+def _title(p: Passage, rng: random.Random) -> Candidate | None:
+    """The article's title from its text, with every mention of the title blanked out ("___"): a title
+    answer, the answer type of entity linking, in a template unlike it."""
+    base = _base(p.title)
+    text = re.sub(re.escape(base), "___", p.text, flags=re.IGNORECASE) if base else p.text
+    if "___" not in text or len(text.split()) < 20:
+        return None
+    return Candidate("title", p.id, {"context": text}, [p.title], [p.id], "", p.id, [p.title])
+
+
 def check(c: Candidate, corpus: dict[str, Passage]) -> bool:
     support = c.support if c.support is not None else c.answers
     return all(e in corpus for e in c.evidence) and any(
@@ -436,5 +473,19 @@ EVAL_BUILDERS = {
 }
 """Tasks with dev/test items: task -> builder(corpus, rng) -> candidates (split later by the group key)."""
 
-TRAIN_BUILDERS = {"denoise": _denoise, "sentence": _sentence, "reading": _reading}
-"""Training-only tasks: task -> builder(passage, rng) -> a candidate or None, one per usable article."""
+
+def _each(
+    make: Callable[[Passage, random.Random], Candidate | None],
+) -> Callable[[list[Passage], random.Random], list[Candidate | None]]:
+    return lambda passages, rng: [make(p, rng) for p in passages]
+
+
+TRAIN_BUILDERS = {
+    "denoise": _each(_denoise),
+    "sentence": _each(_sentence),
+    "reading": _each(_reading),
+    "verify": _verify,
+    "title": _each(_title),
+}
+"""Training-only tasks: task -> builder(free articles, rng) -> a candidate or None per article, built from
+the articles no dev/test item uses (false claims draw only on those, too)."""

@@ -8,7 +8,9 @@ Formats:
   seen       open QA `Q: {question} A:` -- the format the training issue trains on (its train split)
   unseen     slot filling, fact checking, entity linking -- never trained on, so only dev and test splits
   no-retrieval  training-only tasks whose context is in the prompt (phrase denoising, next/previous
-             sentence, reading comprehension); the method page's instruction-tuning data, no passages read
+             sentence, reading comprehension, True/False verification, title naming); the method page's
+             instruction-tuning data, no passages read. The last two give the answer types the unseen
+             formats need (fact checking's True/False, entity linking's titles) in templates unlike theirs
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ SENTENCE_TEMPLATE = (
     "for the context mentioned before [SEP] A:"
 )
 READING_TEMPLATE = "{context} Q: {question} A:"
+VERIFY_TEMPLATE = (
+    "{context} [SEP] {claim} Does the text before [SEP] support the claim after [SEP]? "
+    "Answer True or False A:"
+)
+TITLE_TEMPLATE = "{context} Q: What is the title of the article this text comes from? A:"
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,16 @@ TASKS: dict[str, Task] = {
         Task(
             "reading", "no-retrieval", READING_TEMPLATE, "em", False, 16,
             "reading comprehension with the passage in the prompt",
+            "train",
+        ),
+        Task(
+            "verify", "no-retrieval", VERIFY_TEMPLATE, "accuracy", False, 3,
+            "True/False: does the summary in the prompt support a description claim (half swapped)",
+            "train",
+        ),
+        Task(
+            "title", "no-retrieval", TITLE_TEMPLATE, "em", False, 16,
+            "the article's title from its summary, every mention of the title blanked",
             "train",
         ),
     ]

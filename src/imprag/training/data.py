@@ -15,6 +15,7 @@ permutations, one pass after another, so a resumed run sees exactly what an unin
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ class TrainingData:
         return out
 
 
-def load_training_data(config: DataConfig, out: Path, seed: int = 0) -> TrainingData:
+def load_training_data(config: DataConfig, out: Path, seed: int = 0, progress: bool = True) -> TrainingData:
     """Examples from a built benchmark (train splits) and pseudo labels from the index's teacher."""
     from imprag.retrieval.index import PassageIndex
 
@@ -198,12 +199,14 @@ def load_training_data(config: DataConfig, out: Path, seed: int = 0) -> Training
             teacher = load_teacher(config, store)
         cache = config.label_cache or str(out / "pseudo-labels")
         labels, cached = cached_pseudo_labels(
-            cache, config.teacher, store.corpus_hash, f"{task}-train", items, teacher, label_config
+            cache, config.teacher, store.corpus_hash, f"{task}-train", items, teacher, label_config, progress
         )
         log.info("%s: %d pseudo labels (%s)", task, len(labels), "cached" if cached else "computed")
         examples["retrieval"] += [
             _retrieval_example(item, label, store) for item, label in zip(items, labels, strict=True)
         ]
+    if config.teacher_top_m:
+        _check_teacher(examples["retrieval"], config)
     for task in config.instruction_tasks:
         items = _checked(bench.items(task, "train")[: config.cap or None], task)
         examples["instruction"] += [
@@ -225,6 +228,25 @@ def evaluated_rows(bench: Benchmark, store: PassageStore) -> set[int]:
         for pid in it.articles
     }
     return {row for row in store.rows_of(sorted(ids)) if row is not None}
+
+
+def _check_teacher(examples: list[Example], config: DataConfig) -> None:
+    """The dense teacher signal needs a usable distribution for every query: refused before step 1."""
+    for e in examples:
+        scores = e.teacher_scores
+        problem = (
+            "is empty" if not e.teacher_rows
+            else f"holds {len(e.teacher_rows)} passage (a distribution needs 2)" if len(e.teacher_rows) < 2
+            else "has non-finite scores" if not all(math.isfinite(x) for x in scores)
+            else f"has {len(scores)} scores for {len(e.teacher_rows)} passages"
+            if len(scores) != len(e.teacher_rows) else ""
+        )  # fmt: skip
+        if problem:
+            raise TrainingDataError(
+                f"the {config.teacher} teacher's top-{config.teacher_top_m} of item {e.id} {problem}; "
+                f"rebuild the teacher (`imprag index ... --baselines {config.teacher} --overwrite`) and "
+                "delete the label cache (data.label_cache, default RUN/pseudo-labels)"
+            )
 
 
 def _checked(items: list[Item], task: str) -> list[Item]:

@@ -42,6 +42,8 @@ class RetrievalHealth:
     k: int = 10
     vectors: torch.Tensor | None = None
     """E_p of the `pool` rows in pool order, when fixed (frozen passages); None: encoded at each call."""
+    scope: str = "pool"
+    """What `pool` is: "corpus" (every stored passage) or "pool" (gold articles plus random ones)."""
 
     @classmethod
     def from_benchmark(
@@ -63,8 +65,8 @@ class RetrievalHealth:
             gold[task] = [{r for r in store.rows_of(it.evidence) if r is not None} for it in items]
         if scope == "corpus":
             if corpus is not None:
-                return cls(prompts, gold, corpus[0].tolist(), store, config.k, corpus[1].float())
-            return cls(prompts, gold, list(range(len(store))), store, config.k)
+                return cls(prompts, gold, corpus[0].tolist(), store, config.k, corpus[1].float(), "corpus")
+            return cls(prompts, gold, list(range(len(store))), store, config.k, scope="corpus")
         rng = random.Random(f"{seed}/health")
         extra = rng.sample(range(len(store)), min(config.pool, len(store)))
         pool = sorted(set(extra).union(*(g for rows in gold.values() for g in rows)))
@@ -125,4 +127,5 @@ class RetrievalHealth:
             key: round(sum(r[key] for r in values) / len(values), 3) for key in ("recall", "hub_share")
         }
         report["pool"] = len(self.pool)
+        report["scope"] = self.scope
         return report

@@ -324,7 +324,7 @@ class Trainer:
         start = model.config.reader.prompt_start(o.read_k)  # where training reads E_q (as calibration does)
         e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], start)).float()  # (m, D)
         scored = self.candidates.score(examples, e_q, step, stage)
-        j_ret, metrics = retrieval_loss(scored, examples, stage, o, self._candidate_logprobs)
+        j_ret, metrics = retrieval_loss(scored, examples, stage, o, self._candidate_logprobs, len(readers))
         if o.system == "retriever":  # a separate retriever: no generator reads here
             return o.ret_weight * j_ret, metrics
         corpus = isinstance(self.candidates, CorpusCandidates)
@@ -512,13 +512,13 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
     failed = None
     if dist.is_main:
         try:
-            data = load_training_data(config.data, out, config.optim.seed)
+            data = load_training_data(config.data, out, config.optim.seed, progress)
         except Exception as err:  # the other ranks must not wait for labels that never come
             failed = err
     if dist.broadcast_error(failed is not None):
         raise failed or TrainingError("rank 0 could not load the training data")
     if not dist.is_main:
-        data = load_training_data(config.data, out, config.optim.seed)
+        data = load_training_data(config.data, out, config.optim.seed, progress)
     m = config.model
     dtype = config.weights_dtype()
     if dtype == "auto" and torch.cuda.is_available():  # the model is moved there below

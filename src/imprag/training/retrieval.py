@@ -18,8 +18,9 @@ negative, as for the hard negatives, training/targets.py) unless it is a positiv
 Losses (training/losses.py):
     warmup    J_ret = NCE(each positive against the valid non-positives)
                       + teacher_kl_weight * KL(P_teacher || P_model) over the teacher's top-m (corpus only)
-    distill   J_ret = distill_kl_weight * KL(P_LM || P_model) over the item's own candidates
-                      + distill_nce_weight * NCE
+    distill   J_ret = distill_kl_weight * KL(P_LM || P_model) over the item's own candidates (the
+                      reader share of the slice: P_LM costs a forward per candidate)
+                      + distill_nce_weight * NCE (every query of the slice)
 """
 
 from __future__ import annotations
@@ -224,9 +225,16 @@ def teacher_kl(scored: Scored, examples: Sequence[Example], tau_r: float, tau_te
 
 
 def retrieval_loss(
-    scored: Scored, examples: list[Example], stage: str, objective: ObjectiveConfig, target: TargetFn
+    scored: Scored,
+    examples: list[Example],
+    stage: str,
+    objective: ObjectiveConfig,
+    target: TargetFn,
+    distill_on: int | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """J_ret of the stage (module docstring) and its logged parts."""
+    """J_ret of the stage (module docstring) and its logged parts. The stage-2 KL covers the first
+    `distill_on` queries (default all): its target costs one reader forward per candidate, so a step with a
+    large retrieval slice distills on its reader share and ranks the rest by NCE alone."""
     o, metrics = objective, {}
     nce = multi_label_nce(scored.scores, scored.positives, scored.valid, temperature=o.tau_r)
     if stage == "warmup":
@@ -236,9 +244,11 @@ def retrieval_loss(
             metrics["j_teacher"] = round(kd.item(), 4)
             j_ret = j_ret + o.teacher_kl_weight * kd
     else:
-        own = [list(e.candidates) for e in examples]
-        own_scores, own_mask = scored.gathered(own)
-        kl = distillation_kl(own_scores, target(examples, own), own_mask, tau_r=o.tau_r, tau_t=o.tau_t)
+        head = examples[: distill_on or len(examples)]
+        own = [list(e.candidates) for e in head]
+        idx, own_mask = scored.columns(own)
+        own_scores = scored.scores[: len(head)].gather(1, idx)
+        kl = distillation_kl(own_scores, target(head, own), own_mask, tau_r=o.tau_r, tau_t=o.tau_t)
         metrics["j_distill"] = round(kl.item(), 4)
         j_ret = o.distill_kl_weight * kl + o.distill_nce_weight * nce
     metrics["j_nce"] = round(nce.item(), 4)

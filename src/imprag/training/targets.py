@@ -76,7 +76,10 @@ class PseudoLabel:
 
 
 def pseudo_label(
-    items: Sequence[Item], teacher: TextRetriever, config: PseudoLabelConfig | None = None
+    items: Sequence[Item],
+    teacher: TextRetriever,
+    config: PseudoLabelConfig | None = None,
+    progress: bool = True,
 ) -> list[PseudoLabel]:
     """Positives and hard negatives for every item, in item order (deterministic for a seed)."""
     config = config or PseudoLabelConfig()
@@ -84,7 +87,8 @@ def pseudo_label(
     depth = max(last, config.top_m)
     depth = min(depth, len(teacher)) if hasattr(teacher, "__len__") else depth  # a corpus smaller than 50
     out: list[PseudoLabel] = []
-    for start in tqdm(range(0, len(items), config.batch_size), desc="pseudo-labels", unit="batch"):
+    batches = range(0, len(items), config.batch_size)
+    for start in tqdm(batches, desc="pseudo-labels", unit="batch", disable=not progress):
         batch = items[start : start + config.batch_size]
         queries = [it.oracle_query if config.query == "oracle" else it.prompt for it in batch]
         for item, ranked in zip(batch, teacher.retrieve(queries, depth), strict=True):
@@ -110,6 +114,7 @@ def cached_pseudo_labels(
     items: Sequence[Item],
     teacher: TextRetriever,
     config: PseudoLabelConfig | None = None,
+    progress: bool = True,
 ) -> tuple[list[PseudoLabel], bool]:
     """Labels for `items` from the cache under `out` when they match, else computed and cached.
     `name` names the item set (e.g. "describe-train"). Returns (labels, whether they came from the cache)."""
@@ -131,7 +136,7 @@ def cached_pseudo_labels(
                 return labels, True
     except (OSError, ValueError, TypeError):
         pass  # no cache, or a damaged one: recompute
-    labels = pseudo_label(items, teacher, config)
+    labels = pseudo_label(items, teacher, config, progress)
     meta_path.unlink(missing_ok=True)  # the data file changes before its settings are written again
     atomic_write_text(data_path, "".join(json.dumps(asdict(label)) + "\n" for label in labels))
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,238 @@
+"""Whole-corpus negatives (objective.negatives=corpus) on a tiny random llama with a random LoRA adapter:
+frozen passages score every query against the base model's E_p of every stored passage, and the warmup NCE,
+the dense teacher KL and what the generator reads are recomputed by hand here (python loops over floats,
+not the library's loss functions). Training moves the prompt side only: every E_p stays the base model's."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_model
+from synthetic import passage_store
+
+from imprag import ImpRAG, LayerSplit
+from imprag.config import ConfigError
+from imprag.retrieval.store import PassageStore
+from imprag.training.config import TrainConfig, load_train_config
+from imprag.training.data import Example, TrainingData
+from imprag.training.loop import Trainer
+from imprag.training.retrieval import CorpusCandidates
+
+SPLIT = LayerSplit(b=1, t=3)
+N = 40
+READ_K = 2
+BASE = [
+    "data.mix=[1, 0, 0]",
+    "optim.batch_size=3",
+    "optim.epochs=1",
+    "optim.steps_per_epoch=4",
+    "optim.warmup_steps=1",
+    "optim.lr=0.05",
+    "objective.warmup_epochs=1",
+    f"objective.read_k={READ_K}",
+    "objective.tau_r=0.5",
+    "objective.negatives=corpus",
+    "model.passages=frozen",
+    "model.dtype=float32",
+    "engine.autocast=false",
+    "engine.lora_r=4",
+]
+PROMPTS = ["Q: What is 7? A:", "Q: Which text is number 12? A:", "Q: Things 70? A:"]
+# positives, hard negatives, gold articles (row 5 is item 0's gold article but not its positive)
+LABELS = [((1, 2), (20,), (1, 5)), ((12,), (21, 22), (12,)), ((10, 11, 3), (23,), (10,))]
+TEACHER = [((1, 2, 7), (0.9, 0.5, 0.1)), ((12, 30), (0.8, 0.6)), ((10, 11, 3, 4), (0.7, 0.6, 0.2, 0.1))]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> PassageStore:
+    return passage_store(tmp_path_factory.mktemp("store") / "p.sqlite", N)
+
+
+def content(row: int) -> str:
+    return f"Title {row}\nText number {row} about things {row * 7}."
+
+
+def batch() -> list[Example]:
+    return [
+        Example(f"r{i}", "retrieval", PROMPTS[i], f" answer {i}\n", pos, neg, gold, *TEACHER[i])
+        for i, (pos, neg, gold) in enumerate(LABELS)
+    ]
+
+
+def config(*overrides: str) -> TrainConfig:
+    return load_train_config(None, [*BASE, *overrides])
+
+
+def frozen_trainer(tokenizer, store: PassageStore, tmp_path, *overrides: str) -> tuple[Trainer, ImpRAG]:
+    """(a trainer whose LoRA adapter is random, not zero, the untouched base model)."""
+    base = ImpRAG(tiny_model("llama"), tokenizer, SPLIT)
+    cfg = config(*overrides)
+    model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT)
+    t = Trainer(model, TrainingData({"retrieval": batch()}, store, cfg.data.mix, seed=0), cfg, tmp_path)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.3)
+    return t, base
+
+
+@torch.no_grad()
+def hand_scores(t: Trainer, base: ImpRAG) -> list[list[float]]:
+    """s(q_i, p_r) for every store row r: E_q of the adapted model, E_p of the base model."""
+    e_q = t.model.embed_queries(PROMPTS, k=READ_K)
+    e_p = base.embed_passages([content(r) for r in range(N)])
+    return (e_q @ e_p.T).tolist()
+
+
+def hand_nce(scores: list[list[float]], tau: float) -> float:
+    """Mean over queries of sum over positives p of -log(e^{s_p} / (e^{s_p} + sum_n e^{s_n})), n over
+    every corpus row that is neither a positive nor a gold article of the query."""
+    total = 0.0
+    for i, (pos, _, gold) in enumerate(LABELS):
+        negatives = [r for r in range(N) if r not in pos and r not in gold]
+        neg = sum(math.exp(scores[i][r] / tau) for r in negatives)
+        for p in pos:
+            e = math.exp(scores[i][p] / tau)
+            total -= math.log(e / (e + neg))
+    return total / len(LABELS)
+
+
+def hand_teacher_kl(scores: list[list[float]], tau_r: float, tau_t: float) -> float:
+    """Mean over queries of KL(softmax(teacher / tau_t) || softmax(s / tau_r)) over the teacher's top-m."""
+    total = 0.0
+    for i, (rows, teacher) in enumerate(TEACHER):
+        zt = sum(math.exp(x / tau_t) for x in teacher)
+        zr = sum(math.exp(scores[i][r] / tau_r) for r in rows)
+        for r, x in zip(rows, teacher, strict=True):
+            pt, pr = math.exp(x / tau_t) / zt, math.exp(scores[i][r] / tau_r) / zr
+            total += pt * math.log(pt / pr)
+    return total / len(TEACHER)
+
+
+def test_whole_corpus_nce_equals_a_hand_computation(tokenizer, store, tmp_path) -> None:
+    t, base = frozen_trainer(tokenizer, store, tmp_path, "objective.ret_weight=1.0")
+    assert isinstance(t.candidates, CorpusCandidates) and len(t.candidates.rows) == N
+    scores = hand_scores(t, base)
+    _, metrics = t._retrieval(batch(), 0, "warmup")
+    want = hand_nce(scores, 0.5)
+    assert metrics["j_nce"] == pytest.approx(want, abs=2e-4) and metrics["j_ret"] == metrics["j_nce"]
+    # each positive against the corpus *minus the other positives and the gold articles*: other rules differ
+    with_positives = 0.0
+    for i, (pos, _, _) in enumerate(LABELS):
+        everyone = sum(math.exp(scores[i][r] / 0.5) for r in range(N))
+        with_positives -= sum(scores[i][p] / 0.5 - math.log(everyone) for p in pos)
+    assert abs(with_positives / len(LABELS) - want) > 1e-3
+    adapted = ImpRAG(t.model.model, t.model.tokenizer, SPLIT, passages="shared")  # the adapter on passages
+    assert abs(hand_nce(hand_scores(t, adapted), 0.5) - want) > 1e-3
+    # the training-time full-corpus recall: a gold article among the query's top 10 of all N rows
+    top10 = [sorted(range(N), key=lambda r: -scores[i][r])[:10] for i in range(len(LABELS))]
+    gold = sum(bool(set(top) & set(g)) for top, (_, _, g) in zip(top10, LABELS, strict=True))
+    assert metrics["gold_top10"] == round(gold / len(LABELS), 3)
+
+
+def test_the_dense_teacher_kl_equals_a_hand_computation(tokenizer, store, tmp_path) -> None:
+    t, base = frozen_trainer(
+        tokenizer, store, tmp_path, "data.teacher_top_m=4", "objective.teacher_kl_weight=0.5",
+        "objective.tau_teacher=0.2",
+    )  # fmt: skip
+    scores = hand_scores(t, base)
+    _, metrics = t._retrieval(batch(), 0, "warmup")
+    kl = hand_teacher_kl(scores, 0.5, 0.2)
+    assert metrics["j_teacher"] == pytest.approx(kl, abs=2e-4)
+    assert metrics["j_ret"] == pytest.approx(hand_nce(scores, 0.5) + 0.5 * kl, abs=4e-4)
+    assert abs(hand_teacher_kl(scores, 0.5, 1.0) - kl) > 1e-3  # its own temperature matters
+
+
+def test_the_generator_reads_the_top_read_k_of_the_whole_corpus_but_evaluated_rows(
+    tokenizer, store, tmp_path, monkeypatch
+) -> None:
+    import imprag.training.loop as loop
+
+    t, base = frozen_trainer(tokenizer, store, tmp_path, "objective.ret_weight=0.0")
+    scores = hand_scores(t, base)
+    ranked = [sorted(range(N), key=lambda r: -scores[i][r]) for i in range(len(LABELS))]
+    t.data.lm_exclude = {ranked[0][0], ranked[1][1]}  # articles a dev/test item uses: never read in training
+    want = [[r for r in row if r not in t.data.lm_exclude][:READ_K] for row in ranked]
+    assert want[0] != ranked[0][:READ_K] and want[1] != ranked[1][:READ_K]
+    seen: list[list[list[int]]] = []
+    real = loop.choose_reads
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(loop, "choose_reads", spy)
+    _, metrics = t._retrieval(batch(), 0, "warmup")
+    assert seen == [want]
+    gold = sum(bool(set(r) & set(g)) for r, (_, _, g) in zip(want, LABELS, strict=True))
+    assert metrics["read_gold"] == round(gold / len(LABELS), 3)
+
+
+def test_frozen_training_leaves_every_passage_embedding_and_the_fingerprint_unchanged(
+    tokenizer, store, tmp_path
+) -> None:
+    t, base = frozen_trainer(tokenizer, store, tmp_path)
+    texts = [content(r) for r in range(N)]
+    with torch.no_grad():
+        e_p, e_q = t.model.embed_passages(texts), t.model.embed_queries(PROMPTS, k=READ_K)
+    fingerprint = t.model.retrieval_fingerprint()
+    assert fingerprint == base.retrieval_fingerprint()
+    assert torch.equal(e_p, base.embed_passages(texts))
+    for step in range(3):
+        logged = t.train_step(step)
+        assert math.isfinite(logged["j_ret"])
+    with torch.no_grad():
+        assert torch.equal(t.model.embed_passages(texts), e_p)  # bit for bit: the base weights ran
+        moved = (t.model.embed_queries(PROMPTS, k=READ_K) - e_q).abs().max().item()
+    assert moved > 1e-3  # the prompt side did learn
+    assert t.model.retrieval_fingerprint() == fingerprint
+    assert torch.equal(t.candidates.vectors, base.embed_passages(texts))  # never refreshed: nothing to do
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["engine.lora_r=0"], "model.passages=frozen"),
+        (["model.passages=shared"], "objective.refresh_every > 0"),
+        (["objective.teacher_kl_weight=0.5"], "data.teacher_top_m >= 2"),
+        (
+            ["objective.teacher_kl_weight=0.5", "data.teacher_top_m=8", "objective.negatives=sampled"],
+            "only objective.negatives=corpus",
+        ),
+        (["objective.tau_teacher=0"], "objective.tau_teacher > 0"),
+        (["data.teacher_top_m=-1"], "data.teacher_top_m must be >= 0"),
+        (["objective.refresh_every=-2", "model.passages=shared"], "refresh_every"),
+    ],
+)
+def test_configurations_that_cannot_work_are_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("+", r"\+")):
+        config(*overrides)
+
+
+def test_shared_passages_with_refresh_re_encode_the_corpus_with_the_current_model(
+    tokenizer, store, tmp_path
+) -> None:
+    """ANCE-style: negatives from the last refresh, each query's positives re-encoded with gradient."""
+    t, _ = frozen_trainer(tokenizer, store, tmp_path, "model.passages=shared", "objective.refresh_every=2")
+    texts = [content(r) for r in range(N)]
+    stale = t.candidates.vectors.clone()
+    t._retrieval(batch(), 0, "warmup")
+    assert t.candidates.refreshed_at == 0 and torch.equal(t.candidates.vectors, stale)
+    with torch.no_grad():
+        now = t.model.embed_passages(texts)  # the random adapter acts on passages too
+    assert not torch.allclose(now, stale, atol=1e-3)
+    scored = t.candidates.score(batch(), t.model.embed_queries(PROMPTS, k=READ_K), 1, "warmup")
+    fresh = [r for pos, _, _ in LABELS for r in pos]
+    e_q = t.model.embed_queries(PROMPTS, k=READ_K).detach()
+    for i in range(len(LABELS)):
+        for r in range(N):
+            want = (e_q[i] @ (now[r] if r in fresh else stale[r])).item()
+            assert scored.scores[i, r].item() == pytest.approx(want, abs=1e-4), (i, r)
+    assert scored.scores.requires_grad
+    t.candidates.maybe_refresh(2)
+    assert t.candidates.refreshed_at == 2 and torch.allclose(t.candidates.vectors, now, atol=1e-5)
