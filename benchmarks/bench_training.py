@@ -49,36 +49,49 @@ def rss_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field} (Linux only)")
 
 
-def worker(args: argparse.Namespace) -> dict:
-    import dataclasses
+def synthetic_data(work: Path, corpus: int, items: int, teacher_top: int = 0):
+    """Training data over real passages with synthetic labels, as (passages, TrainingData): a store of the
+    first `corpus` embedded summaries, and `items` retrieval examples whose positives are the item's own
+    article plus 4 random rows, 4 random hard negatives, and (teacher_top > 0) a teacher top-m of the own
+    article plus random rows with descending scores. Labels change no tensor shape, only values."""
     import itertools
     import random
+
+    from imprag.retrieval.corpus import read_corpus
+    from imprag.retrieval.store import PassageStore
+    from imprag.training.data import Example, TrainingData, answer_text
+
+    passages = list(itertools.islice(read_corpus("wiki-summaries"), corpus))
+    store = PassageStore.build(work / "passages.sqlite", passages)
+    rng = random.Random(0)
+    examples = []
+    for row, p in enumerate(passages[:items]):
+        population = [r for r in range(len(passages)) if r != row]
+        others = rng.sample(population, 8)
+        top = (row, *rng.sample(population, teacher_top - 1)) if teacher_top else ()
+        sentence = p.text.split(". ")[0][:200]
+        examples.append(
+            Example(f"describe/{p.id}", "retrieval", f"Q: Which article is described by: {sentence}? A:",
+                    answer_text(p.title), positives=(row, *others[:4]), negatives=tuple(others[4:]),
+                    evidence=(row,), teacher_rows=top,
+                    teacher_scores=tuple(0.9 - 0.01 * i for i in range(len(top))))
+        )  # fmt: skip
+    return passages, TrainingData({"retrieval": examples}, store, (1.0, 0.0, 0.0), seed=0)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import dataclasses
     import tempfile
 
     import torch
 
     from imprag import ImpRAG
-    from imprag.retrieval.corpus import read_corpus
-    from imprag.retrieval.store import PassageStore
     from imprag.training.config import load_train_config
-    from imprag.training.data import Example, TrainingData, answer_text
     from imprag.training.loop import Trainer
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_training-"))
-    passages = list(itertools.islice(read_corpus("wiki-summaries"), args.corpus))
-    store = PassageStore.build(work / "passages.sqlite", passages)
-    rng = random.Random(0)
-    examples = []
-    for row, p in enumerate(passages[: args.items]):
-        others = rng.sample([r for r in range(len(passages)) if r != row], 8)
-        sentence = p.text.split(". ")[0][:200]
-        examples.append(
-            Example(f"describe/{p.id}", "retrieval", f"Q: Which article is described by: {sentence}? A:",
-                    answer_text(p.title), positives=(row, *others[:4]), negatives=tuple(others[4:]),
-                    evidence=(row,))
-        )  # fmt: skip
-    data = TrainingData({"retrieval": examples}, store, (1.0, 0.0, 0.0), seed=0)
+    _, data = synthetic_data(work, args.corpus, args.items)
     overrides = [
         f"engine.gradient_checkpointing={'true' if args.worker == 'checkpointing' else 'false'}",
         "model.center_prompts=16",  # mu_q's estimate: not part of a step

@@ -90,14 +90,26 @@ class EmbeddingConfig:
     """'pre': states before rotary position encoding (position-free scores, our default); 'post': after it."""
     pooling: Literal["last", "mean"] = "last"
     """'last': the last non-pad token (the paper); 'mean': mean over all non-pad tokens."""
+    query_pooling: Literal["last", "mean"] | None = None
+    """E_q's pooling when it differs from E_p's (None: `pooling` for both). [D] 'last' with pooling 'mean'
+    scores the prompt's last-token query (the paper's E_q, the same " A:" token in every template) against
+    mean-pooled keys (which retrieve with the base weights, so frozen passages have a usable index). E_p,
+    and so every index, does not depend on it."""
     query_center: tuple[float, ...] | None = None
     """mu_q, subtracted from every E_q (None: the paper's plain score). Scoring (E_q - mu_q) . E_p removes
     the per-passage bias mu_q . E_p that sends every prompt to the same hub passage; it changes no E_p, so
     indexes stay valid. Estimated by `ImpRAG.calibrate` (training does it at every epoch end)."""
 
+    @property
+    def query_side_pooling(self) -> str:
+        """The pooling E_q uses."""
+        return self.query_pooling or self.pooling
+
     def passage_side(self) -> dict[str, Any]:
-        """The settings E_p depends on (all but query_center): what an index records and must match."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "query_center"}
+        """The settings E_p depends on (all but the query side's): what an index records and must match."""
+        return {
+            k: v for k, v in dataclasses.asdict(self).items() if k not in ("query_center", "query_pooling")
+        }
 
     def __post_init__(self) -> None:
         if self.query_center is not None:
@@ -115,6 +127,10 @@ class EmbeddingConfig:
             raise ConfigError(f"EmbeddingConfig.rope must be 'pre' or 'post', got {self.rope!r}")
         if self.pooling not in ("last", "mean"):
             raise ConfigError(f"EmbeddingConfig.pooling must be 'last' or 'mean', got {self.pooling!r}")
+        if self.query_pooling not in (None, "last", "mean"):
+            raise ConfigError(
+                f"EmbeddingConfig.query_pooling must be null, 'last' or 'mean', got {self.query_pooling!r}"
+            )
 
 
 @dataclass(frozen=True)

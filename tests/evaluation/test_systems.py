@@ -205,6 +205,23 @@ def test_implicit_retrieval_refuses_an_index_of_another_model(index_dir: Path, t
         SYSTEMS["imprag"](trained, index_dir, 3)
 
 
+def test_imprag_frozen_reads_the_base_index_and_imprag_refuses_a_frozen_model(
+    model: ImpRAG, index_dir: Path
+) -> None:
+    from dataclasses import replace
+
+    from imprag.model.reader import InputError
+
+    frozen = ImpRAG(model.model, model.tokenizer, model.split, passages="frozen")  # no adapter: base E_p
+    trained_as(frozen, index_dir.parent / "run", "imprag")
+    system = SYSTEMS["imprag-frozen"](frozen, index_dir, 3)
+    assert system.name == "imprag-frozen" and system.retrieves
+    with pytest.raises(InputError, match=r"passages=shared, but .* has passages=frozen; evaluate it as "
+                       r"--system imprag-frozen"):  # fmt: skip
+        SYSTEMS["imprag"](frozen, index_dir, 3)
+    assert replace(frozen.config, passages="shared") == model.config
+
+
 def test_text_system_factories(model: ImpRAG, index_dir: Path, monkeypatch) -> None:
     """Each text system opens its baseline in INDEX/baselines/KIND over the index's passages, with the prompt
     or (minilm-oracle only) the oracle query."""
@@ -239,6 +256,11 @@ def test_text_system_factories(model: ImpRAG, index_dir: Path, monkeypatch) -> N
     [
         ("imprag", None, "has no train_config.json.*or evaluate this model as imprag-zero-shot"),
         ("imprag-warmup", "ra-it", "was trained as 'ra-it'"),
+        (
+            "imprag-frozen",
+            "imprag",
+            "trained with passages=frozen, but .* has passages=shared; evaluate it as --system imprag",
+        ),
         ("ra-it", "imprag", r"objective\.system=ra-it.*or evaluate this model as minilm"),
         ("ra-dit-llama", "retriever", r"objective\.system=ra-it`, but --model"),
     ],

@@ -81,6 +81,35 @@ def test_embeddings_equal_hand_computation(tiny: ImpRAG, rope: str, pooling: str
         assert_close(passages[i], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("query_pooling, pooling", [("last", "mean"), ("mean", "last")])
+def test_query_pooling_pools_e_q_alone(tiny: ImpRAG, query_pooling: str, pooling: str) -> None:
+    """EmbeddingConfig.query_pooling: E_q pooled its own way (by hand), E_p as `pooling` says, and nothing
+    an index records (passage_side, the retrieval fingerprint) depends on it."""
+    plain = ImpRAG(tiny.model, tiny.tokenizer, tiny.split, EmbeddingConfig(pooling=pooling))
+    mixed = ImpRAG(
+        tiny.model, tiny.tokenizer, tiny.split, EmbeddingConfig(pooling=pooling, query_pooling=query_pooling)
+    )
+    offset = mixed.config.reader.k * mixed.config.reader.l_max
+    queries = mixed.embed_queries(PROMPTS)
+    for i, text in enumerate(PROMPTS):
+        ids = mixed.tokenizer(text)["input_ids"]
+        assert_close(queries[i], by_hand(mixed.model, mixed.split.b, ids, offset, "q", "pre", query_pooling))
+        other = by_hand(mixed.model, mixed.split.b, ids, offset, "q", "pre", pooling)
+        assert not torch.allclose(queries[i], other, atol=1e-3)
+    assert_close(mixed.embed_passages(PASSAGES), plain.embed_passages(PASSAGES))
+    assert mixed.config.embedding.passage_side() == plain.config.embedding.passage_side()
+    assert mixed.retrieval_fingerprint() == plain.retrieval_fingerprint()
+    assert mixed.config.embedding.query_side_pooling == query_pooling
+    assert plain.config.embedding.query_side_pooling == pooling
+
+
+def test_query_pooling_must_be_a_known_pooling() -> None:
+    from imprag.config import ConfigError
+
+    with pytest.raises(ConfigError, match="query_pooling must be null, 'last' or 'mean'"):
+        EmbeddingConfig(query_pooling="max")  # type: ignore[arg-type]
+
+
 def test_gqa_groups_follow_the_models_head_mapping(tokenizer) -> None:
     """With 8 query heads over 2 KV heads, group i is the mean of query heads 4i..4i+3 (not interleaved)."""
     model = tiny_model("llama", num_attention_heads=8, num_key_value_heads=2, head_dim=8)

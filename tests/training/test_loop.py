@@ -633,3 +633,37 @@ def test_a_fresh_start_drops_the_log_of_an_attempt_that_left_no_checkpoint(
     Trainer(tiny(tokenizer), training_data(store), config(), tmp_path).run(progress=False)
     assert steps(tmp_path) == list(range(1, 7))
     assert not any(r.get("kind") == "from a dead attempt" for r in records(tmp_path))
+
+
+def test_query_lora_r_raises_the_rank_of_layer_bs_query_projection_alone(tokenizer, tmp_path) -> None:
+    """engine.query_lora_r: layer b's q_proj (the map onto E_q) gets its own rank at the same alpha / r;
+    every other adapter, layer 11's q_proj included (a "layers.1" pattern must not match it), keeps lora_r;
+    the exported adapter reloads to the same E_q."""
+    from peft.tuners.lora import LoraLayer
+
+    from imprag.training.checkpoint import export_model, prepare_model
+    from imprag.training.config import EngineConfig
+
+    base = tmp_path / "base"
+    ImpRAG(tiny_model("llama", num_hidden_layers=12), tokenizer, LayerSplit(1, 3)).save_pretrained(base)
+    model = ImpRAG.from_pretrained(base, dtype="float32")
+    prepare_model(model, EngineConfig(lora_r=4, lora_alpha=8, query_lora_r=16))
+    ranks = {n: p.shape[0] for n, p in model.model.named_parameters() if "lora_A" in n}
+    query = [n for n in ranks if ".layers.1.self_attn.q_proj." in n]
+    assert len(query) == 1 and ranks[query[0]] == 16
+    assert {r for n, r in ranks.items() if n not in query} == {4}
+    assert any(".layers.11.self_attn.q_proj." in n for n in ranks)
+    scaling = {n: m.scaling["default"] for n, m in model.model.named_modules() if isinstance(m, LoraLayer)}
+    assert set(scaling.values()) == {2.0}  # alpha / r everywhere: 8 / 4 and 32 / 16
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.1)
+    prompts = ["Q: What is 7? A:", "Q: Where is Rome? A:"]
+    want = model.embed_queries(prompts)
+    (tmp_path / "adapter").mkdir()
+    export_model(model, tmp_path / "adapter")
+    assert_close(ImpRAG.from_pretrained(tmp_path / "adapter", dtype="float32").embed_queries(prompts), want)
+    with pytest.raises(ConfigError, match=r"needs engine\.lora_r > 0"):
+        load_train_config(None, ["engine.query_lora_r=16", "engine.lora_r=0", "model.dtype=float32"])

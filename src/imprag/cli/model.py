@@ -91,6 +91,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "split": {"b": model.split.b, "t": model.split.t},
         "embedding": {
             **model.config.embedding.passage_side(),
+            "query_pooling": model.config.embedding.query_side_pooling,
             "query_centered": model.config.embedding.query_center is not None,
         },
         "reader": {"k": model.config.reader.k, "l_max": model.config.reader.l_max},

@@ -192,15 +192,23 @@ def _text(kind: str, name: str, oracle: bool = False, trained: str | None = None
     return make
 
 
-def _implicit(name: str, trained: bool) -> Factory:
-    """ImpRAG under `name`: the zero-shot model, or a trained one (`--model runs/X/model`, the index
-    refreshed with it) reported as `imprag-warmup` (stage 1 only) or `imprag` (warmup + distillation)."""
+def _implicit(name: str, trained: bool, passages: str | None = None) -> Factory:
+    """ImpRAG under `name`: the zero-shot model, or a trained one (`--model runs/X/model`) reported as
+    `imprag-warmup` (stage 1 only), `imprag` (warmup + distillation, shared passages: the index refreshed
+    with it) or `imprag-frozen` (the same with frozen passages: the base model's index)."""
 
     def make(model: ImpRAG, index_dir: Path, k: int) -> System:
+        from imprag.model.reader import InputError
         from imprag.retrieval.index import PassageIndex
 
         if trained:
             _require_trained(model, name, "imprag", untrained="imprag-zero-shot")
+        if passages is not None and model.config.passages != passages:
+            other = "imprag-frozen" if model.config.passages == "frozen" else "imprag"
+            raise InputError(
+                f"--system {name} reports a model trained with passages={passages}, but --model "
+                f"{model.source!r} has passages={model.config.passages}; evaluate it as --system {other}"
+            )
         return ImplicitRetrieval(model, PassageIndex.load(index_dir, model), name, k)
 
     return make
@@ -235,7 +243,8 @@ SYSTEMS: dict[str, Factory] = {
     "minilm-oracle": _text("minilm", "minilm-oracle", oracle=True),
     "imprag-zero-shot": _implicit("imprag-zero-shot", trained=False),
     "imprag-warmup": _implicit("imprag-warmup", trained=True),
-    "imprag": _implicit("imprag", trained=True),
+    "imprag": _implicit("imprag", trained=True, passages="shared"),
+    "imprag-frozen": _implicit("imprag-frozen", trained=True, passages="frozen"),
     # RA-IT: MiniLM with the whole prompt, passages pasted, the LM fine-tuned on the same data
     # (`imprag train ... objective.system=ra-it`, evaluated with --model runs/X/model).
     "ra-it": _text("minilm", "ra-it", trained="ra-it"),

@@ -52,7 +52,7 @@ def query_embedding(proj: Projection, valid: Tensor, num_kv_heads: int, cfg: Emb
     (then in fp32)."""
     q = proj.q_pre if cfg.rope == "pre" else proj.q
     if cfg.query_center is None:
-        return pool(group_queries(q, num_kv_heads), valid, cfg.pooling)
+        return pool(group_queries(q, num_kv_heads), valid, cfg.query_side_pooling)
     if len(cfg.query_center) != num_kv_heads * q.shape[-1]:
         raise InputError(
             f"EmbeddingConfig.query_center has {len(cfg.query_center)} values but E_q has "
@@ -60,7 +60,7 @@ def query_embedding(proj: Projection, valid: Tensor, num_kv_heads: int, cfg: Emb
         )
     # In fp32 from the per-token states on: E_q and mu_q are large and close, and their difference is
     # what separates one prompt from another.
-    e_q = pool(group_queries(q.float(), num_kv_heads), valid, cfg.pooling)
+    e_q = pool(group_queries(q.float(), num_kv_heads), valid, cfg.query_side_pooling)
     return e_q - torch.tensor(cfg.query_center, dtype=torch.float32, device=e_q.device)
 
 

@@ -70,6 +70,12 @@ def prepare_model(model: ImpRAG, engine: EngineConfig) -> list[nn.Parameter]:
     if engine.lora_r > 0:
         from peft import LoraConfig, inject_adapter_in_model
 
+        ranks: dict[str, int] = {}
+        alphas: dict[str, float] = {}
+        if engine.query_lora_r and model.split.b in layers:
+            for name in _query_projections(model):  # peft matches a pattern as a module-name suffix
+                ranks[name] = engine.query_lora_r
+                alphas[name] = engine.lora_alpha * engine.query_lora_r / engine.lora_r  # same alpha / r
         config = LoraConfig(
             r=engine.lora_r,
             lora_alpha=engine.lora_alpha,
@@ -77,6 +83,8 @@ def prepare_model(model: ImpRAG, engine: EngineConfig) -> list[nn.Parameter]:
             layers_to_transform=layers,
             lora_dropout=0.0,
             bias="none",
+            rank_pattern=ranks,
+            alpha_pattern=alphas,
         )
         try:
             inject_adapter_in_model(config, model.model)
@@ -99,6 +107,16 @@ def prepare_model(model: ImpRAG, engine: EngineConfig) -> list[nn.Parameter]:
     if not params:
         raise ConfigError(f"engine.lora_targets {list(engine.lora_targets)} match no module of this model")
     return params
+
+
+def _query_projections(model: ImpRAG) -> list[str]:
+    """Full module names of layer b's query projection (`q_proj`), anchored at the model's root."""
+    layer = model.backbone.layer(model.split.b)
+    inside = {id(m) for m in layer.modules()}
+    names = [n for n, m in model.model.named_modules() if id(m) in inside and n.endswith(".q_proj")]
+    if not names:
+        raise ConfigError(f"engine.query_lora_r: layer {model.split.b} has no q_proj module")
+    return [re.escape(n) for n in names]  # a regex to peft: "layers.7" must not match "layers.17"
 
 
 def trainable_state(model: ImpRAG) -> dict[str, torch.Tensor]:

@@ -48,6 +48,10 @@ class ModelSpec:
     pooling: Literal["last", "mean"] | None = None
     """E_q/E_p pooling (None: the model's own; the paper: last). `benchmarks/probe_scoring.py` measures
     both; the trained model and every index built with it use this value."""
+    query_pooling: Literal["last", "mean"] | None = None
+    """E_q's pooling when it should differ from E_p's (EmbeddingConfig.query_pooling; None: `pooling`).
+    E_p does not depend on it, so a frozen run with pooling=mean and query_pooling=last trains against
+    the base model's mean-pooled index."""
     center: bool = False
     """Score with (E_q - mu_q) . E_p, mu_q the mean E_q of `center_prompts` train prompts, estimated before
     the first step and again at every epoch end, saved with the model (EmbeddingConfig.query_center)."""
@@ -164,6 +168,10 @@ class EngineConfig:
     lora_r: int = 8
     """LoRA rank through peft on the trained groups' attention and MLP projections; 0 = full fine-tuning."""
     lora_alpha: int = 16
+    query_lora_r: int = 0
+    """LoRA rank of layer b's query projection, the linear map onto E_q (0: lora_r), with the same
+    scaling (alpha / r) as the rest. A linear probe on frozen layer-b inputs (docs/results.md) found rank
+    8 there the limit of the query side: 0.20 dev recall@10 where a full-rank update reached 0.41."""
     lora_targets: tuple[str, ...] = (
         "q_proj",
         "k_proj",
@@ -266,6 +274,12 @@ class TrainConfig:
                 and o.tau_teacher > 0,
                 "objective weights must be >= 0 and objective.tau_teacher > 0",
             ),
+            (e.query_lora_r >= 0, "engine.query_lora_r must be >= 0"),
+            (
+                e.query_lora_r == 0 or (e.lora_r > 0 and "q_proj" in e.lora_targets),
+                "engine.query_lora_r sets the rank of a LoRA adapter on layer b's q_proj: it needs "
+                "engine.lora_r > 0 and q_proj in engine.lora_targets",
+            ),
             (d.cap >= 0 and d.teacher_top_m >= 0, "data.cap and data.teacher_top_m must be >= 0"),
             (d.positives < 10, "data.positives must be < 10: hard negatives come from teacher ranks 10-50"),
             (d.hard_negatives <= 41, "data.hard_negatives must be <= 41 (teacher ranks 10-50)"),
@@ -275,6 +289,7 @@ class TrainConfig:
                 "(the ra-it evaluation system): set data.teacher=minilm",
             ),
             (self.model.pooling in (None, "last", "mean"), "model.pooling must be last or mean"),
+            (self.model.query_pooling in (None, "last", "mean"), "model.query_pooling must be last or mean"),
             (self.model.center_prompts >= 1, "model.center_prompts must be >= 1"),
             (
                 o.system != "retriever"
