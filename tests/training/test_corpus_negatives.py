@@ -236,3 +236,35 @@ def test_shared_passages_with_refresh_re_encode_the_corpus_with_the_current_mode
     assert scored.scores.requires_grad
     t.candidates.maybe_refresh(2)
     assert t.candidates.refreshed_at == 2 and torch.allclose(t.candidates.vectors, now, atol=1e-5)
+
+
+def test_stage_2_distills_on_the_reader_share_and_the_rest_only_through_the_nce(
+    tokenizer, store, tmp_path
+) -> None:
+    """retrieval_loss(distill_on=n): the KL target is asked for (and the KL taken over) the first n queries
+    only; the NCE still covers all of them."""
+    from imprag.training.losses import multi_label_nce
+    from imprag.training.retrieval import retrieval_loss
+
+    t, _ = frozen_trainer(tokenizer, store, tmp_path, "objective.distill_nce_weight=0.5")
+    examples = batch()
+    e_q = t.model.embed_queries(PROMPTS, k=READ_K)
+    scored = t.candidates.score(examples, e_q, 0, "distill")
+    asked: list[list[str]] = []
+
+    def target(head, rows):  # a fixed log P_LM per candidate, (m, c) padded
+        asked.append([e.id for e in head])
+        out = torch.zeros(len(rows), max(map(len, rows)))
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.arange(len(r), dtype=torch.float32) * (i + 1)
+        return out
+
+    objective = t.config.objective
+    loss, metrics = retrieval_loss(scored, examples, "distill", objective, target, distill_on=2)
+    assert asked == [["r0", "r1"]]
+    full, _ = retrieval_loss(scored, examples, "distill", objective, target)
+    assert asked[-1] == ["r0", "r1", "r2"]
+    nce = multi_label_nce(scored.scores, scored.positives, scored.valid, temperature=objective.tau_r)
+    assert metrics["j_nce"] == pytest.approx(nce.item(), abs=1e-4)
+    assert loss.item() == pytest.approx(metrics["j_distill"] + 0.5 * nce.item(), abs=1e-3)
+    assert abs(full.item() - loss.item()) > 1e-4  # the third query's KL is left out

@@ -234,7 +234,8 @@ def retrieval_loss(
 ) -> tuple[Tensor, dict[str, Any]]:
     """J_ret of the stage (module docstring) and its logged parts. The stage-2 KL covers the first
     `distill_on` queries (default all): its target costs one reader forward per candidate, so a step with a
-    large retrieval slice distills on its reader share and ranks the rest by NCE alone."""
+    large retrieval slice distills on its reader share; the other queries train only through
+    `distill_nce_weight` x NCE (nothing at the default weight 0)."""
     o, metrics = objective, {}
     nce = multi_label_nce(scored.scores, scored.positives, scored.valid, temperature=o.tau_r)
     if stage == "warmup":
