@@ -54,7 +54,8 @@ def test_info(saved: str, capsys) -> None:
     assert main(["info", "--model", saved, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["split"] == {"b": 1, "t": 3} and info["dim"] == 32 and info["model_type"] == "llama"
-    assert info["embedding"] == {"rope": "pre", "pooling": "last", "query_centered": False}
+    embedding = {"rope": "pre", "pooling": "last", "query_pooling": "last", "query_centered": False}
+    assert info["embedding"] == embedding
 
 
 @pytest.mark.parametrize(
