@@ -170,8 +170,9 @@ class EngineConfig:
     lora_alpha: int = 16
     query_lora_r: int = 0
     """LoRA rank of layer b's query projection, the linear map onto E_q (0: lora_r), with the same
-    scaling (alpha / r) as the rest. A linear probe on frozen layer-b inputs (docs/results.md) found rank
-    8 there the limit of the query side: 0.20 dev recall@10 where a full-rank update reached 0.41."""
+    scaling (alpha / r) as the rest. A linear probe training only that map on frozen layer-b inputs
+    (benchmarks/probe_query_rank.py) reached 0.20 dev recall@10 at rank 8, 0.30 at 64 and 0.40 at full
+    rank; in the full frozen recipe, rank 64 did not beat rank 8 by epoch 4 (docs/results.md)."""
     lora_targets: tuple[str, ...] = (
         "q_proj",
         "k_proj",

@@ -233,14 +233,16 @@ def evaluated_rows(bench: Benchmark, store: PassageStore) -> set[int]:
 def _check_teacher(examples: list[Example], config: DataConfig) -> None:
     """The dense teacher signal needs a usable distribution for every query: refused before step 1."""
     for e in examples:
-        scores = e.teacher_scores
-        problem = (
-            "is empty" if not e.teacher_rows
-            else f"holds {len(e.teacher_rows)} passage (a distribution needs 2)" if len(e.teacher_rows) < 2
-            else "has non-finite scores" if not all(math.isfinite(x) for x in scores)
-            else f"has {len(scores)} scores for {len(e.teacher_rows)} passages"
-            if len(scores) != len(e.teacher_rows) else ""
-        )  # fmt: skip
+        rows, scores = e.teacher_rows, e.teacher_scores
+        problem = ""
+        if not rows:
+            problem = "is empty"
+        elif len(rows) < 2:
+            problem = f"holds {len(rows)} passage (a distribution needs 2)"
+        elif len(scores) != len(rows):
+            problem = f"has {len(scores)} scores for {len(rows)} passages"
+        elif not all(math.isfinite(x) for x in scores):
+            problem = "has non-finite scores"
         if problem:
             raise TrainingDataError(
                 f"the {config.teacher} teacher's top-{config.teacher_top_m} of item {e.id} {problem}; "

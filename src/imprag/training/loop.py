@@ -526,8 +526,8 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
     model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=dtype, passages=m.passages)
     if m.pooling is not None or m.query_pooling is not None:  # the run decides pooling (and Trainer,
         # centering), not its starting checkpoint
-        pooling = {"pooling": m.pooling} if m.pooling is not None else {}
-        embedding = replace(model.config.embedding, **pooling, query_pooling=m.query_pooling)
+        own = model.config.embedding
+        embedding = replace(own, pooling=m.pooling or own.pooling, query_pooling=m.query_pooling)
         model.config = replace(model.config, embedding=embedding)
     if torch.cuda.is_available():
         model.model.to(f"cuda:{torch.cuda.current_device()}")
