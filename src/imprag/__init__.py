@@ -9,6 +9,7 @@ from imprag.config import (
     LayerSplit,
     ReaderConfig,
 )
+from imprag.errors import ImpragError
 from imprag.model import (
     ARCHITECTURES,
     Generation,
@@ -40,6 +41,7 @@ __all__ = [
     "Generation",
     "ImpRAG",
     "ImpRAGConfig",
+    "ImpragError",
     "InMemoryRetriever",
     "IndexConfig",
     "InputError",

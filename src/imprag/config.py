@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from imprag.errors import ImpragError
+
 __all__ = [
     "ConfigError",
     "DecodeConfig",
@@ -28,7 +30,7 @@ __all__ = [
 IMPRAG_CONFIG_NAME = "imprag_config.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(ImpragError, ValueError):
     """A configuration value is invalid; the message names the field and how to fix it."""
 
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from imprag.errors import ImpragError
+
 __all__ = ["OutputExistsError", "atomic_directory", "atomic_write_text", "cache_dir", "check_output"]
 
 
@@ -21,7 +23,7 @@ def cache_dir() -> Path:
     return Path(base) / "imprag"
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(ImpragError, FileExistsError):
     """An output directory holds something that is not ours to replace."""
 
 

@@ -49,39 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    from imprag.config import ConfigError
-    from imprag.data import BenchmarkError, DataPackageError
-    from imprag.evaluation.harness import EvalError
-    from imprag.io import OutputExistsError
-    from imprag.model.backbone import UnsupportedModelError
-    from imprag.model.defaults import MissingPackageError
-    from imprag.model.reader import InputError
-    from imprag.retrieval.baselines import BaselineIndexError
-    from imprag.retrieval.corpus import CorpusError
-    from imprag.retrieval.index import InvalidIndexError
-    from imprag.training.data import TrainingDataError
-    from imprag.training.loop import TrainingError
+    from imprag.errors import ImpragError  # every expected failure: one line, exit 2
 
-    expected: tuple[type[BaseException], ...] = (
-        UsageError,
-        ConfigError,
-        InputError,
-        UnsupportedModelError,
-        MissingPackageError,
-        CorpusError,
-        InvalidIndexError,
-        BaselineIndexError,
-        BenchmarkError,
-        DataPackageError,
-        EvalError,
-        TrainingDataError,
-        TrainingError,
-        OutputExistsError,
-    )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         code = func(args)
-    except expected as err:
+    except ImpragError as err:
         print(f"imprag {args.command}: error: {err}", file=sys.stderr)
         code = 2
     finally:  # one handler per call: a second main() in the process must not print every line twice

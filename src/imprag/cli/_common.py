@@ -8,10 +8,11 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from imprag.errors import ImpragError
 from imprag.hardware import DTYPE_CHOICES
 
 
-class UsageError(Exception):
+class UsageError(ImpragError):
     """Bad command-line input; printed without a traceback."""
 
 

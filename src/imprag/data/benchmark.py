@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imprag.data.tasks import TASKS, get_task
+from imprag.errors import ImpragError
 
 __all__ = ["SPLITS", "Benchmark", "BenchmarkError", "Item"]
 
@@ -23,7 +24,7 @@ SPLITS = ("train", "dev", "test")
 MANIFEST = "benchmark.json"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(ImpragError, ValueError):
     """A benchmark directory is missing, damaged, or lacks the requested task/split."""
 
 

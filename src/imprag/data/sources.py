@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from imprag.errors import ImpragError
+
 __all__ = [
     "PACKAGES",
     "Country",
@@ -41,7 +43,7 @@ PACKAGES = {
 }
 
 
-class DataPackageError(RuntimeError):
+class DataPackageError(ImpragError, RuntimeError):
     """A data package is missing or does not hold the expected file; the message says what to install."""
 
 

@@ -27,6 +27,7 @@ from imprag.config import DecodeConfig
 from imprag.data.benchmark import Benchmark, Item
 from imprag.data.sources import installed_versions
 from imprag.data.tasks import Task, get_task
+from imprag.errors import ImpragError
 from imprag.evaluation import metrics
 from imprag.evaluation.systems import Prediction, System
 from imprag.io import atomic_write_text
@@ -43,7 +44,7 @@ STOP = ("\n", " Q:", " A:", " B:")
 continue "A: x B: y" as if listing options); the same for every system."""
 
 
-class EvalError(ValueError):
+class EvalError(ImpragError, ValueError):
     """Bad evaluation request or an output directory holding another run."""
 
 

@@ -30,6 +30,8 @@ from transformers.models.mistral import modeling_mistral
 from transformers.models.qwen2 import modeling_qwen2
 from transformers.models.qwen3 import modeling_qwen3
 
+from imprag.errors import ImpragError
+
 __all__ = [
     "ARCHITECTURES",
     "Architecture",
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ImpragError, ValueError):
     """The model's architecture is not in the registry."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from imprag.errors import ImpragError
 from imprag.io import atomic_directory, cache_dir
 
 __all__ = ["DEFAULT_MODELS", "DefaultModel", "cache_dir", "resolve"]
@@ -23,7 +24,7 @@ __all__ = ["DEFAULT_MODELS", "DefaultModel", "cache_dir", "resolve"]
 log = logging.getLogger(__name__)
 
 
-class MissingPackageError(RuntimeError):
+class MissingPackageError(ImpragError, RuntimeError):
     """An embedded default needs a package that is not installed."""
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from imprag.config import LayerSplit
+from imprag.errors import ImpragError
 from imprag.model.backbone import Backbone, KVCache
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 
-class InputError(ValueError):
+class InputError(ImpragError, ValueError):
     """Bad user input (empty prompt, over-long sequence, ...); the message says what to change."""
 
 

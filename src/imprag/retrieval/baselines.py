@@ -25,6 +25,7 @@ import numpy as np
 from bm25s.tokenization import Tokenized, Tokenizer
 from tqdm.auto import tqdm
 
+from imprag.errors import ImpragError
 from imprag.io import atomic_directory
 from imprag.model.defaults import MissingPackageError
 from imprag.model.generation import RetrievedPassage
@@ -51,7 +52,7 @@ READ_BATCH = 1024
 """Passages read from the store at a time while building."""
 
 
-class BaselineIndexError(ValueError):
+class BaselineIndexError(ImpragError, ValueError):
     """A saved baseline index is missing, of another kind, or stale; the message says how to rebuild it."""
 
 

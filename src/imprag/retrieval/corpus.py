@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from imprag.errors import ImpragError
+
 __all__ = [
     "EMBEDDED_CORPORA",
     "CorpusError",
@@ -33,7 +35,7 @@ Format = Literal["auto", "jsonl", "dpr", "kilt", "text"]
 TEXT_SUFFIXES = {".txt", ".md", ".rst"}
 
 
-class CorpusError(ValueError):
+class CorpusError(ImpragError, ValueError):
     """A corpus file is missing or malformed; the message names the file (and line) and the fix."""
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from imprag.config import IndexConfig, differing_fields
 from imprag.distributed import Dist
+from imprag.errors import ImpragError
 from imprag.io import atomic_write_text
 from imprag.model.imprag import ImpRAG
 from imprag.retrieval.corpus import Passage, read_corpus
@@ -47,7 +48,7 @@ BUILD, SHARDS = "build.json", "shards"
 FORMAT_VERSION = 1
 
 
-class InvalidIndexError(ValueError):
+class InvalidIndexError(ImpragError, ValueError):
     """A missing, partial or malformed index directory; the message says how to fix it."""
 
 

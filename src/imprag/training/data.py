@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from imprag.data.benchmark import Benchmark, Item
+from imprag.errors import ImpragError
 from imprag.retrieval.memory import TextRetriever
 from imprag.retrieval.store import PassageStore
 from imprag.training.config import DataConfig
@@ -37,7 +38,7 @@ Kind = Literal["retrieval", "instruction", "lm"]
 KINDS: tuple[Kind, ...] = ("retrieval", "instruction", "lm")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(ImpragError, ValueError):
     """Training data that cannot be used as given; the message says what to fix."""
 
 

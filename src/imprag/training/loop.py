@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from imprag.config import IMPRAG_CONFIG_NAME, ConfigError, ImpRAGConfig, differing_fields
 from imprag.distributed import Dist
+from imprag.errors import ImpragError
 from imprag.hardware import auto_dtype
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.imprag import ImpRAG
@@ -71,7 +72,7 @@ RESTART = "check the data, or lower optim.lr and train into a new --out director
 SCORE_CHUNK = 16  # single-candidate forwards per chunk when scoring P_T
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ImpragError, RuntimeError):
     """Training cannot go on (a NaN loss, a run directory of another config); says what to do."""
 
 
