@@ -54,12 +54,12 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         model, index = open_index(args.index, args)
         hits = model.retrieve(prompts, index, k=args.k)
     else:
-        from imprag.retrieval.baselines import load_baseline
+        from imprag.retrieval.baselines import baseline_dir, load_baseline
         from imprag.retrieval.index import STORE
         from imprag.retrieval.store import PassageStore
 
         store = PassageStore(Path(args.index) / STORE)
-        hits = load_baseline(args.retriever, Path(args.index) / "baselines" / args.retriever, store).retrieve(
+        hits = load_baseline(args.retriever, baseline_dir(args.index, args.retriever), store).retrieve(
             prompts, args.k
         )
     for prompt, found in zip(prompts, hits, strict=True):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from imprag.cli._common import (
     UsageError,
@@ -36,7 +35,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from imprag.data import Benchmark
-    from imprag.retrieval.baselines import load_baseline
+    from imprag.retrieval.baselines import baseline_dir, load_baseline
     from imprag.retrieval.index import PassageIndex
     from imprag.training.targets import PseudoLabelConfig, cached_pseudo_labels
 
@@ -49,7 +48,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     )
     store = PassageIndex.load(args.index).store
     check_same_corpus(bench, store.corpus_hash, args.index)
-    teacher = load_baseline(args.teacher, Path(args.index) / "baselines" / args.teacher, store)
+    teacher = load_baseline(args.teacher, baseline_dir(args.index, args.teacher), store)
     for task in tasks:
         items = bench.items(task, args.split)[: args.limit]
         labels, cached = cached_pseudo_labels(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
 from imprag.cli._common import (
     UsageError,
@@ -47,9 +46,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     if index is None:  # ranks other than 0 are done
         return 0
     for name in [n for n in (args.baselines or "").split(",") if n]:
-        from imprag.retrieval.baselines import build_baseline
+        from imprag.retrieval.baselines import baseline_dir, build_baseline
 
-        build_baseline(name, index.store, Path(args.out) / "baselines" / name, progress=not args.no_progress)
+        build_baseline(name, index.store, baseline_dir(args.out, name), progress=not args.no_progress)
     m = index.manifest
     print(
         f"indexed {m['count']} passages into {args.out} ({m['index']['factory']}, dim {m['dim']}, "

@@ -179,14 +179,14 @@ def _require_trained(model: ImpRAG, name: str, system: str, untrained: str = "")
 
 def _text(kind: str, name: str, oracle: bool = False, trained: str | None = None) -> Factory:
     def make(model: ImpRAG, index_dir: Path, k: int) -> System:
-        from imprag.retrieval.baselines import load_baseline
+        from imprag.retrieval.baselines import baseline_dir, load_baseline
         from imprag.retrieval.index import PassageIndex
 
         if trained:
             _require_trained(model, name, trained, untrained=kind)
         store = PassageIndex.load(index_dir).store
         return RetrieveThenRead(
-            model, load_baseline(kind, index_dir / "baselines" / kind, store), name, k, oracle
+            model, load_baseline(kind, baseline_dir(index_dir, kind), store), name, k, oracle
         )
 
     return make

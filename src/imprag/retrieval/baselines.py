@@ -40,6 +40,7 @@ __all__ = [
     "BM25Retriever",
     "BaselineIndexError",
     "MiniLMRetriever",
+    "baseline_dir",
     "build_baseline",
     "load_baseline",
     "load_minilm",
@@ -348,6 +349,11 @@ def _baseline(name: str) -> type[BM25Retriever] | type[MiniLMRetriever]:
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known baselines: {', '.join(BASELINES)}")
     return BASELINES[name]
+
+
+def baseline_dir(index_dir: str | Path, name: str) -> Path:
+    """Where the ImpRAG index at `index_dir` keeps its baseline `name`: INDEX/baselines/NAME."""
+    return Path(index_dir) / "baselines" / name
 
 
 def build_baseline(

@@ -263,10 +263,10 @@ def _checked(items: list[Item], task: str) -> list[Item]:
 
 def load_teacher(config: DataConfig, store: PassageStore) -> TextRetriever:
     """The teacher retriever `config.teacher` saved in the index `config.index` (built over `store`)."""
-    from imprag.retrieval.baselines import load_baseline
+    from imprag.retrieval.baselines import baseline_dir, load_baseline
 
     index = Path(config.index)
-    folder = index / "baselines" / config.teacher
+    folder = baseline_dir(index, config.teacher)
     if not folder.exists():
         raise TrainingDataError(
             f"{index} has no {config.teacher} teacher; build it with "
