@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from imprag.training.losses import distillation_kl, generation_loss, multi_label_nce
+from imprag.training.losses import answer_log_likelihood, distillation_kl, generation_loss, multi_label_nce
 
 
 def test_generation_loss_is_the_mean_over_answer_tokens_only() -> None:
@@ -30,6 +30,35 @@ def test_generation_loss_refuses_batches_without_answers_and_bad_shapes() -> Non
         generation_loss(logits, torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="must agree"):
         generation_loss(logits, torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_answer_log_likelihood_sums_each_rows_tokens_and_means_all_tokens() -> None:
+    # 3 answer positions over 2 rows (row 0: two tokens, row 1: one), vocabulary 2
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [0.0, math.log(4.0)]])
+    targets = torch.tensor([1, 0, 1])
+    rows = torch.tensor([0, 0, 1])
+    lp = [math.log(0.5), math.log(0.75), math.log(0.8)]  # p = 1/2, 3/4, 4/5
+    per_row, j_gen = answer_log_likelihood(logits, targets, rows, batch=2)
+    assert_close(per_row, torch.tensor([lp[0] + lp[1], lp[2]]))
+    assert_close(j_gen, torch.tensor(-sum(lp) / 3))
+    # the mean of the rows' means is a different number: J_gen is token-level
+    assert abs(-((lp[0] + lp[1]) / 2 + lp[2]) / 2 - j_gen.item()) > 1e-3
+    per_row_mean, _ = answer_log_likelihood(logits, targets, rows, batch=2, reduce="mean")
+    assert_close(per_row_mean, torch.tensor([(lp[0] + lp[1]) / 2, lp[2]]))
+    # a row with no answer position gets 0 (it is never asked for: every example has an answer)
+    assert answer_log_likelihood(logits, targets, rows, batch=3)[0][2].item() == 0.0
+
+
+def test_answer_log_likelihood_is_generation_loss_on_the_selected_positions() -> None:
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    mask = torch.rand(2, 5) > 0.4
+    _, j_gen = answer_log_likelihood(logits[mask], targets[mask], mask.nonzero()[:, 0], batch=2)
+    assert_close(j_gen, generation_loss(logits, targets, mask))
+    with pytest.raises(ValueError, match="must agree on n"):
+        answer_log_likelihood(logits[mask], targets[mask][:-1], mask.nonzero()[:-1, 0], batch=2)
+    with pytest.raises(ValueError, match="reduce"):
+        answer_log_likelihood(logits[mask], targets[mask], mask.nonzero()[:, 0], batch=2, reduce="max")
 
 
 def test_multi_label_nce_normalises_each_positive_against_negatives_only() -> None:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -55,6 +54,7 @@ from imprag.training.checkpoint import (
 )
 from imprag.training.config import TrainConfig
 from imprag.training.data import Example, TrainingData
+from imprag.training.losses import answer_log_likelihood
 from imprag.training.retrieval import (
     CorpusCandidates,
     SampledCandidates,
@@ -116,14 +116,12 @@ def build_sequences(
 def answer_logprobs(
     model: ImpRAG, seqs: Sequences, passages: TokenBatch | None, reduce: str = "sum"
 ) -> tuple[Tensor, Tensor]:
-    """Per-row log P(answer | passages, prompt) (B,) and the token-level mean NLL (a scalar, for J_gen)."""
+    """Per-row log P(answer | passages, prompt) (B,) and J_gen, the token-level mean NLL (a scalar):
+    `losses.answer_log_likelihood` on the logits of the answer positions alone."""
     logits = model.forward(seqs.batch, passages, select=seqs.answer)  # (n, V)
-    token_lp = -F.cross_entropy(logits.float(), seqs.targets[seqs.answer].to(logits.device), reduction="none")
+    targets = seqs.targets[seqs.answer].to(logits.device)
     rows = seqs.rows.to(logits.device)
-    per_row = torch.zeros(seqs.answer.shape[0], device=logits.device).index_add(0, rows, token_lp)
-    if reduce == "mean":
-        per_row = per_row / seqs.answer.sum(dim=1).to(per_row)
-    return per_row, -token_lp.mean()
+    return answer_log_likelihood(logits, targets, rows, seqs.answer.shape[0], reduce)
 
 
 def autocast_enabled(setting: bool | str, device: torch.device) -> bool:
