@@ -39,16 +39,16 @@ NO_RETRIEVAL = ["denoise", "sentence", "reading", "verify", "title"]
 
 def test_registry_formats() -> None:
     assert list(TASKS) == [
-        "describe", "fanoutqa", "trivia", "slot-filling", "fact-check", "entity-linking",
+        "describe", "about", "fanoutqa", "trivia", "slot-filling", "fact-check", "entity-linking",
         "denoise", "sentence", "reading", "verify", "title",
     ]  # fmt: skip
-    assert tasks_of("seen") == ["describe", "fanoutqa", "trivia"]
+    assert tasks_of("seen") == ["describe", "about", "fanoutqa", "trivia"]
     assert tasks_of("unseen") == UNSEEN
     assert tasks_of("no-retrieval") == NO_RETRIEVAL
     assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == {"fact-check", "verify"}
     # answer-string recall is meaningless for True/False answers and for tasks that read no passages
     assert {n for n, t in TASKS.items() if t.answer_recall} == {
-        "describe", "fanoutqa", "trivia", "slot-filling", "entity-linking",
+        "describe", "about", "fanoutqa", "trivia", "slot-filling", "entity-linking",
     }  # fmt: skip
     assert all(get_task(name).name == name for name in TASKS)
 
@@ -58,7 +58,8 @@ def test_get_task_unknown_lists_known() -> None:
         get_task("qa")
     message = str(info.value)
     assert "unknown task 'qa'" in message
-    assert "known tasks: describe, fanoutqa, trivia, slot-filling, fact-check, entity-linking" in message
+    known = "known tasks: describe, about, fanoutqa, trivia, slot-filling, fact-check, entity-linking"
+    assert known in message
 
 
 @pytest.mark.parametrize(
@@ -188,7 +189,7 @@ def small_bench(tmp_path) -> Benchmark:
 
 
 def test_items_unknown_task(small_bench: Benchmark) -> None:
-    with pytest.raises(BenchmarkError, match="unknown task 'qa'; known tasks: describe, fanoutqa"):
+    with pytest.raises(BenchmarkError, match="unknown task 'qa'; known tasks: describe, about, fanoutqa"):
         small_bench.items("qa", "test")
 
 
@@ -304,8 +305,8 @@ def test_gold_answer_is_in_evidence(all_items: dict[str, list[Item]], corpus: di
     """Every item whose answer is not the verdict "False" has a gold answer in an evidence passage
     (fact-check True items: the answer is "True", checked through the claim below)."""
     for task, items in all_items.items():
-        if task in ("fact-check", "verify", "denoise"):
-            continue  # verdicts; denoise answers are "span; span" joined, checked below
+        if task in ("fact-check", "verify", "denoise", "about"):
+            continue  # verdicts; denoise answers are "span; span" joined, checked below; about: below
         for it in items:
             assert any(answer_in_text(a, corpus[e].content) for a in it.answers for e in it.evidence), it.id
     for it in all_items["denoise"]:
@@ -468,6 +469,35 @@ def test_title_blanks_every_mention_of_the_title(all_items: dict[str, list[Item]
         p = corpus[it.evidence[0]]
         assert it.answers == [p.title] and "___" in it.fields["context"]
         assert builders._base(p.title).lower() not in it.fields["context"].lower(), it.id
+
+
+def test_about_asks_what_a_named_article_is(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    """`about` is open QA in the seen template naming the article ("What is <title>?"), answered with its
+    description, which the question never contains; train only, so never evaluated."""
+    items = all_items["about"]
+    assert len(items) == 6000 and {it.split for it in items} == {"train"}
+    for it in items:
+        p = corpus[it.evidence[0]]
+        name = builders._base(p.title)
+        assert it.fields == {"question": f"What is {name}?"} and it.prompt == f"Q: What is {name}? A:"
+        assert it.answers == [p.meta["description"].strip()], it.id
+        assert normalize_answer(name) not in normalize_answer(it.answers[0]), it.id
+        # the answer is the article's Wikipedia description (metadata, not always in the text); what the
+        # evidence must hold is the name the question asks about
+        assert answer_in_text(name, p.content), it.id
+    # a description that names its own article would let the answer be read off the question
+    title = "Ada Lovelace"
+    named = builders._about(_passage(title, "English mathematician, Ada Lovelace"), None)
+    assert named is None
+    assert builders._about(_passage(title, "Mathematician"), None) is None  # one word fits too many
+    made = builders._about(_passage("Lovelace (band)", "British rock band"), None)
+    assert made is not None and made.fields["question"] == "What is Lovelace?"
+
+
+def _passage(title: str, description: str):
+    from imprag.retrieval.corpus import Passage
+
+    return Passage(title, title, f"{title} is a thing.", {"description": description})
 
 
 def test_new_answer_types_come_in_templates_unlike_the_unseen_ones() -> None:
@@ -665,7 +695,7 @@ def test_cli_data_build(tmp_path, capsys, built: Benchmark) -> None:
 def test_cli_data_build_unknown_task(tmp_path, capsys) -> None:
     assert main(["data", "build", "--out", str(tmp_path / "b"), "--tasks", "describe,nope"]) == 2
     err = capsys.readouterr().err
-    assert "unknown task(s) 'nope'; known tasks: describe, fanoutqa" in err and "Traceback" not in err
+    assert "unknown task(s) 'nope'; known tasks: describe, about, fanoutqa" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
 
 

@@ -446,6 +446,19 @@ def _verify(passages: list[Passage], rng: random.Random) -> list[Candidate | Non
     return out
 
 
+def _about(p: Passage, rng: random.Random) -> Candidate | None:
+    """Open QA about a named article, in the seen format: "What is <title>?", answered with its Wikipedia
+    description. Describe names the description and asks for the title; this names the entity and asks
+    what it is, which is how slot filling, fact checking and entity linking point at their article (by
+    name). A retrieval training task: the gold article is the one named."""
+    desc = (p.meta.get("description") or "").strip()
+    base = _base(p.title)
+    if len(desc.split()) < 2 or not base or normalize_answer(base) in normalize_answer(desc):
+        return None
+    question = f"What is {base}?"
+    return Candidate("about", p.id, {"question": question}, [desc], [p.id], base, p.id, [base])
+
+
 def _title(p: Passage, rng: random.Random) -> Candidate | None:
     """The article's title from its text, with every mention of the title blanked out ("___"): a title
     answer, the answer type of entity linking, in a template unlike it."""
@@ -486,6 +499,8 @@ TRAIN_BUILDERS = {
     "reading": _each(_reading),
     "verify": _verify,
     "title": _each(_title),
+    "about": _each(_about),
 }
 """Training-only tasks: task -> builder(free articles, rng) -> a candidate or None per article, built from
-the articles no dev/test item uses (false claims draw only on those, too)."""
+the articles no dev/test item uses (false claims draw only on those, too). All are retrieval-free
+(instruction) tasks but `about`, a seen-format QA task trained with retrieval."""

@@ -5,7 +5,8 @@ prompt is the query; retrieve-then-read baselines also get the whole prompt as t
 `minilm-oracle` baseline gets the task's hand-written ideal query (`Item.oracle_query`).
 
 Formats:
-  seen       open QA `Q: {question} A:` -- the format the training issue trains on (its train split)
+  seen       open QA `Q: {question} A:` -- the format retrieval trains on (describe's train split, and the
+             train-only synthetic `about`: "What is <title>?")
   unseen     slot filling, fact checking, entity linking -- never trained on, so only dev and test splits
   no-retrieval  training-only tasks whose context is in the prompt (phrase denoising, next/previous
              sentence, reading comprehension, True/False verification, title naming); the method page's
@@ -73,7 +74,8 @@ class Task:
     """Where the items come from (shown in reports)."""
     splits: Splits
     """Which splits the builder fills: train-dev-test (the trained QA task), dev-test (unseen formats:
-    never trained on), test (small unseen-data sets in a seen format), train (no-retrieval tasks)."""
+    never trained on), test (small unseen-data sets in a seen format), train (no-retrieval tasks, and
+    the synthetic `about` QA task)."""
 
     def prompt(self, fields: dict[str, str]) -> str:
         return self.template.format(**fields)
@@ -86,6 +88,11 @@ TASKS: dict[str, Task] = {
             "describe", "seen", QA_TEMPLATE, "em", True, 16,
             "Wikipedia short descriptions -> article title (wiki-summaries); the trained QA task",
             "train-dev-test",
+        ),
+        Task(
+            "about", "seen", QA_TEMPLATE, "em", True, 16,
+            "What is <title>? -> its Wikipedia description (wiki-summaries); a synthetic QA training task",
+            "train",
         ),
         Task(
             "fanoutqa", "seen", QA_TEMPLATE, "em", True, 16,
