@@ -220,6 +220,10 @@ def test_imprag_frozen_reads_the_base_index_and_imprag_refuses_a_frozen_model(
                        r"--system imprag-frozen"):  # fmt: skip
         SYSTEMS["imprag"](frozen, index_dir, 3)
     assert replace(frozen.config, passages="shared") == model.config
+    # the stage-1 checkpoint of a frozen run has its own name, so its rows never mix with a shared run's
+    assert SYSTEMS["imprag-frozen-warmup"](frozen, index_dir, 3).name == "imprag-frozen-warmup"
+    with pytest.raises(InputError, match=r"evaluate it as --system imprag-frozen-warmup"):
+        SYSTEMS["imprag-warmup"](frozen, index_dir, 3)
 
 
 def test_text_system_factories(model: ImpRAG, index_dir: Path, monkeypatch) -> None:
@@ -260,6 +264,11 @@ def test_text_system_factories(model: ImpRAG, index_dir: Path, monkeypatch) -> N
             "imprag-frozen",
             "imprag",
             "trained with passages=frozen, but .* has passages=shared; evaluate it as --system imprag",
+        ),
+        (
+            "imprag-frozen-warmup",
+            "imprag",
+            "passages=shared; evaluate it as --system imprag-warmup",
         ),
         ("ra-it", "imprag", r"objective\.system=ra-it.*or evaluate this model as minilm"),
         ("ra-dit-llama", "retriever", r"objective\.system=ra-it`, but --model"),

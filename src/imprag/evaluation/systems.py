@@ -7,6 +7,7 @@
 | minilm-oracle | MiniLM with the item's hand-built ideal query | passages pasted before the prompt |
 | imprag-zero-shot | the model's own layer-b query state (implicit) | middle layers b..t (ImpRAG) |
 | imprag-warmup, imprag | as above, after training (stage 1 only / both stages) | middle layers b..t |
+| imprag-frozen-warmup, imprag-frozen | as above, trained with frozen passages (the base index) | b..t |
 | ra-it | MiniLM with the whole prompt (as minilm), the LM fine-tuned with passages pasted | pasted |
 | ra-dit-llama | a separately trained copy of layers 0..b, queried with the prompt | pasted (ra-it LM) |
 
@@ -195,7 +196,8 @@ def _text(kind: str, name: str, oracle: bool = False, trained: str | None = None
 def _implicit(name: str, trained: bool, passages: str | None = None) -> Factory:
     """ImpRAG under `name`: the zero-shot model, or a trained one (`--model runs/X/model`) reported as
     `imprag-warmup` (stage 1 only), `imprag` (warmup + distillation, shared passages: the index refreshed
-    with it) or `imprag-frozen` (the same with frozen passages: the base model's index)."""
+    with it), or `imprag-frozen-warmup` / `imprag-frozen` (the same with frozen passages: the base model's
+    index)."""
 
     def make(model: ImpRAG, index_dir: Path, k: int) -> System:
         from imprag.model.reader import InputError
@@ -204,7 +206,11 @@ def _implicit(name: str, trained: bool, passages: str | None = None) -> Factory:
         if trained:
             _require_trained(model, name, "imprag", untrained="imprag-zero-shot")
         if passages is not None and model.config.passages != passages:
-            other = "imprag-frozen" if model.config.passages == "frozen" else "imprag"
+            other = (
+                name.replace("imprag-frozen", "imprag")
+                if passages == "frozen"
+                else name.replace("imprag", "imprag-frozen", 1)
+            )
             raise InputError(
                 f"--system {name} reports a model trained with passages={passages}, but --model "
                 f"{model.source!r} has passages={model.config.passages}; evaluate it as --system {other}"
@@ -242,8 +248,9 @@ SYSTEMS: dict[str, Factory] = {
     "minilm": _text("minilm", "minilm"),
     "minilm-oracle": _text("minilm", "minilm-oracle", oracle=True),
     "imprag-zero-shot": _implicit("imprag-zero-shot", trained=False),
-    "imprag-warmup": _implicit("imprag-warmup", trained=True),
+    "imprag-warmup": _implicit("imprag-warmup", trained=True, passages="shared"),
     "imprag": _implicit("imprag", trained=True, passages="shared"),
+    "imprag-frozen-warmup": _implicit("imprag-frozen-warmup", trained=True, passages="frozen"),
     "imprag-frozen": _implicit("imprag-frozen", trained=True, passages="frozen"),
     # RA-IT: MiniLM with the whole prompt, passages pasted, the LM fine-tuned on the same data
     # (`imprag train ... objective.system=ra-it`, evaluated with --model runs/X/model).
