@@ -14,8 +14,16 @@ It answers two questions: whether the recipe's LoRA rank 8 on q_proj limits what
 from the base model's features (the recipe also adapts layers 0..b-1, which this probe does not), and
 what training on the teacher's positives costs against the gold article.
 
+Two more settings make it a probe of the query's pooling and of the training tasks: `--pooling mean,last`
+also pools the query side at the prompt's last token (x_last instead of x_bar; E_p stays mean-pooled, the
+index's), and `--train-tasks describe describe,about,sentence` trains one map per set of retrieval tasks
+(gold positives; `--labels` applies to describe alone). `--dev-tasks` measures recall@10 of each task's dev
+split over the whole corpus: a map trained on seen formats, read on unseen ones, says how far the query
+side generalises.
+
 Run:  .venv/bin/python benchmarks/probe_query_rank.py --index INDEX [--steps 300] [--ranks 8,64,full] \
-          [--labels RUN/pseudo-labels/minilm-HASH/describe-train.jsonl]
+          [--labels RUN/pseudo-labels/minilm-HASH/describe-train.jsonl] [--pooling mean,last] \
+          [--train-tasks describe describe,about,sentence] [--dev-tasks describe,slot-filling,...] [--out F]
       (INDEX: built by the base model with mean pooling; writes benchmarks/results/probe_query_rank.json)
 """
 
@@ -34,7 +42,6 @@ RESULTS = Path(__file__).parent / "results" / "probe_query_rank.json"
 
 def main() -> None:
     import torch
-    import torch.nn.functional as F
 
     from imprag import ImpRAG
     from imprag.data.benchmark import Benchmark
@@ -52,6 +59,14 @@ def main() -> None:
     parser.add_argument("--ranks", default="8,64,full", help="comma-separated ranks of delta, or full")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--labels", help="a pseudo-label cache file (describe-train.jsonl): train on it too")
+    parser.add_argument("--pooling", default="mean", help="query-side pooling(s): mean, last or mean,last")
+    parser.add_argument(
+        "--train-tasks", nargs="+", default=["describe"], help="retrieval task sets, each comma-separated"
+    )
+    parser.add_argument(
+        "--dev-tasks", default="describe", help="comma-separated tasks whose dev recall is measured"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -72,49 +87,74 @@ def main() -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
     @torch.no_grad()
-    def features(prompts: list[str]) -> torch.Tensor:
-        """x_bar: layer b's normed input, mean over each prompt's tokens, (n, hidden)."""
-        out = []
+    def features(prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Layer b's normed input pooled over each prompt: x_bar (the mean) and x_last, each (n, hidden)."""
+        out: dict[str, list[torch.Tensor]] = {"mean": [], "last": []}
         for i in range(0, len(prompts), 64):
             enc = tokenizer(prompts[i : i + 64], return_tensors="pt", padding=True)
             hidden = hf.model(**enc, output_hidden_states=True).hidden_states[b]  # the input to layer b
             x = layer.input_layernorm(hidden).float()
             w = enc["attention_mask"].float()[..., None]
-            out.append((x * w).sum(1) / w.sum(1))
-        return torch.cat(out)
+            out["mean"].append((x * w).sum(1) / w.sum(1))
+            last = enc["attention_mask"].sum(1) - 1  # right padding: the last real token
+            out["last"].append(x[torch.arange(len(x)), last])
+        return {name: torch.cat(parts) for name, parts in out.items()}
 
-    train, dev = bench.items("describe", "train"), bench.items("describe", "dev")
-    x_train, x_dev = features([it.prompt for it in train]), features([it.prompt for it in dev])
-    gold_train = torch.tensor([column[store.rows_of(it.evidence)[0]] for it in train])
-    positives_of = {"gold": [[int(g)] for g in gold_train]}
-    if args.labels:
-        lines = Path(args.labels).read_text().splitlines()
-        labels = {r["id"]: r["positives"] for r in map(json.loads, lines)}
-        positives_of["teacher"] = [
-            [column[r] for r in store.rows_of(labels[it.id]) if r is not None] for it in train
-        ]
-    gold_dev = [column[store.rows_of(it.evidence)[0]] for it in dev]
+    def gold_columns(items: list) -> list[list[int]]:
+        return [[column[r] for r in store.rows_of(list(it.evidence)) if r is not None] for it in items]
+
+    dev_tasks = args.dev_tasks.split(",")
+    dev = {task: bench.items(task, "dev") for task in dev_tasks}
+    x_dev = {task: features([it.prompt for it in items]) for task, items in dev.items()}
+    gold_dev = {task: gold_columns(items) for task, items in dev.items()}
     w_q = layer.self_attn.q_proj.weight.detach().float()
     heads, groups = hf.config.num_attention_heads, hf.config.num_key_value_heads
     head_dim = w_q.shape[0] // heads
     base = w_q.view(groups, heads // groups, head_dim, -1).mean(1).reshape(groups * head_dim, -1)
-    center = -(x_train @ base.T).mean(0)
 
-    def recall(w: torch.Tensor, bias: torch.Tensor) -> float:
-        top = ((x_dev @ w.T + bias) @ e_p.T).topk(10, dim=1).indices.tolist()
-        return round(sum(g in t for g, t in zip(gold_dev, top, strict=True)) / len(gold_dev), 3)
+    def recall(pooling: str, w: torch.Tensor, bias: torch.Tensor) -> dict[str, float]:
+        out = {}
+        for task, golds in gold_dev.items():
+            top = ((x_dev[task][pooling] @ w.T + bias) @ e_p.T).topk(10, dim=1).indices.tolist()
+            out[task] = round(
+                sum(bool(set(g) & set(t)) for g, t in zip(golds, top, strict=True)) / len(golds), 3
+            )
+        return out
 
     result = {
         "machine": describe_machine(),
-        "settings": vars(args),
-        "train": len(train),
-        "dev": len(dev),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "dev": {task: len(items) for task, items in dev.items()},
         "corpus": len(rows),
-        "base_centered": recall(base, center),
+        "train": {},
+        "base_centered": {},
         "curves": {},
     }
-    print(f"base q_proj, centered: dev recall@10 {result['base_centered']}")
-    for labels_name, rank in [(lab, r) for lab in positives_of for r in args.ranks.split(",")]:
+    settings = []
+    for tasks in args.train_tasks:
+        train = [it for task in tasks.split(",") for it in bench.items(task, "train")]
+        result["train"][tasks] = len(train)
+        x_train = features([it.prompt for it in train])
+        gold_train = gold_columns(train)
+        positives_of = {"gold": gold_train}
+        if args.labels and tasks == "describe":
+            lines = Path(args.labels).read_text().splitlines()
+            labels = {r["id"]: r["positives"] for r in map(json.loads, lines)}
+            positives_of["teacher"] = [
+                [column[r] for r in store.rows_of(labels[it.id]) if r is not None] for it in train
+            ]
+        for pooling in args.pooling.split(","):
+            center = -(x_train[pooling] @ base.T).mean(0)
+            key = f"{pooling}/{tasks}"
+            result["base_centered"][key] = recall(pooling, base, center)
+            print(f"base q_proj, centered, {key}: dev recall@10 {result['base_centered'][key]}")
+            for labels_name in positives_of:
+                chosen = positives_of[labels_name]
+                settings += [
+                    (pooling, tasks, x_train[pooling], gold_train, chosen, labels_name, r, center)
+                    for r in args.ranks.split(",")
+                ]
+    for pooling, tasks, x_train, gold_train, positives, labels_name, rank, center in settings:
         if rank == "full":
             params = [torch.zeros_like(base, requires_grad=True)]
         else:
@@ -128,32 +168,33 @@ def main() -> None:
 
         bias = center.clone().requires_grad_()
         optimizer = torch.optim.Adam([*params, bias], lr=3e-3)
+        name = f"{pooling}/{tasks}/{labels_name}/{rank}"
         curve = []
         for step in range(args.steps + 1):
             if step % 100 == 0:
                 with torch.no_grad():
-                    curve.append({"step": step, "recall": recall(weight(), bias)})
-                recall_now = curve[-1]["recall"]
-                print(f"{labels_name} rank {rank}: step {step} dev recall@10 {recall_now}", flush=True)
+                    curve.append({"step": step, "recall": recall(pooling, weight(), bias)})
+                print(f"{name}: step {step} dev recall@10 {curve[-1]['recall']}", flush=True)
             if step == args.steps:
                 break
-            pick = torch.randint(0, len(x_train), (64,))
+            pick = torch.randint(0, len(x_train), (64,)).tolist()
             scores = (x_train[pick] @ weight().T + bias) @ e_p.T
-            positives = torch.zeros_like(scores, dtype=torch.bool)
-            for i, j in enumerate(pick.tolist()):
-                positives[i, positives_of[labels_name][j]] = True
-            gold = F.one_hot(gold_train[pick], len(rows)).bool()
-            loss = multi_label_nce(scores, positives, positives | ~gold, temperature=0.25)
+            is_positive = torch.zeros_like(scores, dtype=torch.bool)
+            gold = torch.zeros_like(scores, dtype=torch.bool)
+            for i, j in enumerate(pick):
+                is_positive[i, positives[j]] = True
+                gold[i, gold_train[j]] = True
+            loss = multi_label_nce(scores, is_positive, is_positive | ~gold, temperature=0.25)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        result["curves"][f"{labels_name}/{rank}"] = curve
-    steps = [c["step"] for c in next(iter(result["curves"].values()))]
-    print("\npositives/rank " + "  ".join(f"step {s:>3}" for s in steps))
+        result["curves"][name] = curve
+    print("\ndev recall@10 at the last step, per task")
+    print(f"{'pooling/tasks/positives/rank':<44} " + " ".join(f"{t:>14}" for t in dev_tasks))
     for name, curve in result["curves"].items():
-        print(f"{name:<14} " + "  ".join(f"{c['recall']:>8.3f}" for c in curve))
-    atomic_write_text(RESULTS, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+        print(f"{name:<44} " + " ".join(f"{curve[-1]['recall'][t]:>14.3f}" for t in dev_tasks))
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
