@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README main job, on the embedded defaults: SmolLM2-135M with the ImpRAG adapter trained by the CPU
 # recipe (models/smollm2-135m-imprag, see its README). Index the 10,033 embedded Wikipedia summaries with
-# the trained model's own bottom layers (once; an interrupted build resumes), answer prompts in the method's
-# four task formats with implicit retrieval, showing the articles each prompt retrieved and BM25's picks
-# beside them; then build the benchmark and score closed-book, BM25 and ImpRAG (the same trained model) on
-# a small sample of its test split (the full runs are in docs/results.md).
+# the model's bottom layers (once; an interrupted build resumes; the adapter was trained with frozen
+# passages, so passages go through the base weights and this is the base model's index), answer prompts in
+# the method's four task formats with implicit retrieval, showing the articles each prompt retrieved and
+# BM25's picks beside them; then build the benchmark and score closed-book, BM25 and ImpRAG (the same
+# trained model) on a small sample of its test split (the full runs are in docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -33,5 +34,8 @@ echo
 echo "== the benchmark: build it, then score closed-book, BM25 and ImpRAG on 8 test items per task =="
 BENCH="${IMPRAG_BENCH:-data/benchmark}"
 [ -f "$BENCH/benchmark.json" ] || "$IMPRAG" data build --out "$BENCH"
-"$IMPRAG" eval --data "$BENCH" --index "$INDEX" --system closed-book,bm25,imprag \
+# a model trained with frozen passages (model.passages=frozen) is scored as imprag-frozen, the others as imprag
+SYSTEM=imprag
+grep -q '"passages": "frozen"' "$MODEL/imprag_config.json" 2>/dev/null && SYSTEM=imprag-frozen
+"$IMPRAG" eval --data "$BENCH" --index "$INDEX" --system "closed-book,bm25,$SYSTEM" \
     --out runs/demo-imprag --limit 8 --overwrite  # a small sample: re-scored on every run

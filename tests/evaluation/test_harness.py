@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from imprag.config import DecodeConfig
 from imprag.data import SPLITS, Benchmark, BenchmarkError, Item, get_task
 from imprag.evaluation.harness import STOP, EvalError, evaluate, score_item, summarize
 from imprag.evaluation.metrics import exact_match, true_false_accuracy
-from imprag.evaluation.systems import Prediction
+from imprag.evaluation.systems import SYSTEMS, Prediction
 from imprag.model.generation import RetrievedPassage as RP
 
 # -- a hand-built benchmark and a scripted system ------------------------------------------------------
@@ -459,6 +460,8 @@ def test_eval_help(capsys) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "usage: imprag eval" in out and "--data" in out and "--limit" in out
+    text = re.sub(r"-\s+", "-", " ".join(out.split()))  # argparse wraps lines, also at hyphens
+    assert [name for name in SYSTEMS if f" {name}," not in text and f" {name} " not in text] == []
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--system",
         default="closed-book",
-        help="comma-separated: closed-book, bm25, minilm, minilm-oracle, imprag-zero-shot "
-        "(default: %(default)s)",
+        help="comma-separated: closed-book, bm25, minilm, minilm-oracle, imprag-zero-shot; trained "
+        "(--model RUN/model): imprag, imprag-warmup, imprag-frozen, imprag-frozen-warmup, ra-it, "
+        "ra-dit-llama (default: %(default)s)",
     )
     ev.add_argument("--tasks", help="comma-separated task names (default: the seen and unseen tasks)")
     ev.add_argument(
