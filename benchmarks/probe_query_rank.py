@@ -100,26 +100,17 @@ def main() -> None:
             out["last"].append(x[torch.arange(len(x)), last])
         return {name: torch.cat(parts) for name, parts in out.items()}
 
-    def gold_columns(items: list) -> list[list[int]]:
-        return [[column[r] for r in store.rows_of(list(it.evidence)) if r is not None] for it in items]
-
     dev_tasks = args.dev_tasks.split(",")
     dev = {task: bench.items(task, "dev") for task in dev_tasks}
     x_dev = {task: features([it.prompt for it in items]) for task, items in dev.items()}
-    gold_dev = {task: gold_columns(items) for task, items in dev.items()}
+    gold_dev = {task: gold_columns(store, column, items) for task, items in dev.items()}
     w_q = layer.self_attn.q_proj.weight.detach().float()
     heads, groups = hf.config.num_attention_heads, hf.config.num_key_value_heads
     head_dim = w_q.shape[0] // heads
     base = w_q.view(groups, heads // groups, head_dim, -1).mean(1).reshape(groups * head_dim, -1)
 
     def recall(pooling: str, w: torch.Tensor, bias: torch.Tensor) -> dict[str, float]:
-        out = {}
-        for task, golds in gold_dev.items():
-            top = ((x_dev[task][pooling] @ w.T + bias) @ e_p.T).topk(10, dim=1).indices.tolist()
-            out[task] = round(
-                sum(bool(set(g) & set(t)) for g, t in zip(golds, top, strict=True)) / len(golds), 3
-            )
-        return out
+        return recall_at_10({t: x[pooling] @ w.T + bias for t, x in x_dev.items()}, gold_dev, e_p)
 
     result = {
         "machine": describe_machine(),
@@ -135,7 +126,7 @@ def main() -> None:
         train = [it for task in tasks.split(",") for it in bench.items(task, "train")]
         result["train"][tasks] = len(train)
         x_train = features([it.prompt for it in train])
-        gold_train = gold_columns(train)
+        gold_train = gold_columns(store, column, train)
         positives_of = {"gold": gold_train}
         if args.labels and tasks == "describe":
             lines = Path(args.labels).read_text().splitlines()
@@ -195,6 +186,20 @@ def main() -> None:
         print(f"{name:<44} " + " ".join(f"{curve[-1]['recall'][t]:>14.3f}" for t in dev_tasks))
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def gold_columns(store, column: dict[int, int], items: list) -> list[list[int]]:
+    """Each item's gold articles as columns of the corpus vectors (`column`: store row -> column)."""
+    return [[column[r] for r in store.rows_of(list(it.evidence)) if r is not None] for it in items]
+
+
+def recall_at_10(queries: dict, golds: dict[str, list[list[int]]], passages) -> dict[str, float]:
+    """Per task: the share of queries (n, D) with a gold column among their top 10 of `passages` (N, D)."""
+    out = {}
+    for task, rows in golds.items():
+        top = (queries[task] @ passages.T).topk(10, dim=1).indices.tolist()
+        out[task] = round(sum(bool(set(g) & set(t)) for g, t in zip(rows, top, strict=True)) / len(rows), 3)
+    return out
 
 
 if __name__ == "__main__":
