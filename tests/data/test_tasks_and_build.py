@@ -28,6 +28,7 @@ from imprag.data import (
 from imprag.data import build as build_module
 from imprag.data.build import build_items
 from imprag.data.builders import sentences
+from imprag.evaluation import metrics
 from imprag.evaluation.metrics import answer_in_text, normalize_answer
 from imprag.retrieval.corpus import CorpusError, read_corpus
 
@@ -39,13 +40,13 @@ NO_RETRIEVAL = ["denoise", "sentence", "reading", "verify", "title"]
 
 def test_registry_formats() -> None:
     assert list(TASKS) == [
-        "describe", "about", "fanoutqa", "trivia", "slot-filling", "fact-check", "entity-linking",
-        "denoise", "sentence", "reading", "verify", "title",
+        "describe", "about", "yesno", "fanoutqa", "trivia", "slot-filling", "fact-check",
+        "entity-linking", "denoise", "sentence", "reading", "verify", "title",
     ]  # fmt: skip
-    assert tasks_of("seen") == ["describe", "about", "fanoutqa", "trivia"]
+    assert tasks_of("seen") == ["describe", "about", "yesno", "fanoutqa", "trivia"]
     assert tasks_of("unseen") == UNSEEN
     assert tasks_of("no-retrieval") == NO_RETRIEVAL
-    assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == {"fact-check", "verify"}
+    assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == {"fact-check", "verify", "yesno"}
     # answer-string recall is meaningless for True/False answers and for tasks that read no passages
     assert {n for n, t in TASKS.items() if t.answer_recall} == {
         "describe", "about", "fanoutqa", "trivia", "slot-filling", "entity-linking",
@@ -58,7 +59,7 @@ def test_get_task_unknown_lists_known() -> None:
         get_task("qa")
     message = str(info.value)
     assert "unknown task 'qa'" in message
-    known = "known tasks: describe, about, fanoutqa, trivia, slot-filling, fact-check, entity-linking"
+    known = "known tasks: describe, about, yesno, fanoutqa, trivia, slot-filling, fact-check,"
     assert known in message
 
 
@@ -189,7 +190,7 @@ def small_bench(tmp_path) -> Benchmark:
 
 
 def test_items_unknown_task(small_bench: Benchmark) -> None:
-    with pytest.raises(BenchmarkError, match="unknown task 'qa'; known tasks: describe, about, fanoutqa"):
+    with pytest.raises(BenchmarkError, match="unknown task 'qa'; known tasks: describe, about, yesno"):
         small_bench.items("qa", "test")
 
 
@@ -305,7 +306,7 @@ def test_gold_answer_is_in_evidence(all_items: dict[str, list[Item]], corpus: di
     """Every item whose answer is not the verdict "False" has a gold answer in an evidence passage
     (fact-check True items: the answer is "True", checked through the claim below)."""
     for task, items in all_items.items():
-        if task in ("fact-check", "verify", "denoise", "about"):
+        if task in ("fact-check", "verify", "yesno", "denoise", "about"):
             continue  # verdicts; denoise answers are "span; span" joined, checked below; about: below
         for it in items:
             assert any(answer_in_text(a, corpus[e].content) for a in it.answers for e in it.evidence), it.id
@@ -460,6 +461,41 @@ def test_verify_judges_description_claims_against_the_text(
         own = normalize_answer(claimed) == normalize_answer(p.meta["description"])
         assert own == (it.answers == ["True"]), it.id
         assert builders._head(claimed) == builders._head(p.meta["description"]), it.id
+
+
+def test_yesno_asks_about_a_named_article_with_a_verdict_answer(
+    all_items: dict[str, list[Item]], corpus: dict
+) -> None:
+    """`yesno` is open QA in the seen template naming the article: "Is <title> <description>?", Yes for its
+    own description, No for another article's with the same head noun; balanced, train only, and the gold
+    article is the one named (its evidence holds the name)."""
+    items = all_items["yesno"]
+    assert len(items) == 3000 and {it.split for it in items} == {"train"}
+    assert 0.45 < sum(it.answers == ["Yes"] for it in items) / len(items) < 0.55
+    assert {a for it in items for a in it.answers} == {"Yes", "No"}
+    for it in items:
+        p = corpus[it.evidence[0]]
+        name = builders._base(p.title)
+        question = it.fields["question"]
+        assert question.startswith(f"Is {name} ") and question.endswith("?"), it.id
+        assert it.prompt == f"Q: {question} A:" and answer_in_text(name, p.content), it.id
+        claimed = question.removeprefix(f"Is {name} ").removeprefix("a ").removeprefix("an ").rstrip("?")
+        own = normalize_answer(claimed) == normalize_answer(p.meta["description"])
+        assert own == (it.answers == ["Yes"]), it.id
+        assert builders._head(claimed) == builders._head(p.meta["description"]), it.id
+    # scored by polarity, the way fact checking's True/False is
+    assert metrics.true_false_accuracy("yes, it is", ["Yes"]) == 1.0
+    assert (
+        metrics.true_false_accuracy("True", ["Yes"]) == 1.0
+        and metrics.true_false_accuracy("No", ["Yes"]) == 0.0
+    )
+
+
+def test_yesno_never_uses_the_fact_check_template() -> None:
+    """The verdict answer type comes in the seen QA template; fact checking's instruction is not in it."""
+    ours, theirs = get_task("yesno").template, get_task("fact-check").template
+    assert ours == "Q: {question} A:"
+    assert theirs.split("{statement}")[0].strip() not in ours
 
 
 def test_title_blanks_every_mention_of_the_title(all_items: dict[str, list[Item]], corpus: dict) -> None:
@@ -695,7 +731,7 @@ def test_cli_data_build(tmp_path, capsys, built: Benchmark) -> None:
 def test_cli_data_build_unknown_task(tmp_path, capsys) -> None:
     assert main(["data", "build", "--out", str(tmp_path / "b"), "--tasks", "describe,nope"]) == 2
     err = capsys.readouterr().err
-    assert "unknown task(s) 'nope'; known tasks: describe, about, fanoutqa" in err and "Traceback" not in err
+    assert "unknown task(s) 'nope'; known tasks: describe, about, yesno" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
 
 

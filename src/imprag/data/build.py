@@ -44,7 +44,8 @@ class BuildConfig:
     """Items in each of dev and test of a task that also has a train split (`describe`); the rest is train."""
     max_items: dict[str, int] = field(
         default_factory=lambda: (
-            dict.fromkeys(("denoise", "sentence", "reading", "verify", "title"), 3000) | {"about": 6000}
+            dict.fromkeys(("denoise", "sentence", "reading", "verify", "title", "yesno"), 3000)
+            | {"about": 6000}
         )
     )
     """Caps per task (applied per split, after the seeded shuffle)."""

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imprag.data.sources import Country, read_countries, read_fanout_leaves, read_trivia
-from imprag.evaluation.metrics import answer_in_text, normalize_answer
 from imprag.retrieval.corpus import Passage
+from imprag.text import answer_in_text, normalize_answer
 
 __all__ = ["EVAL_BUILDERS", "TRAIN_BUILDERS", "Candidate", "check", "sentences"]
 
@@ -419,17 +419,18 @@ def _reading(p: Passage, rng: random.Random) -> Candidate | None:
     return Candidate("reading", p.id, {"context": p.content, "question": question}, [desc], [p.id], "", p.id)
 
 
-def _verify(passages: list[Passage], rng: random.Random) -> list[Candidate | None]:
-    """True/False judgements of a claim against the text in the prompt: "<title> is <description>", with
-    the article's own Wikipedia description (True; the text need not state it word for word) or, half the
-    time, another article's with the same head noun (False, so the kind of thing cannot give it away).
-    Unseen fact checking answers True/False too; without this no training task ever does."""
+def _description_claims(
+    passages: list[Passage], rng: random.Random
+) -> list[tuple[Passage, bool, str] | None]:
+    """Per article: (article, true?, claimed noun phrase) -- its own Wikipedia description (True) or, half
+    the time, another article's with the same head noun (False, so the kind of thing cannot give it away);
+    None where no other description shares the head noun."""
     lower = _lowercase_words(passages)
     by_head: dict[str, list[Passage]] = collections.defaultdict(list)
     for p in passages:
         if desc := (p.meta.get("description") or "").strip():
             by_head[_head(desc)].append(p)
-    out: list[Candidate | None] = []
+    out: list[tuple[Passage, bool, str] | None] = []
     for p in passages:
         desc = (p.meta.get("description") or "").strip()
         others = [
@@ -441,8 +442,38 @@ def _verify(passages: list[Passage], rng: random.Random) -> list[Candidate | Non
             continue
         true = rng.random() < 0.5
         claimed = desc if true else rng.choice(others).meta["description"].strip()
-        fields = {"context": p.content, "claim": f"{p.title} is {_noun_phrase(claimed, lower)}."}
-        out.append(Candidate("verify", p.id, fields, [str(true)], [p.id], "", p.id, [p.title]))
+        out.append((p, true, _noun_phrase(claimed, lower)))
+    return out
+
+
+def _verify(passages: list[Passage], rng: random.Random) -> list[Candidate | None]:
+    """True/False judgements of a claim against the text in the prompt: "<title> is <description>", the
+    claim of `_description_claims`. Unseen fact checking answers True/False too; without this no training
+    task ever does."""
+    return [
+        None if c is None else Candidate(
+            "verify", c[0].id, {"context": c[0].content, "claim": f"{c[0].title} is {c[2]}."},
+            [str(c[1])], [c[0].id], "", c[0].id, [c[0].title],
+        )
+        for c in _description_claims(passages, rng)
+    ]  # fmt: skip
+
+
+def _yesno(passages: list[Passage], rng: random.Random) -> list[Candidate | None]:
+    """Yes/no open QA about a named article, in the seen format: "Is <title> <description>?" with the
+    claim of `_description_claims` (Yes, or No for another article's description). A retrieval training
+    task (the gold article is the one named), and the only one whose answer is a verdict: fact checking
+    asks for one about a named entity and is scored by its polarity (yes = True), but its template, "Is
+    this statement true? <statement>", is never trained on."""
+    out: list[Candidate | None] = []
+    for c in _description_claims(passages, rng):
+        base = _base(c[0].title) if c else ""
+        if c is None or not base:
+            out.append(None)
+            continue
+        p, true, phrase = c
+        fields = {"question": f"Is {base} {phrase}?"}
+        out.append(Candidate("yesno", p.id, fields, ["Yes" if true else "No"], [p.id], base, p.id, [base]))
     return out
 
 
@@ -500,7 +531,8 @@ TRAIN_BUILDERS = {
     "verify": _verify,
     "title": _each(_title),
     "about": _each(_about),
+    "yesno": _yesno,
 }
 """Training-only tasks: task -> builder(free articles, rng) -> a candidate or None per article, built from
 the articles no dev/test item uses (false claims draw only on those, too). All are retrieval-free
-(instruction) tasks but `about`, a seen-format QA task trained with retrieval."""
+(instruction) tasks but `about` and `yesno`, seen-format QA tasks trained with retrieval."""

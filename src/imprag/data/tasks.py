@@ -6,7 +6,7 @@ prompt is the query; retrieve-then-read baselines also get the whole prompt as t
 
 Formats:
   seen       open QA `Q: {question} A:` -- the format retrieval trains on (describe's train split, and the
-             train-only synthetic `about`: "What is <title>?")
+             train-only synthetic `about`: "What is <title>?", and `yesno`: "Is <title> <description>?")
   unseen     slot filling, fact checking, entity linking -- never trained on, so only dev and test splits
   no-retrieval  training-only tasks whose context is in the prompt (phrase denoising, next/previous
              sentence, reading comprehension, True/False verification, title naming); the method page's
@@ -65,7 +65,8 @@ class Task:
     template: str
     """A `str.format` template over the item's `fields`."""
     scoring: Scoring
-    """`em`: exact match against the gold answers; `accuracy`: True/False verdict (fact checking)."""
+    """`em`: exact match against the gold answers; `accuracy`: a verdict, True/False or Yes/No (fact
+    checking, verify, yesno)."""
     answer_recall: bool
     """Whether the paper's answer-string retrieval recall applies (not for True/False answers)."""
     max_new_tokens: int
@@ -92,6 +93,12 @@ TASKS: dict[str, Task] = {
         Task(
             "about", "seen", QA_TEMPLATE, "em", True, 16,
             "What is <title>? -> its Wikipedia description (wiki-summaries); a synthetic QA training task",
+            "train",
+        ),
+        Task(
+            "yesno", "seen", QA_TEMPLATE, "accuracy", False, 3,
+            "Is <title> <description>? -> Yes/No, its own description or a swapped one (wiki-summaries); "
+            "a synthetic QA training task",
             "train",
         ),
         Task(
