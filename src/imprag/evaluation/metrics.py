@@ -6,19 +6,16 @@ EM. A prediction scores against the best of several gold answers. Retrieval reca
 of examples whose read passages contain a gold answer string (normalised, on word boundaries), and
 gold-article recall: the share whose read passages include one of the item's evidence passages.
 
-`normalize_answer` and `answer_in_text` also decide which items `imprag data build` keeps (data/builders.py):
-changing them changes the benchmark itself, its splits and its hold-out set, not only the scores. (Known
-and left: an ASCII hyphen is deleted while an en dash separates words, so "Mexican-American" does not match
-"Mexican–American"; no stored prediction behind docs/results.md is affected.)
+`normalize_answer` and `answer_in_text` live in `imprag.text` (the benchmark builder uses them too) and are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import collections
-import re
-import string
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+
+from imprag.text import answer_in_text, normalize_answer
 
 __all__ = [
     "answer_in_text",
@@ -32,20 +29,6 @@ __all__ = [
     "token_f1",
     "true_false_accuracy",
 ]
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans(dict.fromkeys(string.punctuation + "‘’“”…"))  # deleted, as in SQuAD ("D.C." = "DC")
-_DASHES = str.maketrans(dict.fromkeys("–—", " "))  # dashes separate words ("Rutherford–Bohr")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, fold accents, delete punctuation (dashes separate words), drop the articles a/an/the,
-    squeeze spaces."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = text.translate(_DASHES).translate(_PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def exact_match(prediction: str, golds: Sequence[str]) -> float:
@@ -82,12 +65,6 @@ def true_false_accuracy(prediction: str, golds: Sequence[str]) -> float:
     """1.0 when the prediction's verdict equals the gold verdict (gold answers are "True" or "False")."""
     verdict = parse_bool(prediction)
     return float(verdict is not None and any(verdict == parse_bool(g) for g in golds))
-
-
-def answer_in_text(answer: str, text: str) -> bool:
-    """Whether the normalised answer occurs in the normalised text as whole words."""
-    needle = normalize_answer(answer)
-    return bool(needle) and f" {needle} " in f" {normalize_answer(text)} "
 
 
 def answer_recall(passages: Sequence[str], golds: Sequence[str]) -> float:

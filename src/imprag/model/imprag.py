@@ -46,7 +46,7 @@ from imprag.model.backbone import Backbone, KVCache, architecture_of
 from imprag.model.embeddings import passage_embedding, query_embedding
 from imprag.model.generation import Generation, RetrievedPassage, decode
 from imprag.model.reader import InputError, TokenBatch, batch_tokens, pack_passages, passage_kv, tokenize
-from imprag.retrieval.memory import Retriever
+from imprag.model.retriever import Retriever
 
 __all__ = ["ImpRAG", "Prefill"]
 
@@ -154,7 +154,14 @@ class ImpRAG:
                 f"({', '.join(defaults.DEFAULT_MODELS)}) and not a loadable model folder or hub id: {err}"
             ) from err
         architecture_of(config)  # refuse unsupported families before loading weights
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, **hf_kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, **hf_kwargs)
+        except OSError as err:  # a folder with a config but no (or unreadable) weights
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(
+                f"cannot load the weights of model {str(name_or_path)!r}: {first} (a model folder needs its "
+                "config and its *.safetensors or *.bin weights, as save_pretrained writes them)"
+            ) from None
         model.eval()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **shared)

@@ -1,8 +1,9 @@
-"""The retriever interface, and a small exact in-memory retriever over a list of passages.
+"""The retriever interfaces, and a small exact in-memory retriever over a list of passages.
 
-`ImpRAG.generate` needs only two things from a retriever: `search` over query vectors and `fetch` of the
-passages (id, title, text) behind the returned ids. The FAISS `PassageIndex` over an on-disk passage store
-implements the same two methods; this one keeps everything in memory, for tests, demos and small lists.
+`ImpRAG.generate` needs only two things from a retriever (`Retriever`, declared in model/retriever.py and
+re-exported here): `search` over query vectors and `fetch` of the passages (id, title, text) behind the
+returned ids. The FAISS `PassageIndex` over an on-disk passage store implements the same two methods; this
+one keeps everything in memory, for tests, demos and small lists. `TextRetriever` is the text-query side.
 """
 
 from __future__ import annotations
@@ -14,22 +15,10 @@ import torch
 from torch import Tensor
 
 from imprag.model.generation import RetrievedPassage
+from imprag.model.retriever import Retriever
 from imprag.retrieval.corpus import Passage
 
 __all__ = ["InMemoryRetriever", "Retriever", "TextRetriever"]
-
-
-@runtime_checkable
-class Retriever(Protocol):
-    """What `ImpRAG.generate(..., retriever=...)` and `ImpRAG.retrieve` rely on."""
-
-    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """Top-k by inner product for each query (B, D): ids (B, k) long and scores (B, k), best first."""
-        ...
-
-    def fetch(self, ids: Sequence[int]) -> list[Passage]:
-        """The passages behind the given ids, in order."""
-        ...
 
 
 @runtime_checkable
