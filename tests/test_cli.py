@@ -76,6 +76,14 @@ def test_errors_are_one_line(argv: list[str], message: str, saved: str, capsys) 
     assert message in err and "Traceback" not in err
 
 
+def test_a_model_folder_without_weights_is_one_line(saved: str, capsys) -> None:
+    for weights in Path(saved).glob("*.safetensors"):
+        weights.unlink()
+    assert main(["info", "--model", saved]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot load the weights of model {saved!r}" in err and "Traceback" not in err
+
+
 def test_bad_jsonl_line_is_located(tmp_path, saved: str, capsys) -> None:
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "ok"}\n{oops\n')
@@ -133,15 +141,19 @@ def test_index_retrieve_ask_update(saved: str, corpus: str, tmp_path, capsys) ->
         (["retrieve", "/no/such/index", "q"], "no such index directory"),
         (["ask", "/no/such/index", "q"], "is not an index directory"),
         (["update", "/no/such/index", "--delete", "x"], "no such index directory"),
+        (["index", "CORPUS", "--out", "IDX", "--baselines", "bm25,foo"], "--baselines: unknown foo; known:"),
     ],
 )
-def test_index_command_errors(argv: list[str], message: str, saved: str, tmp_path, capsys) -> None:
-    argv = [a.replace("IDX", str(tmp_path / "idx")) for a in argv]
+def test_index_command_errors(
+    argv: list[str], message: str, saved: str, corpus: str, tmp_path, capsys
+) -> None:
+    argv = [a.replace("IDX", str(tmp_path / "idx")).replace("CORPUS", corpus) for a in argv]
     if argv[0] == "index":
         argv += ["--model", saved]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "idx").exists()  # refused before any work
 
 
 def test_bad_corpus_line_is_located(saved: str, tmp_path, capsys) -> None:

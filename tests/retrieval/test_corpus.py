@@ -224,7 +224,11 @@ def test_dpr_header_only_skipped_on_line_one(tmp_path):
 
 @pytest.mark.parametrize(
     ("line", "why"),
-    [("only-an-id", "expected id<TAB>text<TAB>title"), ('5\t""\tT', "passage '5' has an empty text")],
+    [
+        ("only-an-id", "expected id<TAB>text<TAB>title, found 1 column(s)"),
+        ('5\t""\tT', "passage '5' has an empty text"),
+        ("5\ttext\twith a tab\tT\textra", "expected id<TAB>text<TAB>title, found 5 column(s)"),
+    ],
 )
 def test_dpr_bad_lines(tmp_path, line, why):
     path = tmp_path / "psgs.tsv"

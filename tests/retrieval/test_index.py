@@ -327,6 +327,31 @@ def test_manifest_without_required_keys_is_damaged(model: ImpRAG, tmp_path: Path
         build_index(model, tmp_path / "idx", None, small(), progress=False)
 
 
+def test_damaged_manifests_and_vectors_get_one_line_each(model: ImpRAG, tmp_path: Path) -> None:
+    """Random bytes, a `model` record without `b` or of the wrong type, and vectors of another dimension:
+    each an InvalidIndexError naming the file (no UnicodeDecodeError, KeyError, AttributeError or faiss
+    AssertionError)."""
+    build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    path = tmp_path / "idx" / MANIFEST
+    good = json.loads(path.read_text())
+    path.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(InvalidIndexError, match=r"manifest\.json is not valid JSON"):
+        PassageIndex.load(tmp_path / "idx", model)
+    cases = [
+        ({**good, "model": {k: v for k, v in good["model"].items() if k != "b"}}, r"lacks \['model\.b'\]"),
+        ({**good, "model": "smollm2-135m"}, r"wrong type for \['model'\]"),
+        ({**good, "dim": "192"}, r"wrong type for \['dim'\]"),
+    ]
+    for manifest, message in cases:
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(InvalidIndexError, match=message) as info:
+            PassageIndex.load(tmp_path / "idx", model)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    path.write_text(json.dumps({**good, "dim": good["dim"] + 1}))
+    with pytest.raises(InvalidIndexError, match=rf"{good['dim']}-dimensional vectors but the manifest says"):
+        PassageIndex.load(tmp_path / "idx")
+
+
 def test_a_refresh_resumed_with_another_shard_size_starts_over(model: ImpRAG, tmp_path: Path) -> None:
     build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
     with torch.no_grad():

@@ -101,6 +101,9 @@ def test_unknown_keys_name_the_key_and_its_section(tmp_path) -> None:
         ("engine.train_groups=[bottom, side]", r"engine\.train_groups must be one of .*'side'"),
         ("data.mix=0.5", r"data\.mix must be a list"),
         ("data.mix=[0.5, x, 0]", r"data\.mix must be a number"),
+        ("optim.lr=.inf", r"optim\.lr must be a finite number, got inf"),  # YAML's infinity
+        ("objective.tau_r=.nan", r"objective\.tau_r must be a finite number, got nan"),
+        ("data.mix=[0.5, -.inf, 0]", r"data\.mix must be a finite number"),
         ("optim=3", r"optim must be a mapping"),
     ],
 )

@@ -34,6 +34,12 @@ def cmd_index(args: argparse.Namespace) -> int:
         "chunk_overlap": args.chunk_overlap,
         "skip_bad_lines": args.skip_bad_lines,
     }
+    baselines = [n.strip() for n in (args.baselines or "").split(",") if n.strip()]
+    if baselines:  # before the encode, which may take hours
+        from imprag.retrieval.baselines import BASELINES
+
+        if unknown := [n for n in baselines if n not in BASELINES]:
+            raise UsageError(f"--baselines: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
     dist = init_from_env()
     model = load_model(args)
     if args.pooling:  # E_p of the base with a trained run's pooling: the index frozen-passage runs share
@@ -45,7 +51,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     )
     if index is None:  # ranks other than 0 are done
         return 0
-    for name in [n for n in (args.baselines or "").split(",") if n]:
+    for name in baselines:
         from imprag.retrieval.baselines import baseline_dir, build_baseline
 
         build_baseline(name, index.store, baseline_dir(args.out, name), progress=not args.no_progress)

@@ -27,6 +27,7 @@ __all__ = [
     "CorpusError",
     "CorpusHash",
     "Passage",
+    "check_corpus",
     "chunk_words",
     "read_corpus",
 ]
@@ -117,6 +118,12 @@ EMBEDDED_CORPORA = {"wiki-summaries": _wiki_summaries}
 # -- readers --------------------------------------------------------------------------------------------
 
 
+def check_corpus(path: str | Path) -> None:
+    """Refuse a corpus that is neither an embedded name nor an existing file or folder (before any work)."""
+    if str(path) not in EMBEDDED_CORPORA and not Path(path).exists():
+        raise CorpusError(f"{path}: no such file or folder (embedded corpora: {', '.join(EMBEDDED_CORPORA)})")
+
+
 def read_corpus(
     path: str | Path,
     format: Format = "auto",
@@ -128,9 +135,8 @@ def read_corpus(
     if str(path) in EMBEDDED_CORPORA:
         yield from EMBEDDED_CORPORA[str(path)]()
         return
+    check_corpus(path)
     path = Path(path)
-    if not path.exists():
-        raise CorpusError(f"{path}: no such file or folder (embedded corpora: {', '.join(EMBEDDED_CORPORA)})")
     fmt = _detect(path) if format == "auto" else format
     if fmt == "jsonl":
         yield from _read_jsonl(path, skip_bad_lines)
@@ -219,8 +225,8 @@ def _read_dpr(path: Path, skip: bool) -> Iterator[Passage]:
         cols = line.split("\t")
         if number == 1 and cols[0] == "id":
             continue
-        if len(cols) < 2:
-            _bad(path, number, "expected id<TAB>text<TAB>title", skip)
+        if not 2 <= len(cols) <= 3:
+            _bad(path, number, f"expected id<TAB>text<TAB>title, found {len(cols)} column(s)", skip)
             continue
         pid, text = cols[0], cols[1].strip().strip('"')
         title = cols[2].strip().strip('"') if len(cols) > 2 else ""

@@ -35,7 +35,7 @@ from imprag.distributed import Dist
 from imprag.errors import ImpragError
 from imprag.io import atomic_write_text
 from imprag.model.imprag import ImpRAG
-from imprag.retrieval.corpus import Passage, read_corpus
+from imprag.retrieval.corpus import Passage, check_corpus, read_corpus
 from imprag.retrieval.encode import encode_shards, read_shards, shard_count, shards_done
 from imprag.retrieval.store import PassageStore
 
@@ -54,6 +54,10 @@ class InvalidIndexError(ImpragError, ValueError):
 
 class StaleIndexError(InvalidIndexError):
     """The index was encoded by a different model (or b, or embedding settings) than the one using it."""
+
+
+MODEL_KEYS = ("source", "fingerprint", "b", "embedding", "l_max")
+"""Keys of a manifest's `model` record that loading and the stale check read (`_model_record` writes more)."""
 
 
 def _model_record(model: ImpRAG) -> dict[str, Any]:
@@ -118,6 +122,12 @@ class PassageIndex:
                 f"{directory / VECTORS} cannot be read ({str(err).splitlines()[-1]}); the index is damaged: "
                 f"re-encode its passages with `imprag index --refresh --out {directory}`"
             ) from err
+        if vectors.d != manifest["dim"]:
+            raise InvalidIndexError(
+                f"{directory / VECTORS} holds {vectors.d}-dimensional vectors but the manifest says "
+                f"{manifest['dim']}; the index is damaged: re-encode its passages with "
+                f"`imprag index --refresh --out {directory}`"
+            )
         if vectors.ntotal != manifest["count"]:
             raise InvalidIndexError(
                 f"{directory}: {vectors.ntotal} vectors but the manifest says {manifest['count']}; rebuild it"
@@ -248,14 +258,21 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InvalidIndexError(f"{manifest_path} is not valid JSON ({err}); rebuild the index") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidIndexError(f"{manifest_path} is not valid JSON ({err}); rebuild the index") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise InvalidIndexError(f"{manifest_path}: unsupported index format {version!r}; rebuild it")
     missing = [key for key in ("model", "dim", "count", "corpus_hash", "index") if key not in manifest]
-    if missing:
-        raise InvalidIndexError(f"{manifest_path} lacks {missing}; the index is damaged: rebuild it")
+    model = manifest.get("model")
+    if isinstance(model, dict):
+        missing += [f"model.{key}" for key in MODEL_KEYS if key not in model]
+    kinds = {"model": dict, "dim": int, "count": int, "corpus_hash": str, "index": dict}
+    wrong = [key for key, kind in kinds.items() if key in manifest and not isinstance(manifest[key], kind)]
+    if missing or wrong:
+        what = [f"lacks {missing}"] * bool(missing) + [f"has a wrong type for {wrong}"] * bool(wrong)
+        what = ", ".join(what)
+        raise InvalidIndexError(f"{manifest_path} {what}; the index is damaged: rebuild it")
     return manifest
 
 
@@ -313,6 +330,8 @@ def build_index(
     Passages, or None to re-encode the passages already in `out` with this model (refresh).
     """
     out, cfg, dist = Path(out), config or IndexConfig(), dist or Dist()
+    if isinstance(corpus, (str, Path)):
+        check_corpus(corpus)  # before `out` is created or touched
     started = time.time()
     settings = {
         "model": _model_record(model),

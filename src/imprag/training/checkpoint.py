@@ -12,6 +12,10 @@ A checkpoint is a directory written atomically:
         train_config.json                                 the resolved TrainConfig
         trainer_state.pt                                  step, optimizer, scheduler, RNG states
 
+`trainer_state.pt` holds tensors, numbers, strings and containers only (the numpy RNG state is stored as a
+tensor), so resume reads it with `torch.load(weights_only=True)`: a crafted state file in someone else's run
+folder cannot run code; it is refused with one line.
+
 The trainable weights live in the exported model files only; resume reads them back from there. A LoRA
 checkpoint loads in stock peft + transformers too: `PeftModel.from_pretrained(base_model, dir)`.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 import re
 import shutil
@@ -40,6 +45,7 @@ from imprag.training.config import EngineConfig, TrainConfig
 __all__ = [
     "checkpoints",
     "latest_checkpoint",
+    "load_trainer_state",
     "prepare_model",
     "restore_checkpoint",
     "rng_state",
@@ -152,12 +158,18 @@ def export_model(model: ImpRAG, directory: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, numpy's and torch's RNG states in types `torch.load(weights_only=True)` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)}
+    numpy |= {"has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
 
 
@@ -208,4 +220,17 @@ def restore_checkpoint(path: Path, model: ImpRAG) -> dict[str, Any]:
         with torch.no_grad():
             for name, p in trainable.items():
                 p.copy_(saved[name])
-    return torch.load(path / STATE, weights_only=False, map_location="cpu")
+    return load_trainer_state(path)
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state (step, optimizer, scheduler, RNG), read without unpickling objects."""
+    try:
+        return torch.load(path / STATE, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{path / STATE} holds objects other than tensors and numbers, which resume does not load "
+            f"(they could run code; {reason}); it was not written by this version of imprag: train into "
+            "a new --out, or delete that checkpoint to resume from an earlier one"
+        ) from None

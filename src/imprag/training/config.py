@@ -10,6 +10,7 @@ Marks as on the method page: [P] the paper's value, [D] our decision where the p
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -419,9 +420,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise ConfigError(f"{where} must be a number, got {value!r}") from None
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
+    if hint is float and not math.isfinite(value):  # YAML reads .inf and .nan as floats
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     return value
