@@ -14,8 +14,20 @@ recall.
 layer-b keys, computed by the model's own backbone in one pass up to the largest b; layer 7's is checked
 against the index's vectors): where the map recovers most, a frozen index at that layer has the most room.
 
+`--title-pooling` adds two other frozen passage spaces of layer b: its keys pooled over the passage's title
+line only, and that added to the mean over all tokens (one vector; the query's dot product then weighs what
+the article is called and what it says). The unseen formats name their article; a mean over a 100-word
+passage may dilute the name.
+
+`--key-map` trains the passage side too, as far as it can move without re-encoding: layer b's key projection
+(576 -> 192 for SmolLM2, starting at the base weights, so step 0 is the frozen E_p) applied to the base
+model's frozen mean-pooled layer-b inputs (mean pooling commutes with a linear map without bias). If this
+map recovers much more than the frozen E_p, a passage side that trains only layer b's k_proj keeps exact
+whole-corpus negatives at the cost of one (N, 576) x (576, 192) matmul per step.
+
 Run:  .venv/bin/python benchmarks/probe_passage_space.py --index INDEX \
           [--train-tasks describe,about,sentence] [--dev-tasks describe,slot-filling,...] [--layers 3,11,15]
+          [--key-map]
       (INDEX: built by the base model with mean pooling and --baselines minilm; writes
       benchmarks/results/probe_passage_space.json)
 """
@@ -58,6 +70,16 @@ def main() -> None:
     parser.add_argument("--train-tasks", default="describe,about,sentence")
     parser.add_argument("--dev-tasks", default="describe,slot-filling,fact-check,entity-linking")
     parser.add_argument("--layers", default="", help="comma-separated layers b whose E_p space is probed too")
+    parser.add_argument(
+        "--title-pooling",
+        action="store_true",
+        help="also probe layer b's keys pooled over the title line, alone and added to the mean",
+    )
+    parser.add_argument(
+        "--key-map",
+        action="store_true",
+        help="also train layer b's key projection on the passage side (from its frozen input features)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,6 +104,23 @@ def main() -> None:
         print(f"layer {model.split.b} recomputed against the index: cosine min {check.min():.4f}")
         spaces |= {f"E_p layer {b}": by_layer[b] for b in layers if b != model.split.b}
 
+    if args.title_pooling:
+        titles = [p.title for p in store.get(rows.tolist())]
+        title_mean, whole_mean = title_pooled(model, texts, titles)
+        check = torch.nn.functional.cosine_similarity(whole_mean, e_p.float(), dim=1)
+        print(f"mean pooling recomputed against the index: cosine min {check.min():.4f}")
+        spaces |= {
+            f"E_p layer {model.split.b}, title tokens": title_mean,
+            f"E_p layer {model.split.b}, mean + title mean": whole_mean + title_mean,
+        }
+    features = {}
+    if args.key_map:  # the passage side learns too: layer b's k_proj over frozen mean-pooled inputs
+        features = {"trained k_proj over layer-7 features": passage_features(model, texts)}
+        start = features_to_e_p(model, next(iter(features.values())))
+        check = torch.nn.functional.cosine_similarity(start, e_p.float(), dim=1)
+        print(f"k_proj(features) against the index's E_p: cosine min {check.min():.4f}")
+        spaces |= {name: None for name in features}
+
     def queries(items: list) -> torch.Tensor:
         return torch.from_numpy(np.asarray(minilm.encode([it.prompt for it in items]))).float()
 
@@ -104,13 +143,19 @@ def main() -> None:
         "curves": {},
     }
     print(f"MiniLM in its own space (no map): dev recall@10 {result['minilm_itself']}")
-    for name, passages in spaces.items():
-        w = torch.zeros(passages.shape[1], x_train.shape[1], requires_grad=True)
+    for name, fixed in spaces.items():
+        key = None
+        if fixed is None:  # trained passage side: starts exactly at the frozen E_p
+            key = model.backbone.layer(model.split.b).self_attn.k_proj.weight.detach().float().clone()
+            key.requires_grad_(True)
+        dim = model.dim if fixed is None else fixed.shape[1]
+        w = torch.zeros(dim, x_train.shape[1], requires_grad=True)
         torch.nn.init.normal_(w, std=x_train.shape[1] ** -0.5)
-        bias = torch.zeros(passages.shape[1], requires_grad=True)
-        optimizer = torch.optim.Adam([w, bias], lr=3e-3)
+        bias = torch.zeros(dim, requires_grad=True)
+        optimizer = torch.optim.Adam([w, bias] + ([key] if key is not None else []), lr=3e-3)
         curve = []
         for step in range(args.steps + 1):
+            passages = fixed if key is None else features[name] @ key.T
             if step % 100 == 0:
                 with torch.no_grad():
                     curve.append({"step": step, "recall": recall(passages, w, bias)})
@@ -129,6 +174,66 @@ def main() -> None:
         result["curves"][name] = curve
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def _layer_b_inputs(model, ids: list[list[int]]):
+    """Batches of passages (shortest first) run by the base backbone up to layer b: yields (rows, batch,
+    step, h) with h the hidden states entering layer b."""
+    import torch
+
+    from imprag.model.reader import batch_tokens
+
+    bb, b = model.backbone, model.split.b
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    with torch.no_grad():
+        for start in range(0, len(order), 32):
+            rows = order[start : start + 32]
+            batch = batch_tokens([ids[i] for i in rows], [0] * len(rows), model.pad_id).to(bb.device)
+            step = bb.step(bb.embed(batch.input_ids), batch.positions, batch.valid)
+            yield torch.tensor(rows), batch, step, bb.run(bb.embed(batch.input_ids), range(0, b), step)
+
+
+def passage_features(model, texts: list[str]):
+    """Mean over each passage's tokens of layer b's normalised attention input (B, hidden): every E_p that
+    layer b's key projection W (no bias, no k-norm) can give is W applied to these (the mean is linear)."""
+    import torch
+
+    norm = model.backbone.layer(model.split.b).input_layernorm
+    out = torch.empty(len(texts), model.backbone.layer(model.split.b).self_attn.k_proj.in_features)
+    for rows, batch, _, h in _layer_b_inputs(model, model.passage_tokens(texts)):
+        x, weights = norm(h).float(), batch.valid.float()[..., None]
+        out[rows] = ((x * weights).sum(1) / weights.sum(1).clamp_min(1)).cpu()
+    return out
+
+
+def title_pooled(model, texts: list[str], titles: list[str]):
+    """Layer b's pre-RoPE keys of each passage pooled over its title line (the tokens it shares with
+    `title + "\n"`, at least one) and over all its tokens: two (N, G*D) tensors."""
+    import torch
+
+    from imprag.model.embeddings import passage_embedding, pool
+
+    ids = model.passage_tokens(texts)
+    heads = model.tokenizer([f"{t}\n" for t in titles], add_special_tokens=True)["input_ids"]
+    lead = []
+    for row, head in zip(ids, heads, strict=True):
+        n = 0
+        while n < min(len(row), len(head)) and row[n] == head[n]:
+            n += 1
+        lead.append(max(1, n))
+    title_out, mean_out = torch.empty(len(ids), model.dim), torch.empty(len(ids), model.dim)
+    for rows, batch, step, h in _layer_b_inputs(model, ids):
+        proj = model.backbone.project(model.split.b, h, step)
+        positions = torch.arange(batch.valid.shape[1], device=batch.valid.device)[None, :]
+        in_title = batch.valid & (positions < torch.tensor([lead[i] for i in rows.tolist()])[:, None])
+        title_out[rows] = pool(proj.k_pre, in_title, "mean").float().cpu()
+        mean_out[rows] = passage_embedding(proj, batch.valid, model.config.embedding).float().cpu()
+    return title_out, mean_out
+
+
+def features_to_e_p(model, features):
+    """The mean-pooled pre-RoPE keys of layer b, from `passage_features`: the E_p of the base model."""
+    return features @ model.backbone.layer(model.split.b).self_attn.k_proj.weight.detach().float().T
 
 
 def passage_spaces(model, texts: list[str], layers: list[int]) -> dict:
