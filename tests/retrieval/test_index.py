@@ -327,6 +327,20 @@ def test_manifest_without_required_keys_is_damaged(model: ImpRAG, tmp_path: Path
         build_index(model, tmp_path / "idx", None, small(), progress=False)
 
 
+def test_an_index_that_lost_its_manifest_names_the_command_that_repairs_it(
+    model: ImpRAG, tmp_path: Path
+) -> None:
+    built = build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    expected = torch.from_numpy(built.faiss.reconstruct(0))
+    (tmp_path / "idx" / MANIFEST).unlink()
+    with pytest.raises(InvalidIndexError, match=r"--refresh --out") as info:
+        PassageIndex.load(tmp_path / "idx", model)
+    assert "no manifest.json" in str(info.value)
+    repaired = build_index(model, tmp_path / "idx", None, small(), progress=False)  # what it names
+    assert len(repaired) == len(PASSAGES)
+    assert_close(torch.from_numpy(repaired.faiss.reconstruct(0)), expected)
+
+
 def test_damaged_manifests_and_vectors_get_one_line_each(model: ImpRAG, tmp_path: Path) -> None:
     """Random bytes, a `model` record without `b` or of the wrong type, and vectors of another dimension:
     each an InvalidIndexError naming the file (no UnicodeDecodeError, KeyError, AttributeError or faiss

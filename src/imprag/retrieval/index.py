@@ -253,6 +253,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
                 f"{directory} holds an interrupted build (no manifest yet); resume it by running the "
                 f"same `imprag index ... --out {directory}` command again"
             )
+        if (directory / STORE).is_file():  # passages stored, manifest lost: the store can be re-encoded
+            raise InvalidIndexError(
+                f"{directory} has its passage store but no {MANIFEST} (deleted or damaged); re-encode the "
+                f"stored passages with `imprag index --refresh --out {directory}`"
+            )
         raise InvalidIndexError(
             f"{directory} is not an imprag index (no {MANIFEST}); build one with `imprag index`"
         )
