@@ -1,4 +1,5 @@
-"""Crash-safe file writes: a file is either absent, the old version, or the complete new version."""
+"""Crash-safe file writes: a file is either absent, the old version, or the complete new version; and one
+writer at a time for a directory that several commands may write (`writer_lock`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,19 @@ from pathlib import Path
 
 from imprag.errors import ImpragError
 
-__all__ = ["OutputExistsError", "atomic_directory", "atomic_write_text", "cache_dir", "check_output"]
+__all__ = [
+    "LOCK",
+    "LockedError",
+    "OutputExistsError",
+    "atomic_directory",
+    "atomic_write_text",
+    "cache_dir",
+    "check_output",
+    "writer_lock",
+]
+
+LOCK = ".imprag.lock"
+"""The lock file `writer_lock` keeps inside the directory it guards (never part of the output itself)."""
 
 
 def cache_dir() -> Path:
@@ -25,6 +38,37 @@ def cache_dir() -> Path:
 
 class OutputExistsError(ImpragError, FileExistsError):
     """An output directory holds something that is not ours to replace."""
+
+
+class LockedError(ImpragError, RuntimeError):
+    """Another process is writing the directory."""
+
+
+@contextmanager
+def writer_lock(directory: str | Path, what: str) -> Iterator[None]:
+    """Hold the exclusive write lock of `directory` (created if missing) for the block, or fail at once.
+
+    Two writers of one index each load its vectors, add their own and write the file back: the second
+    write loses the first one's vectors while both report success. So every writer takes this lock first
+    (an OS file lock through `filelock`: released when the process dies, even by kill -9) and a second one
+    stops with LockedError before any work. Readers never take it.
+    """
+    from filelock import FileLock, Timeout
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(directory / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockedError(
+            f"{directory} is being written by another imprag process; {what} waits for no one, so nothing "
+            "was done: run it again when that process has finished"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -26,6 +26,7 @@ from imprag import (
     StaleIndexError,
     build_index,
 )
+from imprag.io import LOCK, LockedError, writer_lock
 from imprag.retrieval.index import MANIFEST, read_manifest
 
 TOPICS = ["capital", "river", "composer", "mountain", "novel", "currency", "bird", "festival"]
@@ -169,6 +170,7 @@ def test_add_change_and_delete_in_place(model: ImpRAG, tmp_path: Path) -> None:
     assert index.store.rows_of(["p3", "p15"]) == [3, 10]
     assert_close(torch.from_numpy(index.faiss.reconstruct(3)), model.embed_passages([changed.content])[0])
     assert index.delete(["p0", "p15"]) == 2
+    index.close()  # releases the write lock for the next writer
     again = PassageIndex.load(tmp_path / "idx", model)
     assert len(again) == 9 and again.manifest["count"] == 9
     hits = again.search(model.embed_queries(PROMPTS), 9)[0]
@@ -311,6 +313,7 @@ def test_interrupted_update_is_detected_and_refresh_repairs_it(
     monkeypatch.setattr(PassageIndex, "_commit", dies)
     with pytest.raises(KeyboardInterrupt):
         index.add(model, [changed])
+    index.close()  # what the killed process's exit does to its lock
     monkeypatch.undo()
     with pytest.raises(InvalidIndexError, match="disagree"):
         PassageIndex.load(tmp_path / "idx", model)
@@ -325,6 +328,54 @@ def test_manifest_without_required_keys_is_damaged(model: ImpRAG, tmp_path: Path
         read_manifest(tmp_path / "idx")
     with pytest.raises(InvalidIndexError, match="lacks"):
         build_index(model, tmp_path / "idx", None, small(), progress=False)
+
+
+def test_one_writer_at_a_time(model: ImpRAG, tmp_path: Path) -> None:
+    """While a writer holds an index's lock (here: one open writable), a build or a second writable open
+    is refused before any work; readers are not; closing releases it (issue 16: two concurrent
+    `update --add` runs lost one's vectors while both reported success)."""
+    built = build_index(model, tmp_path / "idx", PASSAGES[:10], small(), progress=False)
+    assert len(built) == 10
+    writer = PassageIndex.load(tmp_path / "idx", model, writable=True)
+    with pytest.raises(LockedError, match=r"idx is being written by another imprag process; imprag update"):
+        PassageIndex.load(tmp_path / "idx", model, writable=True)
+    with pytest.raises(LockedError, match="imprag index waits for no one"):
+        build_index(model, tmp_path / "idx", PASSAGES, small(), overwrite=True, progress=False)
+    reader = PassageIndex.load(tmp_path / "idx", model)  # readers take no lock
+    assert len(reader) == 10 and (tmp_path / "idx" / MANIFEST).is_file()  # the refused build did nothing
+    writer.add(model, PASSAGES[10:12])
+    writer.close()
+    writer.close()  # idempotent
+    with PassageIndex.load(tmp_path / "idx", model, writable=True) as again:  # released
+        assert len(again) == 12
+    with writer_lock(tmp_path / "fresh", "a test"):  # a build into a locked new folder writes nothing
+        with pytest.raises(LockedError):
+            build_index(model, tmp_path / "fresh", PASSAGES, small(), progress=False)
+        assert [p.name for p in (tmp_path / "fresh").iterdir()] == [LOCK]
+    build_index(model, tmp_path / "fresh", PASSAGES, small(), progress=False)  # the lock file is not foreign
+
+
+def test_a_writer_killed_by_sigkill_releases_its_lock(model: ImpRAG, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    build_index(model, tmp_path / "idx", PASSAGES[:4], small(), progress=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from imprag.io import writer_lock\n"
+         "with writer_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "idx")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError):
+            PassageIndex.load(tmp_path / "idx", model, writable=True)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with PassageIndex.load(tmp_path / "idx", model, writable=True) as index:  # the OS released it
+        assert len(index) == 4
 
 
 def test_an_index_that_lost_its_manifest_names_the_command_that_repairs_it(

@@ -68,17 +68,18 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     if not args.add and not args.delete:
         raise UsageError("nothing to do: pass --add CORPUS and/or --delete ID ...")
-    model, index = open_index(args.index, args, writable=True)
-    if args.delete:
-        print(f"deleted {index.delete(args.delete)} passages")
-    if args.add:
-        counts = index.add(
-            model, read_corpus(args.add, format=args.format, skip_bad_lines=args.skip_bad_lines)
-        )
-        print(
-            f"added {counts['added']}, re-encoded {counts['changed']} changed, "
-            f"skipped {counts['unchanged']} unchanged"
-        )
+    model, index = open_index(args.index, args, writable=True)  # holds the index's write lock
+    with index:
+        if args.delete:
+            print(f"deleted {index.delete(args.delete)} passages")
+        if args.add:
+            counts = index.add(
+                model, read_corpus(args.add, format=args.format, skip_bad_lines=args.skip_bad_lines)
+            )
+            print(
+                f"added {counts['added']}, re-encoded {counts['changed']} changed, "
+                f"skipped {counts['unchanged']} unchanged"
+            )
     return 0
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from imprag.config import IndexConfig, differing_fields
 from imprag.distributed import Dist
 from imprag.errors import ImpragError
-from imprag.io import atomic_write_text
+from imprag.io import LOCK, atomic_write_text, writer_lock
 from imprag.model.imprag import ImpRAG
 from imprag.retrieval.corpus import Passage, check_corpus, read_corpus
 from imprag.retrieval.encode import encode_shards, read_shards, shard_count, shards_done
@@ -90,19 +90,42 @@ def estimate(count: int, dim: int, factory: str) -> dict[str, int]:
 class PassageIndex:
     """Search E_q against the corpus' E_p vectors and fetch the passages behind the hits."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], vectors: faiss.Index, store: PassageStore):
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        vectors: faiss.Index,
+        store: PassageStore,
+        writer: contextlib.ExitStack | None = None,
+    ):
         self.directory = directory
         self.manifest = manifest
         self.faiss = vectors
         self.store = store
+        self._writer = writer  # holds the directory's write lock while open writable
         self.set_search_params(manifest["index"].get("nprobe"), manifest["index"].get("ef_search"))
 
     # -- loading ------------------------------------------------------------------------------------
 
     @classmethod
     def load(cls, directory: str | Path, model: ImpRAG | None = None, writable: bool = False) -> PassageIndex:
-        """Open a complete index; with `model`, refuse it if stale."""
+        """Open a complete index; with `model`, refuse it if stale. `writable` (for `add`/`delete`) takes the
+        directory's write lock first, held until `close()`: a second writer is refused (LockedError)."""
         directory = Path(directory)
+        writer = contextlib.ExitStack()
+        if writable:
+            read_manifest(directory)  # a missing index is reported as such, not locked into existence
+            writer.enter_context(writer_lock(directory, "imprag update"))
+        try:
+            return cls._load(directory, model, writable, writer)
+        except BaseException:
+            writer.close()
+            raise
+
+    @classmethod
+    def _load(
+        cls, directory: Path, model: ImpRAG | None, writable: bool, writer: contextlib.ExitStack
+    ) -> PassageIndex:
         manifest = read_manifest(directory)
         for name in (STORE, VECTORS):
             if not (directory / name).is_file():
@@ -132,7 +155,20 @@ class PassageIndex:
             raise InvalidIndexError(
                 f"{directory}: {vectors.ntotal} vectors but the manifest says {manifest['count']}; rebuild it"
             )
-        return cls(directory, manifest, vectors, store)
+        return cls(directory, manifest, vectors, store, writer if writable else None)
+
+    def close(self) -> None:
+        """Close the passage store and release the write lock (if writable). Idempotent."""
+        self.store.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> PassageIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the Retriever interface --------------------------------------------------------------------
 
@@ -337,16 +373,33 @@ def build_index(
     out, cfg, dist = Path(out), config or IndexConfig(), dist or Dist()
     if isinstance(corpus, (str, Path)):
         check_corpus(corpus)  # before `out` is created or touched
-    started = time.time()
     settings = {
         "model": _model_record(model),
         "corpus": str(corpus) if isinstance(corpus, (str, Path)) else None,
         "corpus_options": corpus_options or {},
         "index": dataclasses.asdict(cfg),
     }
+    with contextlib.ExitStack() as lock:  # rank 0 holds the write lock for the whole build
+        return _build(model, out, corpus, cfg, corpus_options, overwrite, progress, dist, settings, lock)
+
+
+def _build(
+    model: ImpRAG,
+    out: Path,
+    corpus: str | Path | Iterable[Passage] | None,
+    cfg: IndexConfig,
+    corpus_options: dict[str, Any] | None,
+    overwrite: bool,
+    progress: bool,
+    dist: Dist,
+    settings: dict[str, Any],
+    lock: contextlib.ExitStack,
+) -> PassageIndex | None:
+    started = time.time()
     error: BaseException | None = None
     if dist.is_main:
         try:
+            lock.enter_context(writer_lock(out, "imprag index"))
             _prepare(out, settings, corpus is None, overwrite)
             if not (out / STORE).is_file():
                 _store_corpus(out / STORE, corpus, corpus_options or {}, progress)
@@ -514,7 +567,7 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
                 "--overwrite to start over"
             )
         log.info("resuming the interrupted build in %s", out)
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise InvalidIndexError(f"{out} exists and is not an imprag index; choose another --out or empty it")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / BUILD, json.dumps(settings, indent=2) + "\n")
