@@ -353,6 +353,14 @@ def test_one_writer_at_a_time(model: ImpRAG, tmp_path: Path) -> None:
             build_index(model, tmp_path / "fresh", PASSAGES, small(), progress=False)
         assert [p.name for p in (tmp_path / "fresh").iterdir()] == [LOCK]
     build_index(model, tmp_path / "fresh", PASSAGES, small(), progress=False)  # the lock file is not foreign
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidIndexError, match="exists and is not an imprag index"):
+        build_index(model, tmp_path / "mine", PASSAGES, small(), progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]  # refused before the lock file
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InvalidIndexError, match="is a file, not an index directory"):
+        build_index(model, tmp_path / "afile", PASSAGES, small(), progress=False)
 
 
 def test_a_writer_killed_by_sigkill_releases_its_lock(model: ImpRAG, tmp_path: Path) -> None:

@@ -399,6 +399,7 @@ def _build(
     error: BaseException | None = None
     if dist.is_main:
         try:
+            _refuse_foreign(out)  # before the lock file is put into a folder that is not ours
             lock.enter_context(writer_lock(out, "imprag index"))
             _prepare(out, settings, corpus is None, overwrite)
             if not (out / STORE).is_file():
@@ -523,6 +524,16 @@ def _read_build(out: Path) -> dict[str, Any] | None:
         return None
 
 
+def _refuse_foreign(out: Path) -> None:
+    """Refuse an `--out` folder with contents but no sign of an index (manifest, build record, store or lock)
+    and an `--out` that is a file."""
+    if out.is_file():
+        raise InvalidIndexError(f"{out} is a file, not an index directory; choose another --out")
+    ours = (MANIFEST, BUILD, STORE, LOCK)
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
+        raise InvalidIndexError(f"{out} exists and is not an imprag index; choose another --out or empty it")
+
+
 def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool) -> None:
     """Decide between a fresh build, a resume, a refresh and an error; leave `out` ready for encoding."""
     complete = (out / MANIFEST).is_file()
@@ -567,8 +578,8 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
                 "--overwrite to start over"
             )
         log.info("resuming the interrupted build in %s", out)
-    elif out.exists() and any(p.name != LOCK for p in out.iterdir()):
-        raise InvalidIndexError(f"{out} exists and is not an imprag index; choose another --out or empty it")
+    else:
+        _refuse_foreign(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / BUILD, json.dumps(settings, indent=2) + "\n")
 
