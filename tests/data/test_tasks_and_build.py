@@ -749,3 +749,8 @@ def test_a_folder_of_other_files_is_refused_before_the_build(tmp_path, monkeypat
     with pytest.raises(OutputExistsError, match="holds files that are not an earlier output"):
         build_benchmark(tmp_path / "mine", ["describe"])
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    # An eval --out folder holds a benchmark.json too (a list of result rows): not ours to wipe (issue 16)
+    (tmp_path / "mine" / "benchmark.json").write_text('[{"system": "bm25", "em": 0.5}]')
+    with pytest.raises(BenchmarkError, match="is not a benchmark's manifest"):
+        build_benchmark(tmp_path / "mine", ["describe"], overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["benchmark.json", "notes.txt"]

@@ -51,6 +51,15 @@ class BuildConfig:
     """Caps per task (applied per split, after the seeded shuffle)."""
 
 
+def _is_benchmark_manifest(path: Path) -> bool:
+    """Whether `path` is what `build_benchmark` writes (a mapping with its seed, corpus and task formats)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"seed", "corpus", "formats"} <= manifest.keys()
+
+
 def _hash01(seed: int, text: str) -> float:
     digest = hashlib.sha256(f"{seed}\x00{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -163,6 +172,11 @@ def build_benchmark(
     tasks = list(tasks) if tasks is not None else list(TASKS)
     for task in tasks:
         get_task(task)  # unknown names are errors before any work
+    if (out / MANIFEST).exists() and not _is_benchmark_manifest(out / MANIFEST):
+        raise BenchmarkError(
+            f"{out / MANIFEST} is not a benchmark's manifest (`imprag eval --out` writes results under that "
+            "name), so the folder is not an earlier benchmark: nothing was written; choose another --out"
+        )
     if (out / MANIFEST).exists() and not overwrite:
         raise BenchmarkError(f"{out} already holds a benchmark; pass overwrite=True (--overwrite) to rebuild")
     check_output(out, replaces=MANIFEST)  # a folder of other files: refused before the build, never wiped
