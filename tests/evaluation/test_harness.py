@@ -519,6 +519,24 @@ def test_eval_merges_rows_into_a_results_file(bench: Benchmark, saved: str, tmp_
     ]  # fmt: skip
 
 
+def test_eval_refuses_an_out_folder_that_is_not_an_earlier_evaluation(
+    bench: Benchmark, saved: str, tmp_path, capsys
+) -> None:
+    """A folder with the user's own results.md is refused before the model loads, and kept as it was; an
+    earlier evaluation's folder is reused (issue 16)."""
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "results.md").write_text("my results")
+    argv = ["eval", "--data", str(bench.directory), "--model", saved, "--limit", "1", "--tasks", "describe"]
+    assert main([*argv, "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "holds files but no earlier evaluation" in err and err.count("\n") == 1
+    assert [p.name for p in mine.iterdir()] == ["results.md"]
+    assert (mine / "results.md").read_text() == "my results"
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0  # its own earlier output: reused
+
+
 def test_eval_closed_book_end_to_end(saved: str, tmp_path, capsys) -> None:
     # The untrained model's answer to describe/d0 is made gold, so that not every score is 0.
     describe = DecodeConfig(max_new_tokens=get_task("describe").max_new_tokens, stop=STOP)
