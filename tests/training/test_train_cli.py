@@ -134,6 +134,26 @@ def test_train_errors_are_one_line(extra: list[str], message: str, tmp_path, cap
     assert message in err and err.count("\n") == 1
 
 
+def test_train_refuses_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
+    """A fresh start replaces OUT/log.jsonl and OUT/train_config.json: a folder of other files is refused
+    before anything is read or written (issue 16); a file as --out too."""
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "log.jsonl").write_text("my lab notebook\n")
+    argv = ["train", "--no-progress", "data.benchmark=B", "data.index=I"]
+    assert main([*argv, "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "holds files but no earlier run" in err and err.count("\n") == 1
+    assert [p.name for p in mine.iterdir()] == ["log.jsonl"]
+    assert (mine / "log.jsonl").read_text() == "my lab notebook\n"
+    (tmp_path / "afile").write_text("x")
+    assert main([*argv, "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    (mine / "pseudo-labels").mkdir()  # a run that died while labelling: its own folder, resumable
+    assert main([*argv, "--out", str(mine)]) == 2
+    assert "holds files but no earlier run" not in capsys.readouterr().err
+
+
 def test_train_help(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["train", "--help"])

@@ -495,6 +495,22 @@ def _step_of(line: str) -> int:
         return 1 << 62  # a torn line: dropped
 
 
+RUN_MARKS = ("train_config.json", "checkpoints", "pseudo-labels")
+"""What a run directory holds from its first minutes on (the label cache, then the config, checkpoints)."""
+
+
+def check_run_dir(out: Path) -> None:
+    """Refuse an --out that is a file, or a folder with contents but none of a run's (`RUN_MARKS`): a fresh
+    start deletes `log.jsonl` and writes `train_config.json`, which may be a user's own files."""
+    if out.is_file():
+        raise TrainingError(f"--out {out} is a file; give a new or empty folder, or an earlier run to resume")
+    if out.is_dir() and any(out.iterdir()) and not any((out / mark).exists() for mark in RUN_MARKS):
+        raise TrainingError(
+            f"--out {out} holds files but no earlier run (none of {', '.join(RUN_MARKS)}); a new run would "
+            "replace its log.jsonl and train_config.json, so nothing was done: choose a new or empty folder"
+        )
+
+
 def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progress: bool = True) -> Path:
     """Load the model and data a config names, train, and return the exported model directory."""
     from imprag.data.benchmark import Benchmark
@@ -502,6 +518,7 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
     from imprag.training.health import RetrievalHealth
 
     out = Path(out)
+    check_run_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     dist = dist or Dist()
     if torch.cuda.is_available():  # one GPU per process under torchrun (untested here: no GPU)
