@@ -97,6 +97,30 @@ def test_killed_build_resumes_and_equals_an_uninterrupted_one(model: ImpRAG, tmp
     assert resumed.manifest["corpus_hash"] == reference.manifest["corpus_hash"]
 
 
+def test_a_resumed_build_refuses_a_corpus_that_changed(model: ImpRAG, tmp_path: Path) -> None:
+    """Killed after storing the passages; the corpus file is then edited (one text changed, one passage
+    added). Resuming would index the old stored passages and say nothing (issue 16): it is refused, naming
+    the change, and --overwrite builds the new corpus."""
+    corpus = tmp_path / "corpus.jsonl"
+    rows = [{"id": p.id, "title": p.title, "text": p.text} for p in PASSAGES[:6]]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    real = model.embed_passages
+    model.embed_passages = lambda texts, batch_size=32: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore
+    with pytest.raises(KeyboardInterrupt):
+        build_index(model, tmp_path / "idx", corpus, small(), progress=False)
+    model.embed_passages = real  # type: ignore[method-assign]
+    rows[0]["text"] = "An edited text."
+    rows.append({"id": "new", "title": "New", "text": "A passage added after the first attempt."})
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InvalidIndexError, match=r"corpus_signature.*the corpus changed since"):
+        build_index(model, tmp_path / "idx", corpus, small(), progress=False)
+    rebuilt = build_index(model, tmp_path / "idx", corpus, small(), overwrite=True, progress=False)
+    assert (
+        len(rebuilt) == 7
+        and rebuilt.fetch(rebuilt.store.rows_of([PASSAGES[0].id]))[0].text == "An edited text."
+    )
+
+
 def test_resume_with_other_settings_is_refused(model: ImpRAG, tmp_path: Path) -> None:
     real = model.embed_passages
     model.embed_passages = lambda texts, batch_size=32: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore

@@ -29,6 +29,7 @@ __all__ = [
     "Passage",
     "check_corpus",
     "chunk_words",
+    "corpus_signature",
     "read_corpus",
 ]
 
@@ -122,6 +123,21 @@ def check_corpus(path: str | Path) -> None:
     """Refuse a corpus that is neither an embedded name nor an existing file or folder (before any work)."""
     if str(path) not in EMBEDDED_CORPORA and not Path(path).exists():
         raise CorpusError(f"{path}: no such file or folder (embedded corpora: {', '.join(EMBEDDED_CORPORA)})")
+
+
+def corpus_signature(path: str | Path) -> str | None:
+    """Size and modification time of a corpus file, or of every file under a corpus folder, as one digest
+    (None for an embedded corpus, which changes only with its package). A resumed build compares it with
+    the one its first attempt recorded, so an edited corpus is never silently mixed with stored passages."""
+    if str(path) in EMBEDDED_CORPORA:
+        return None
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        stat, name = f.stat(), f.name if f == path else f.relative_to(path).as_posix()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
 
 
 def read_corpus(

@@ -35,7 +35,7 @@ from imprag.distributed import Dist
 from imprag.errors import ImpragError
 from imprag.io import LOCK, atomic_write_text, writer_lock
 from imprag.model.imprag import ImpRAG
-from imprag.retrieval.corpus import Passage, check_corpus, read_corpus
+from imprag.retrieval.corpus import Passage, check_corpus, corpus_signature, read_corpus
 from imprag.retrieval.encode import encode_shards, read_shards, shard_count, shards_done
 from imprag.retrieval.store import PassageStore
 
@@ -376,6 +376,7 @@ def build_index(
     settings = {
         "model": _model_record(model),
         "corpus": str(corpus) if isinstance(corpus, (str, Path)) else None,
+        "corpus_signature": corpus_signature(corpus) if isinstance(corpus, (str, Path)) else None,
         "corpus_options": corpus_options or {},
         "index": dataclasses.asdict(cfg),
     }
@@ -484,6 +485,7 @@ def _finish(
         "count": int(vectors.ntotal),
         "corpus_hash": store.corpus_hash,
         "corpus": settings["corpus"],
+        "corpus_signature": settings["corpus_signature"],
         "corpus_options": settings["corpus_options"],
         "index": {
             "factory": cfg.factory,
@@ -545,6 +547,7 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
         previous = read_manifest(out) if complete else _read_build(out)
         if previous:
             settings["corpus"] = previous.get("corpus")
+            settings["corpus_signature"] = previous.get("corpus_signature")
             settings["corpus_options"] = previous.get("corpus_options", {})
         reusable = {k: (previous or {}).get(k) for k in ("model", "index")}
         wanted = json.loads(json.dumps({k: settings[k] for k in ("model", "index")}))
@@ -571,6 +574,8 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
             hint = (
                 f" (it was encoding in {was}: pass --dtype {was} to resume)"
                 if differ == ["model.dtype"]
+                else " (the corpus changed since: the passages stored are the old ones)"
+                if "corpus_signature" in differ
                 else ""
             )
             raise InvalidIndexError(
