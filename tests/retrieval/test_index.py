@@ -121,6 +121,37 @@ def test_a_resumed_build_refuses_a_corpus_that_changed(model: ImpRAG, tmp_path: 
     )
 
 
+def test_overwrite_deletes_only_what_a_build_wrote(model: ImpRAG, tmp_path: Path) -> None:
+    """--overwrite of a folder whose manifest.json is someone else's is refused with nothing deleted; of an
+    interrupted build, it deletes the shard files but keeps a user's file put in shards/ (issue 16)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "manifest.json").write_text(json.dumps({"name": "my web app", "version": 3}))
+    (app / "shards").mkdir()
+    (app / "shards" / "keep.txt").write_text("mine")
+    with pytest.raises(InvalidIndexError):
+        build_index(model, app, PASSAGES, small(), overwrite=True, progress=False)
+    assert sorted(p.name for p in app.rglob("*")) == ["keep.txt", "manifest.json", "shards"]
+    real = model.embed_passages
+    calls = {"n": 0}
+
+    def dies_on_second_shard(texts, batch_size=32):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(texts, batch_size=batch_size)
+
+    model.embed_passages = dies_on_second_shard  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
+    model.embed_passages = real  # type: ignore[method-assign]
+    shards = tmp_path / "idx" / "shards"
+    assert any(shards.glob("shard-*.npy"))
+    (shards / "notes.txt").write_text("mine")
+    build_index(model, tmp_path / "idx", PASSAGES, small(), overwrite=True, progress=False)
+    assert [p.name for p in shards.iterdir()] == ["notes.txt"]
+
+
 def test_resume_with_other_settings_is_refused(model: ImpRAG, tmp_path: Path) -> None:
     real = model.embed_passages
     model.embed_passages = lambda texts, batch_size=32: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
+import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST, STORE, VECTORS = "manifest.json", "passages.sqlite", "vectors.faiss"
 BUILD, SHARDS = "build.json", "shards"
+SHARD_FILE = re.compile(r"^\.?shard-\d{6}\.(rows|vectors)\.npy(\.tmp.*)?$")
 FORMAT_VERSION = 1
 
 
@@ -503,7 +504,7 @@ def _finish(
         },
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(out / SHARDS, ignore_errors=True)
+    _remove_shards(out / SHARDS)
     (out / BUILD).unlink(missing_ok=True)
 
 
@@ -526,14 +527,37 @@ def _read_build(out: Path) -> dict[str, Any] | None:
         return None
 
 
+def _remove_shards(shards: Path) -> None:
+    """Delete the shard files a build wrote (`shard-NNNNNN.rows.npy` / `.vectors.npy` and their temporary
+    files), and the folder only if nothing else is left in it."""
+    if not shards.is_dir():
+        return
+    for f in shards.iterdir():
+        if f.is_file() and SHARD_FILE.match(f.name):
+            f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: someone else's files stay
+        shards.rmdir()
+
+
 def _refuse_foreign(out: Path) -> None:
-    """Refuse an `--out` folder with contents but no sign of an index (manifest, build record, store or lock)
-    and an `--out` that is a file."""
+    """Refuse an `--out` that is a file, or a folder with contents but no sign of an index: its store, its
+    vectors, a build record, the lock, or a manifest.json that is an index's (another program's file of
+    that name is not)."""
     if out.is_file():
         raise InvalidIndexError(f"{out} is a file, not an index directory; choose another --out")
-    ours = (MANIFEST, BUILD, STORE, LOCK)
-    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in ours):
-        raise InvalidIndexError(f"{out} exists and is not an imprag index; choose another --out or empty it")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if any((out / name).exists() for name in (STORE, VECTORS, BUILD, LOCK)) or _index_manifest(out):
+        return
+    raise InvalidIndexError(f"{out} exists and is not an imprag index; choose another --out or empty it")
+
+
+def _index_manifest(out: Path) -> bool:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "format_version" in manifest and "model" in manifest
 
 
 def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool) -> None:
@@ -554,16 +578,19 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
         if complete or reusable["model"] != wanted["model"] or _shard_size(reusable) != _shard_size(wanted):
             # Shards encoded by another model, cut at another size, or of a finished index: not reused.
             (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is a build in progress
-            shutil.rmtree(out / SHARDS, ignore_errors=True)
+            _remove_shards(out / SHARDS)
     elif complete and not overwrite:
         raise InvalidIndexError(
             f"{out} already holds a complete index; pass --overwrite to rebuild it, or --refresh to "
             "re-encode its passages with this model"
         )
     elif overwrite:
+        _refuse_foreign(out)
+        if complete:
+            read_manifest(out)  # a manifest.json that is not an index's: refused, not deleted
         for name in (MANIFEST, BUILD, STORE, VECTORS):
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / SHARDS, ignore_errors=True)
+        _remove_shards(out / SHARDS)
     elif (out / BUILD).is_file():
         previous = json.loads((out / BUILD).read_text(encoding="utf-8"))
         started = (out / STORE).is_file() or any((out / SHARDS).glob("*.npy"))
