@@ -534,7 +534,9 @@ def test_eval_refuses_an_out_folder_that_is_not_an_earlier_evaluation(
     assert [p.name for p in mine.iterdir()] == ["results.md"]
     assert (mine / "results.md").read_text() == "my results"
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
-    assert main([*argv, "--out", str(tmp_path / "out")]) == 0  # its own earlier output: reused
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "out"), "--no-progress", "--overwrite"]) == 0  # reused
+    assert "item/s" not in capsys.readouterr().err  # --no-progress: no bar
 
 
 def test_eval_closed_book_end_to_end(saved: str, tmp_path, capsys) -> None:

@@ -66,6 +66,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         evaluate(
             system, bench, tasks, args.split, out / name, limit=args.limit, batch_size=args.batch_size,
             seed=args.seed, record=record, overwrite=args.overwrite, shots=args.shots,
+            progress=not args.no_progress,
         )  # fmt: skip
     table = write_report(out, args.split)
     if args.merge_into:
@@ -131,6 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--seed", type=int, default=0, help="recorded with the run (decoding is greedy)")
     ev.add_argument("--overwrite", action="store_true", help="discard an earlier run in OUT/SYSTEM")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument(
         "--merge-into",
         metavar="FILE",

@@ -108,6 +108,7 @@ def evaluate(
     record: dict[str, Any] | None = None,
     overwrite: bool = False,
     shots: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate `system` on `tasks` of `split`; resumes predictions already in `out`. Returns the summary.
 
@@ -144,7 +145,8 @@ def evaluate(
     todo = sum(len([it for it in items[t] if it.id not in done[t]]) for t in tasks)
     spent = _previous_seconds(out / SECONDS)  # a resumed run adds to the time already spent
     wall, cpu = time.perf_counter(), time.process_time()
-    with tqdm(total=todo, desc=f"{system.describe()['system']} {split}", unit="item") as bar:
+    desc = f"{system.describe()['system']} {split}"
+    with tqdm(total=todo, desc=desc, unit="item", disable=not progress) as bar:
         for task_name in tasks:
             task = get_task(task_name)
             decode = DecodeConfig(max_new_tokens=task.max_new_tokens, stop=STOP)
