@@ -462,9 +462,10 @@ def _verify(passages: list[Passage], rng: random.Random) -> list[Candidate | Non
 def _yesno(passages: list[Passage], rng: random.Random) -> list[Candidate | None]:
     """Yes/no open QA about a named article, in the seen format: "Is <title> <description>?" with the
     claim of `_description_claims` (Yes, or No for another article's description). A retrieval training
-    task (the gold article is the one named), and the only one whose answer is a verdict: fact checking
-    asks for one about a named entity and is scored by its polarity (yes = True), but its template, "Is
-    this statement true? <statement>", is never trained on."""
+    task (the gold article is the one named), the only retrieval task whose answer is a verdict: fact
+    checking asks for one about a named entity and is scored by its polarity (yes = True), but its template,
+    "Is this statement true? <statement>", is never trained on. Measured, and not in the CPU recipe: it
+    gives verdicts at chance and pulls "What is ...?" answers toward descriptions (docs/results.md)."""
     out: list[Candidate | None] = []
     for c in _description_claims(passages, rng):
         base = _base(c[0].title) if c else ""
