@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -94,17 +94,23 @@ def _umask() -> int:
     return mask
 
 
-def check_output(path: str | Path, replaces: str | None = None) -> None:
-    """Refuse (OutputExistsError) an output folder `atomic_directory(path, replaces=...)` would not replace:
-    a file, or a folder with contents but no `replaces` mark. Commands call it before their work too."""
+def check_output(
+    path: str | Path, replaces: str | Sequence[str] | None = None, kind: str | None = None
+) -> None:
+    """Refuse (OutputExistsError) an output folder that is not ours to write into: a file, or a folder with
+    contents but none of the `replaces` marks (file names or glob patterns such as "*/run.json": what an
+    earlier output of this kind holds). `atomic_directory` calls it before replacing; commands call it
+    before their work too. `kind` ("run", "evaluation") names the output in the message."""
     path = Path(path)
+    marks = [replaces] if isinstance(replaces, str) else list(replaces or ())
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} is a file, not an output folder: choose another output directory")
-    if path.is_dir() and any(path.iterdir()) and not (replaces and (path / replaces).exists()):
-        mark = f" (it has no {replaces})" if replaces else ""
+    if path.is_dir() and any(path.iterdir()) and not any(next(path.glob(m), None) for m in marks):
+        mark = f" (it has no {' or '.join(marks)})" if marks else ""
+        what = f"but no earlier {kind}" if kind else "that are not an earlier output of this kind"
         raise OutputExistsError(
-            f"{path} holds files that are not an earlier output of this kind{mark}; writing there would "
-            "delete them, so nothing was written: choose a new or empty output directory"
+            f"{path} holds files {what}{mark}; writing there would delete or replace them, so nothing was "
+            "written: choose a new or empty output directory"
         )
 
 

@@ -29,6 +29,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from imprag.evaluation.harness import evaluate
     from imprag.evaluation.report import write_report
     from imprag.evaluation.systems import SYSTEMS
+    from imprag.io import check_output
     from imprag.retrieval.index import read_manifest
 
     bench = Benchmark.load(args.data)
@@ -39,7 +40,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tasks = [t for t in tasks_of("seen") + tasks_of("unseen") if bench.counts.get(t, {}).get(args.split)]
     for task in tasks:
         bench.items(task, args.split)  # unknown task / empty split: an error before the model loads
-    check_eval_out(Path(args.out))  # before the model loads
+    # before the model loads: the report files would replace a user's results.md, benchmark.json, chart.png
+    check_output(args.out, "*/run.json", kind="evaluation")
     manifest = None
     if args.index:
         manifest = read_manifest(Path(args.index))
@@ -76,21 +78,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(table, end="")
     print(f"predictions, metrics, results.md, benchmark.json and chart.png in {out}")
     return 0
-
-
-def check_eval_out(out: Path) -> None:
-    """Refuse an --out that is not empty and not an earlier evaluation (one SYSTEM/run.json at least): the
-    report files (results.md, benchmark.json, chart.png) would overwrite a user's own of those names."""
-    if out.is_file():
-        raise UsageError(f"--out {out} is a file; give a new or empty folder (or an earlier eval --out)")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not any((d / "run.json").is_file() for d in out.iterdir() if d.is_dir()):
-        raise UsageError(
-            f"--out {out} holds files but no earlier evaluation (no SYSTEM/run.json); its results.md, "
-            "benchmark.json and chart.png would be overwritten, so nothing was done: choose a new or empty "
-            "folder"
-        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

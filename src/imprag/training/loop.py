@@ -39,7 +39,7 @@ from imprag.config import IMPRAG_CONFIG_NAME, ConfigError, ImpRAGConfig, differi
 from imprag.distributed import Dist
 from imprag.errors import ImpragError
 from imprag.hardware import auto_dtype
-from imprag.io import atomic_directory, atomic_write_text
+from imprag.io import atomic_directory, atomic_write_text, check_output
 from imprag.model.imprag import ImpRAG
 from imprag.model.reader import TokenBatch, batch_tokens, tokenize
 from imprag.retrieval.store import PassageStore
@@ -496,19 +496,8 @@ def _step_of(line: str) -> int:
 
 
 RUN_MARKS = ("train_config.json", "checkpoints", "pseudo-labels")
-"""What a run directory holds from its first minutes on (the label cache, then the config, checkpoints)."""
-
-
-def check_run_dir(out: Path) -> None:
-    """Refuse an --out that is a file, or a folder with contents but none of a run's (`RUN_MARKS`): a fresh
-    start deletes `log.jsonl` and writes `train_config.json`, which may be a user's own files."""
-    if out.is_file():
-        raise TrainingError(f"--out {out} is a file; give a new or empty folder, or an earlier run to resume")
-    if out.is_dir() and any(out.iterdir()) and not any((out / mark).exists() for mark in RUN_MARKS):
-        raise TrainingError(
-            f"--out {out} holds files but no earlier run (none of {', '.join(RUN_MARKS)}); a new run would "
-            "replace its log.jsonl and train_config.json, so nothing was done: choose a new or empty folder"
-        )
+"""What a run directory holds from its first minutes on (the label cache, then the config, checkpoints): a
+fresh start deletes `log.jsonl` and writes `train_config.json`, so a folder with none of them is refused."""
 
 
 def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progress: bool = True) -> Path:
@@ -518,7 +507,7 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
     from imprag.training.health import RetrievalHealth
 
     out = Path(out)
-    check_run_dir(out)
+    check_output(out, RUN_MARKS, kind="run")
     out.mkdir(parents=True, exist_ok=True)
     dist = dist or Dist()
     if torch.cuda.is_available():  # one GPU per process under torchrun (untested here: no GPU)
