@@ -55,7 +55,8 @@ def test_info(saved: str, capsys) -> None:
     info = json.loads(capsys.readouterr().out)
     assert info["split"] == {"b": 1, "t": 3} and info["dim"] == 32 and info["model_type"] == "llama"
     embedding = {"rope": "pre", "pooling": "last", "query_pooling": "last", "query_centered": False}
-    assert info["embedding"] == embedding
+    assert info["embedding"] == {**embedding, "retrieval_key": "base"}
+    assert info["passages"] == "shared" and info["index_dim"] == 32
 
 
 @pytest.mark.parametrize(
@@ -142,6 +143,7 @@ def test_index_retrieve_ask_update(saved: str, corpus: str, tmp_path, capsys) ->
         (["ask", "/no/such/index", "q"], "is not an index directory"),
         (["update", "/no/such/index", "--delete", "x"], "no such index directory"),
         (["index", "CORPUS", "--out", "IDX", "--baselines", "bm25,foo"], "--baselines: unknown foo; known:"),
+        (["index", "CORPUS", "--out", "IDX", "--retrieval-key", "trained"], "needs pooling='mean'"),
     ],
 )
 def test_index_command_errors(
@@ -154,6 +156,16 @@ def test_index_command_errors(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "idx").exists()  # refused before any work
+
+
+def test_an_index_for_a_trained_retrieval_key_is_built_and_searched(saved, corpus, tmp_path, capsys) -> None:
+    out = str(tmp_path / "idx")
+    argv = ["index", corpus, "--out", out, "--model", saved, "--pooling", "mean"]
+    assert main([*argv, "--retrieval-key", "trained", "--no-progress"]) == 0
+    assert "dim 64" in capsys.readouterr().out  # the tiny model's hidden size, not its E_p's
+    # the manifest's settings come back: the base key W_k over the stored layer-b inputs
+    assert main(["retrieve", out, "Q: What is the capital of Veloria?\nA:", "-k", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["passages"]) == 2
 
 
 def test_bad_corpus_line_is_located(saved: str, tmp_path, capsys) -> None:

@@ -101,6 +101,15 @@ class EmbeddingConfig:
     """mu_q, subtracted from every E_q (None: the paper's plain score). Scoring (E_q - mu_q) . E_p removes
     the per-passage bias mu_q . E_p that sends every prompt to the same hub passage; it changes no E_p, so
     indexes stay valid. Estimated by `ImpRAG.calibrate` (training does it at every epoch end)."""
+    retrieval_key: Literal["base", "trained"] = "base"
+    """The key projection E_p is read through. 'base': layer b's own `k_proj` (the method). 'trained' [D]:
+    a retrieval copy W_ret of it (D x hidden, starting at the base weights, so an untrained model scores as
+    'base' does) that training learns while passages stay frozen: E_p = W_ret f_p, with f_p the mean over
+    the passage's tokens of layer b's normalised attention input under the base weights (exact: the mean
+    commutes with a linear map). An index then holds f_p (hidden-size vectors) and search maps the query
+    instead, (E_q - mu_q) . W_ret f_p = (W_ret^T (E_q - mu_q)) . f_p, so one index of the base model serves
+    every adapter, and whole-corpus negatives cost one (N x hidden) matmul a step. The attention of layers
+    b..t still reads the base keys. Needs pooling 'mean', rope 'pre', passages 'frozen' and no k-norm."""
 
     @property
     def query_side_pooling(self) -> str:
@@ -108,10 +117,15 @@ class EmbeddingConfig:
         return self.query_pooling or self.pooling
 
     def passage_side(self) -> dict[str, Any]:
-        """The settings E_p depends on (all but the query side's): what an index records and must match."""
-        return {
+        """The settings E_p depends on (all but the query side's): what an index records and must match.
+        `retrieval_key` appears only when 'trained' (the index then holds layer-b inputs), so indexes built
+        before it existed keep their fingerprints."""
+        side = {
             k: v for k, v in dataclasses.asdict(self).items() if k not in ("query_center", "query_pooling")
         }
+        if side["retrieval_key"] == "base":
+            del side["retrieval_key"]
+        return side
 
     def __post_init__(self) -> None:
         if self.query_center is not None:
@@ -129,6 +143,15 @@ class EmbeddingConfig:
             raise ConfigError(f"EmbeddingConfig.rope must be 'pre' or 'post', got {self.rope!r}")
         if self.pooling not in ("last", "mean"):
             raise ConfigError(f"EmbeddingConfig.pooling must be 'last' or 'mean', got {self.pooling!r}")
+        if self.retrieval_key not in ("base", "trained"):
+            raise ConfigError(
+                f"EmbeddingConfig.retrieval_key must be 'base' or 'trained', got {self.retrieval_key!r}"
+            )
+        if self.retrieval_key == "trained" and (self.pooling, self.rope) != ("mean", "pre"):
+            raise ConfigError(
+                "EmbeddingConfig.retrieval_key='trained' needs pooling='mean' and rope='pre' (E_p must be a "
+                f"linear map of the mean input), got pooling={self.pooling!r}, rope={self.rope!r}"
+            )
         if self.query_pooling not in (None, "last", "mean"):
             raise ConfigError(
                 f"EmbeddingConfig.query_pooling must be null, 'last' or 'mean', got {self.query_pooling!r}"
@@ -247,6 +270,11 @@ class ImpRAGConfig:
     def __post_init__(self) -> None:
         if self.passages not in ("shared", "frozen"):
             raise ConfigError(f"ImpRAGConfig.passages must be 'shared' or 'frozen', got {self.passages!r}")
+        if self.embedding.retrieval_key == "trained" and self.passages != "frozen":
+            raise ConfigError(
+                "EmbeddingConfig.retrieval_key='trained' needs passages='frozen' (the index holds the base "
+                f"model's layer-b inputs), got passages={self.passages!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

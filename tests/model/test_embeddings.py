@@ -196,6 +196,10 @@ def test_a_query_center_of_the_wrong_size_or_values_is_refused(tokenizer) -> Non
     with pytest.raises(InputError, match=r"has 3 values but this model's E_q has 32"):
         ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3), EmbeddingConfig(query_center=(0.0,) * 3))
     model = ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(b=1, t=3))
-    model.config = replace(model.config, embedding=EmbeddingConfig(query_center=(0.0,) * 3))
-    with pytest.raises(InputError, match=r"re-run ImpRAG\.calibrate"):
+    with pytest.raises(InputError, match=r"re-run ImpRAG\.calibrate"):  # setting the config checks it too
+        model.config = replace(model.config, embedding=EmbeddingConfig(query_center=(0.0,) * 3))
+    object.__setattr__(
+        model, "_config", replace(model.config, embedding=EmbeddingConfig(query_center=(0.0,) * 3))
+    )
+    with pytest.raises(InputError, match=r"re-run ImpRAG\.calibrate"):  # and so does E_q, past the setter
         model.embed_queries(PROMPTS)

@@ -513,3 +513,27 @@ def test_a_damaged_vectors_file_is_an_index_error(model: ImpRAG, tmp_path: Path)
     with pytest.raises(InvalidIndexError, match=r"vectors\.faiss cannot be read.*--refresh"):
         PassageIndex.load(tmp_path / "idx")
     assert build_index(model, tmp_path / "idx", None, small(), progress=False) is not None
+
+
+def test_an_index_of_layer_b_inputs_serves_every_trained_retrieval_key(model: ImpRAG, tmp_path: Path) -> None:
+    """retrieval_key=trained: the index holds f_p (hidden-size), a model whose W_ret changed still loads it
+    (not stale), search ranks by E_q . W_ret f_p, and a base-key model is refused with the settings named."""
+    from dataclasses import replace
+
+    keyed = ImpRAG(model.model, model.tokenizer, LayerSplit(1, 3), passages="frozen")
+    embedding = replace(keyed.config.embedding, pooling="mean", retrieval_key="trained")
+    keyed.config = replace(keyed.config, embedding=embedding)
+    index = build_index(keyed, tmp_path / "idx", PASSAGES, small(), progress=False)
+    assert index.dim == keyed.index_dim == model.model.config.hidden_size
+    assert index.manifest["model"]["embedding"]["retrieval_key"] == "trained"
+    with torch.no_grad():
+        keyed.retrieval_key.add_(torch.randn_like(keyed.retrieval_key), alpha=0.3)  # as training moves it
+    index = PassageIndex.load(tmp_path / "idx", keyed)
+    f_p = keyed.embed_passages([p.content for p in PASSAGES])
+    assert_close(torch.from_numpy(vectors_of(index)), f_p)
+    want = (keyed.embed_queries(PROMPTS) @ keyed.retrieval_key @ f_p.T).topk(3).indices.tolist()
+    assert [[p.row for p in row] for row in keyed.retrieve(PROMPTS, index, k=3)] == want
+    base = ImpRAG(model.model, model.tokenizer, LayerSplit(1, 3), passages="frozen")
+    base.config = replace(base.config, embedding=replace(base.config.embedding, pooling="mean"))
+    with pytest.raises(StaleIndexError, match="retrieval_key"):
+        PassageIndex.load(tmp_path / "idx", base)

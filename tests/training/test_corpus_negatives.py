@@ -268,3 +268,52 @@ def test_stage_2_distills_on_the_reader_share_and_the_rest_only_through_the_nce(
     assert metrics["j_nce"] == pytest.approx(nce.item(), abs=1e-4)
     assert loss.item() == pytest.approx(metrics["j_distill"] + 0.5 * nce.item(), abs=1e-3)
     assert abs(full.item() - loss.item()) > 1e-4  # the third query's KL is left out
+
+
+def test_a_trained_retrieval_key_learns_over_fixed_layer_b_inputs_and_resumes(
+    tokenizer, store, tmp_path
+) -> None:
+    """model.retrieval_key=trained: the corpus columns are the base model's f_p, scores E_q . W_ret f_p,
+    the NCE over them equals the hand computation, W_ret moves while no f_p does, and a checkpoint holds
+    it."""
+    from dataclasses import replace
+
+    from imprag.training.checkpoint import export_model, restore_checkpoint
+
+    overrides = ["model.pooling=mean", "model.retrieval_key=trained", "objective.ret_weight=1.0"]
+    model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
+    embedding = replace(model.config.embedding, pooling="mean", retrieval_key="trained")
+    model.config = replace(model.config, embedding=embedding)
+    cfg = config(*overrides)
+    t = Trainer(model, TrainingData({"retrieval": batch()}, store, cfg.data.mix, seed=0), cfg, tmp_path)
+    assert any(p is model.retrieval_key for p in t.params) and model.retrieval_key.requires_grad
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.3)
+        model.retrieval_key.add_(torch.randn_like(model.retrieval_key), alpha=0.05)
+    texts = [content(r) for r in range(N)]
+    with torch.no_grad():
+        f_p = model.embed_passages(texts)
+        scores = (model.embed_queries(PROMPTS, k=READ_K) @ model.retrieval_key @ f_p.T).tolist()
+    assert f_p.shape == (N, model.model.config.hidden_size)
+    assert torch.equal(t.candidates.vectors, f_p)
+    _, metrics = t._retrieval(batch(), 0, "warmup")
+    assert metrics["j_nce"] == pytest.approx(hand_nce(scores, 0.5), abs=2e-4)
+
+    key, fingerprint = model.retrieval_key.detach().clone(), model.retrieval_fingerprint()
+    for step in range(3):
+        assert math.isfinite(t.train_step(step)["j_ret"])
+    assert (model.retrieval_key - key).abs().max().item() > 1e-3  # the key learned
+    with torch.no_grad():
+        assert torch.equal(model.embed_passages(texts), f_p)  # and the passages did not move
+    assert model.retrieval_fingerprint() == fingerprint
+    (tmp_path / "ckpt").mkdir()
+    export_model(model, tmp_path / "ckpt")
+    torch.save({"step": 3}, tmp_path / "ckpt" / "trainer_state.pt")
+    learned = model.retrieval_key.detach().clone()
+    with torch.no_grad():
+        model.retrieval_key.zero_()
+    restore_checkpoint(tmp_path / "ckpt", model)
+    assert torch.equal(model.retrieval_key, learned)

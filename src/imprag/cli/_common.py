@@ -56,7 +56,8 @@ def load_model(args: argparse.Namespace, manifest: dict | None = None):
     if built is not None and isinstance(built.get("embedding"), dict):
         # The index's E_p settings (say `imprag index --pooling mean` over a base model) come back with it.
         embedding = replace(model.config.embedding, **built["embedding"])
-        model.config = replace(model.config, embedding=embedding)
+        passages = "frozen" if embedding.retrieval_key == "trained" else model.config.passages
+        model.config = replace(model.config, embedding=embedding, passages=passages)
     return model
 
 

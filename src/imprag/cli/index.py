@@ -42,9 +42,12 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise UsageError(f"--baselines: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
     dist = init_from_env()
     model = load_model(args)
-    if args.pooling:  # E_p of the base with a trained run's pooling: the index frozen-passage runs share
-        embedding = replace(model.config.embedding, pooling=args.pooling)
-        model.config = replace(model.config, embedding=embedding)
+    if args.pooling or args.retrieval_key:  # the base's E_p (or layer-b inputs) as frozen runs train on
+        own = model.config.embedding
+        embedding = replace(own, pooling=args.pooling or own.pooling,
+                            retrieval_key=args.retrieval_key or own.retrieval_key)  # fmt: skip
+        passages = "frozen" if embedding.retrieval_key == "trained" else model.config.passages
+        model.config = replace(model.config, embedding=embedding, passages=passages)
     corpus = None if args.refresh else args.corpus
     index = build_index(
         model, args.out, corpus, config, options, args.overwrite, progress=not args.no_progress, dist=dist
@@ -123,6 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     index.add_argument("--pooling", choices=["last", "mean"], default=None,
                        help="E_p pooling (default: the model's own); a run with model.passages=frozen "
                        "trains against the index of its base model with the run's pooling")  # fmt: skip
+    index.add_argument("--retrieval-key", choices=["base", "trained"], default=None,
+                       help="'trained': store the base model's mean layer-b inputs, which a run with "
+                       "model.retrieval_key=trained maps with the key projection it learns (needs "
+                       "--pooling mean); default: the model's own")  # fmt: skip
     index.set_defaults(func=cmd_index)
 
     update = sub.add_parser("update", help="add, change or delete passages of an index in place")

@@ -46,6 +46,13 @@ from imprag.model.backbone import Backbone, KVCache, architecture_of
 from imprag.model.embeddings import passage_embedding, query_embedding
 from imprag.model.generation import Generation, RetrievedPassage, decode
 from imprag.model.reader import InputError, TokenBatch, batch_tokens, pack_passages, passage_kv, tokenize
+from imprag.model.retrieval_key import (
+    RETRIEVAL_KEY_FILE,
+    base_key_weight,
+    key_inputs,
+    load_retrieval_key,
+    save_retrieval_key,
+)
 from imprag.model.retriever import Retriever
 
 __all__ = ["ImpRAG", "Prefill"]
@@ -88,18 +95,16 @@ class ImpRAG:
         self.backbone = Backbone(model)
         n = self.backbone.num_layers
         split = (split or LayerSplit.default_for(n)).validate_for(n)
+        self.retrieval_key: torch.nn.Parameter | None = None
+        """W_ret (D, hidden) with `EmbeddingConfig.retrieval_key="trained"` (model/retrieval_key.py), else
+        None. It starts at layer b's key projection when the config turns it on; training moves it,
+        `from_pretrained` loads a trained one."""
         self.config = ImpRAGConfig(
             split,
             embedding or EmbeddingConfig(),
             reader or ReaderConfig(),
             passages,  # type: ignore[arg-type]
         )
-        center = self.config.embedding.query_center
-        if center is not None and len(center) != self.dim:
-            raise InputError(
-                f"EmbeddingConfig.query_center has {len(center)} values but this model's E_q has {self.dim}: "
-                "it was estimated for another model (imprag_config.json); re-run ImpRAG.calibrate"
-            )
         self.pad_id = _pad_id(tokenizer, model)
         self.source: str = str(model.config.name_or_path)
         """What the model was loaded from (an embedded default's name, a path or a hub id)."""
@@ -181,6 +186,8 @@ class ImpRAG:
             reader or (saved.reader if saved else None),
             passages or (saved.passages if saved else "shared"),
         )
+        if saved is not None and saved.embedding.retrieval_key == "trained":
+            loaded._load_retrieval_key(Path(path))
         loaded.source = str(name_or_path)
         return loaded
 
@@ -207,6 +214,7 @@ class ImpRAG:
         if not base_name:
             raise InputError(f"{directory}/adapter_config.json names no base_model_name_or_path")
         saved = ImpRAGConfig.load(directory)
+        passages = passages or (saved.passages if saved else "shared")
         loaded = cls.from_pretrained(
             base_name,
             b=b if b is not None else saved and saved.split.b,
@@ -214,9 +222,9 @@ class ImpRAG:
             dtype=dtype,
             embedding=embedding or (saved.embedding if saved else None),
             reader=reader or (saved.reader if saved else None),
+            passages=passages,
             **hf_kwargs,
         )
-        passages = passages or (saved.passages if saved else "shared")
         target = loaded.model.dtype
         if passages == "frozen":
             # Not merged: passage passes switch the adapter off and run the base weights (model/adapters.py).
@@ -226,8 +234,16 @@ class ImpRAG:
             model = PeftModel.from_pretrained(loaded.model.float(), directory).merge_and_unload().to(target)
         result = cls(model.eval(), loaded.tokenizer, loaded.split, loaded.config.embedding,
                      loaded.config.reader, passages)  # fmt: skip
+        if result.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
+            result._load_retrieval_key(directory)
         result.source = str(directory)
         return result
+
+    def _load_retrieval_key(self, directory: Path) -> None:
+        assert self.retrieval_key is not None
+        weight = load_retrieval_key(directory, tuple(self.retrieval_key.shape))
+        with torch.no_grad():
+            self.retrieval_key.copy_(weight)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save model, tokenizer and `imprag_config.json`; the folder loads in stock transformers too."""
@@ -243,6 +259,8 @@ class ImpRAG:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
+            if self.retrieval_key is not None:
+                save_retrieval_key(self.retrieval_key, tmp)
         return Path(directory)
 
     def retrieval_fingerprint(self) -> str:
@@ -277,6 +295,8 @@ class ImpRAG:
         (a resumed evaluation refuses a model whose value differs). Same rounding and caching as
         `retrieval_fingerprint`; the first call reads every weight once."""
         params = sorted(self.model.named_parameters())
+        if self.retrieval_key is not None:
+            params.append((RETRIEVAL_KEY_FILE, self.retrieval_key))
         settings = {"model_type": self.model.config.model_type, "imprag": self.config.to_dict()}
         return self._fingerprint("_model_fp", params, settings)
 
@@ -313,6 +333,47 @@ class ImpRAG:
         """Dimension D of E_q and E_p: KV heads x head dim."""
         return self.backbone.num_kv_heads * self.backbone.head_dim
 
+    @property
+    def config(self) -> ImpRAGConfig:
+        """The ImpRAG settings. Setting them checks mu_q's size and switches the trained retrieval key on
+        (W_ret from layer b's key projection) or off with `embedding.retrieval_key`."""
+        return self._config
+
+    @config.setter
+    def config(self, config: ImpRAGConfig) -> None:
+        center = config.embedding.query_center
+        if center is not None and len(center) != self.dim:
+            raise InputError(
+                f"EmbeddingConfig.query_center has {len(center)} values but this model's E_q has {self.dim}: "
+                "it was estimated for another model (imprag_config.json); re-run ImpRAG.calibrate"
+            )
+        if config.embedding.retrieval_key == "base":
+            self.retrieval_key = None
+        elif self.retrieval_key is None:
+            if self.backbone.arch.qk_norm:
+                raise InputError(
+                    "EmbeddingConfig.retrieval_key='trained' needs keys linear in layer b's input; this "
+                    "family normalises keys (k_norm): use retrieval_key='base'"
+                )
+            k_proj = self.backbone.layer(config.split.b).self_attn.k_proj
+            self.retrieval_key = torch.nn.Parameter(base_key_weight(k_proj).float().clone(), False)
+        self._config = config
+
+    @property
+    def index_dim(self) -> int:
+        """Dimension of the vectors an index of this model holds: E_p (`dim`), or with a trained retrieval
+        key the layer-b inputs f_p (hidden size) that it maps."""
+        if self.retrieval_key is None:
+            return self.dim
+        return self.retrieval_key.shape[1]
+
+    def index_query(self, e_q: Tensor) -> Tensor:
+        """E_q (B, D) as searched against an index: itself, or with a trained retrieval key W_ret^T E_q
+        (B, hidden), whose dot product with f_p is E_q . W_ret f_p (in fp32, differentiable in W_ret)."""
+        if self.retrieval_key is None:
+            return e_q
+        return e_q.float() @ self.retrieval_key.to(e_q.device)
+
     def __repr__(self) -> str:
         name = self.model.config.name_or_path or type(self.model).__name__
         return f"ImpRAG({name!r}, {self.split}, dim={self.dim}, dtype={self.backbone.dtype})"
@@ -325,7 +386,8 @@ class ImpRAG:
 
     def encode_passages(self, passages: TokenBatch) -> Tensor:
         """E_p (B, D): layers 0..b-1 and layer b's projections only (the base weights, without gradient,
-        when passages are frozen)."""
+        when passages are frozen). With a trained retrieval key, f_p (B, hidden) instead: what an index
+        holds and `index_query` scores against."""
         return self._bottom(passages, passage=True)
 
     @contextmanager
@@ -368,6 +430,8 @@ class ImpRAG:
         h = bb.embed(batch.input_ids)
         step = bb.step(h, batch.positions, batch.valid)
         h = bb.run(h, range(0, b), step)
+        if passage and self.retrieval_key is not None:  # f_p: what W_ret maps onto E_p
+            return key_inputs(bb.layer(b).input_layernorm(h), batch.valid)
         proj = bb.project(b, h, step)
         if passage:
             return passage_embedding(proj, batch.valid, self.config.embedding)
@@ -472,7 +536,8 @@ class ImpRAG:
 
     @torch.no_grad()
     def embed_passages(self, texts: Sequence[str], batch_size: int = 32) -> Tensor:
-        """E_p (N, D) for each passage (truncated to l_max tokens, at positions from 0)."""
+        """E_p (N, D) for each passage (truncated to l_max tokens, at positions from 0); with a trained
+        retrieval key f_p (N, hidden), the vectors an index holds (`index_dim`)."""
         ids = self.passage_tokens(texts)
         return self._embed(ids, [0] * len(ids), batch_size, passage=True)
 
@@ -481,7 +546,7 @@ class ImpRAG:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         # Sort by length so batches carry little padding; results are returned in input order.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = torch.empty(len(ids), self.dim, dtype=torch.float32)
+        out = torch.empty(len(ids), self.index_dim if passage else self.dim, dtype=torch.float32)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = batch_tokens([ids[i] for i in rows], [offsets[i] for i in rows], self.pad_id)
@@ -573,7 +638,7 @@ class ImpRAG:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _search(self, index: Retriever, query: Tensor, k: int) -> list[list[RetrievedPassage]]:
-        ids, scores = index.search(query, k)
+        ids, scores = index.search(self.index_query(query), k)
         out = []
         for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
             keep = [(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]  # FAISS pads with -1

@@ -322,15 +322,20 @@ def check_model(manifest: dict[str, Any], model: ImpRAG, directory: Path) -> Non
     built, now = manifest["model"], _model_record(model)
     if built["fingerprint"] != now["fingerprint"]:
         built = {"passages": "shared", **built}  # manifests written before the setting existed
-        diffs = [k for k in ("name", "b", "embedding", "l_max", "passages") if built.get(k) != now[k]]
+        diffs = [k for k in ("name", "b", "l_max", "passages") if built.get(k) != now[k]]
+        if isinstance(built.get("embedding"), dict) and isinstance(now["embedding"], dict):
+            diffs += [f"embedding.{k}" for k, _, _ in differing_fields(built["embedding"], now["embedding"])]
+        elif built.get("embedding") != now["embedding"]:
+            diffs.append("embedding")
         differ = ", ".join(diffs or ["weights"])
         if now["passages"] == "frozen":
+            key = " --retrieval-key trained" if model.retrieval_key is not None else ""
             raise StaleIndexError(
                 f"index {directory} was encoded by another base model than this adapter's (passages "
                 f"frozen: the adapter reads the E_p of its base; {differ} differ; fingerprint "
                 f"{built['fingerprint']} vs the base's {now['fingerprint']}). Index the corpus with the "
                 "base model and the adapter's pooling (`imprag index CORPUS --out NEW_DIR --model BASE "
-                f"--pooling {model.config.embedding.pooling}`), or `imprag index --refresh --out "
+                f"--pooling {model.config.embedding.pooling}{key}`), or `imprag index --refresh --out "
                 f"{directory}` with this model (which encodes with the base weights)"
             )
         raise StaleIndexError(
@@ -413,7 +418,7 @@ def _build(
     store = PassageStore(out / STORE)
     count = shard_count(store, cfg.shard_size)
     if dist.is_main:
-        est = estimate(len(store), model.dim, cfg.factory)
+        est = estimate(len(store), model.index_dim, cfg.factory)
         weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
         hidden = model.model.config.hidden_size * model.backbone.dtype.itemsize
         # Per process: the weights, one batch's activations (a few hidden-size tensors per token plus
@@ -425,10 +430,10 @@ def _build(
             "process (weights %.0f MB), shards ~%.1f MB on disk, the index ~%.1f MB",
             len(store),
             model.split.b,
-            model.dim,
+            model.index_dim,
             settings["model"]["dtype"],
             dist.world,
-            (weights + working + cfg.shard_size * model.dim * 4) / 1e6,
+            (weights + working + cfg.shard_size * model.index_dim * 4) / 1e6,
             weights / 1e6,
             est["shards_bytes"] / 1e6,
             est["index_bytes"] / 1e6,
@@ -445,7 +450,7 @@ def _build(
     error = None
     if dist.is_main:
         try:
-            _finish(out, store, count, settings, model.dim, cfg, dist.world, started, progress)
+            _finish(out, store, count, settings, model.index_dim, cfg, dist.world, started, progress)
         except Exception as err:  # as above: let the other ranks stop too
             error = err
     if dist.broadcast_error(error is not None):

@@ -40,6 +40,7 @@ from imprag.config import ConfigError
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.defaults import DEFAULT_MODELS
 from imprag.model.imprag import ImpRAG
+from imprag.model.retrieval_key import load_retrieval_key, save_retrieval_key
 from imprag.training.config import EngineConfig, TrainConfig
 
 __all__ = [
@@ -112,6 +113,9 @@ def prepare_model(model: ImpRAG, engine: EngineConfig) -> list[nn.Parameter]:
             p.requires_grad_(True)
     if not params:
         raise ConfigError(f"engine.lora_targets {list(engine.lora_targets)} match no module of this model")
+    if model.retrieval_key is not None:  # W_ret (EmbeddingConfig.retrieval_key="trained") learns too
+        model.retrieval_key.requires_grad_(True)
+        params.append(model.retrieval_key)
     return params
 
 
@@ -155,6 +159,8 @@ def export_model(model: ImpRAG, directory: Path) -> None:
         model.model.save_pretrained(directory)
     model.tokenizer.save_pretrained(directory)
     model.config.save(directory)
+    if model.retrieval_key is not None:
+        save_retrieval_key(model.retrieval_key, directory)
 
 
 def rng_state() -> dict[str, Any]:
@@ -220,6 +226,9 @@ def restore_checkpoint(path: Path, model: ImpRAG) -> dict[str, Any]:
         with torch.no_grad():
             for name, p in trainable.items():
                 p.copy_(saved[name])
+    if model.retrieval_key is not None:
+        with torch.no_grad():
+            model.retrieval_key.copy_(load_retrieval_key(path, tuple(model.retrieval_key.shape)))
     return load_trainer_state(path)
 
 

@@ -64,6 +64,11 @@ class ModelSpec:
     training and at inference), so the index of the base model (data.index, built with this run's pooling)
     holds every E_p exactly, stays valid for the trained adapter, and training can score each query
     against the whole corpus (objective.negatives=corpus). Needs LoRA (engine.lora_r > 0)."""
+    retrieval_key: Literal["base", "trained"] = "base"
+    """EmbeddingConfig.retrieval_key. 'trained' [D] (with passages=frozen, pooling=mean): training also
+    learns W_ret, the key projection E_p is read through, over the base model's frozen layer-b inputs; the
+    index (data.index) must be built with `imprag index --pooling mean --retrieval-key trained` and holds
+    those inputs, so it still serves every adapter."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +298,13 @@ class TrainConfig:
             (self.model.pooling in (None, "last", "mean"), "model.pooling must be last or mean"),
             (self.model.query_pooling in (None, "last", "mean"), "model.query_pooling must be last or mean"),
             (self.model.center_prompts >= 1, "model.center_prompts must be >= 1"),
+            (
+                self.model.retrieval_key == "base"
+                or (self.model.passages == "frozen" and self.model.pooling == "mean"),
+                "model.retrieval_key=trained maps the base model's frozen mean-pooled layer-b inputs: it "
+                "needs model.passages=frozen and model.pooling=mean",
+            ),
+            (self.model.retrieval_key in ("base", "trained"), "model.retrieval_key must be base or trained"),
             (
                 o.system != "retriever"
                 or (d.mix[1] == 0 and d.mix[2] == 0 and o.warmup_epochs == opt.epochs),

@@ -86,7 +86,9 @@ class RetrievalHealth:
         pool = torch.tensor(self.pool)
         k = min(self.k, len(self.pool))
         return self.report(
-            lambda prompts: pool[(model.embed_queries(prompts) @ e_p.T).topk(k, dim=1).indices].tolist()
+            lambda prompts: pool[
+                (model.index_query(model.embed_queries(prompts)) @ e_p.T).topk(k, dim=1).indices
+            ].tolist()
         )
 
     def reference(self, name: str, retriever: TextRetriever) -> dict[str, Any]:

@@ -322,6 +322,7 @@ class Trainer:
             return self._pasted(readers)
         start = model.config.reader.prompt_start(o.read_k)  # where training reads E_q (as calibration does)
         e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], start)).float()  # (m, D)
+        e_q = model.index_query(e_q)  # in the space of the vectors scored against: (m, D), or (m, hidden)
         scored = self.candidates.score(examples, e_q, step, stage)
         j_ret, metrics = retrieval_loss(scored, examples, stage, o, self._candidate_logprobs, len(readers))
         if o.system == "retriever":  # a separate retriever: no generator reads here
@@ -529,10 +530,11 @@ def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progre
     if dtype == "auto" and torch.cuda.is_available():  # the model is moved there below
         dtype = auto_dtype("cuda")
     model = ImpRAG.from_pretrained(m.name, b=m.b, t=m.t, dtype=dtype, passages=m.passages)
-    if m.pooling is not None or m.query_pooling is not None:  # the run decides pooling (and Trainer,
-        # centering), not its starting checkpoint
+    if m.pooling is not None or m.query_pooling is not None or m.retrieval_key == "trained":
+        # the run decides pooling and the retrieval key (and Trainer, centering), not its starting checkpoint
         own = model.config.embedding
-        embedding = replace(own, pooling=m.pooling or own.pooling, query_pooling=m.query_pooling)
+        embedding = replace(own, pooling=m.pooling or own.pooling, query_pooling=m.query_pooling,
+                            retrieval_key=m.retrieval_key)  # fmt: skip
         model.config = replace(model.config, embedding=embedding)
     if torch.cuda.is_available():
         model.model.to(f"cuda:{torch.cuda.current_device()}")

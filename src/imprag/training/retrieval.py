@@ -136,10 +136,10 @@ class CorpusCandidates:
         refresh_every: int = 0,
         progress: bool = False,
     ) -> None:
-        if vectors.ndim != 2 or len(rows) != len(vectors) or vectors.shape[1] != model.dim:
+        if vectors.ndim != 2 or len(rows) != len(vectors) or vectors.shape[1] != model.index_dim:
             raise ValueError(
                 f"corpus vectors {tuple(vectors.shape)} and rows {tuple(rows.shape)} do not fit a model of "
-                f"dim {model.dim}"
+                f"dim {model.index_dim}"
             )
         self.model, self.store, self.refresh_every, self.progress = model, store, refresh_every, progress
         self.rows = rows.long()
@@ -207,7 +207,7 @@ def _encode_store(model: ImpRAG, store: PassageStore, progress: bool) -> Tensor:
             rows = list(range(start, min(len(store), start + chunk)))
             parts.append(model.embed_passages([p.content for p in store.get(rows)]))
             bar.update(len(rows))
-    return torch.cat(parts) if parts else torch.zeros(0, model.dim)
+    return torch.cat(parts) if parts else torch.zeros(0, model.index_dim)
 
 
 def teacher_kl(scored: Scored, examples: Sequence[Example], tau_r: float, tau_teacher: float) -> Tensor:

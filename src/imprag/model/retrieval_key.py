@@ -1,0 +1,64 @@
+"""The trained retrieval key (`EmbeddingConfig.retrieval_key="trained"`): E_p = W_ret f_p over frozen inputs.
+
+f_p is the mean over a passage's tokens of layer b's normalised attention input, computed with the base
+weights; W_ret (D x hidden) starts as layer b's own key projection, so before training E_p = W_ret f_p is
+exactly the base model's mean-pooled pre-RoPE key (no bias term matters: a bias b adds E_q . b to every
+passage's score of one query, which changes no ranking and no softmax over passages). An index holds f_p;
+search maps the query, W_ret^T (E_q - mu_q), so W_ret can change without re-encoding anything.
+
+W_ret is saved beside the model's weights as `retrieval_key.safetensors` (one tensor, "weight").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from imprag.model.reader import InputError
+
+__all__ = ["RETRIEVAL_KEY_FILE", "base_key_weight", "key_inputs", "load_retrieval_key", "save_retrieval_key"]
+
+RETRIEVAL_KEY_FILE = "retrieval_key.safetensors"
+
+
+def base_key_weight(k_proj: nn.Module) -> Tensor:
+    """Layer b's key projection weight (D, hidden) without any LoRA update (peft wraps it as base_layer)."""
+    return getattr(k_proj, "base_layer", k_proj).weight.detach()
+
+
+def key_inputs(x: Tensor, valid: Tensor) -> Tensor:
+    """f (B, hidden): the mean over valid tokens (B, T) of layer b's normalised attention input x
+    (B, T, hidden), in fp32."""
+    weights = valid.to(torch.float32)[..., None]
+    return (x.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def save_retrieval_key(weight: Tensor, directory: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(directory) / RETRIEVAL_KEY_FILE
+    save_file({"weight": weight.detach().float().cpu().contiguous()}, path, metadata={"format": "pt"})
+    return path
+
+
+def load_retrieval_key(directory: str | Path, shape: tuple[int, int]) -> Tensor:
+    """W_ret saved in `directory`; a missing, unreadable or misshapen file is a one-line InputError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / RETRIEVAL_KEY_FILE
+    if not path.is_file():
+        raise InputError(
+            f"{directory} says retrieval_key='trained' (imprag_config.json) but has no {RETRIEVAL_KEY_FILE}: "
+            "copy it from the run that trained the model, or set embedding.retrieval_key to 'base'"
+        )
+    try:
+        weight = load_file(path).get("weight")
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path} is not a readable safetensors file ({err}); copy it again") from None
+    if weight is None or tuple(weight.shape) != tuple(shape):
+        found = None if weight is None else tuple(weight.shape)
+        raise InputError(f"{path} holds a weight of shape {found}, this model needs {tuple(shape)}")
+    return weight.float()
