@@ -73,3 +73,22 @@ def test_the_model_fingerprint_covers_every_weight_and_survives_a_reload(tmp_pat
     again = model.model_fingerprint()
     model.config = dataclasses.replace(model.config, reader=dataclasses.replace(model.config.reader, k=7))
     assert model.model_fingerprint() != again  # a reader setting changes the answers too
+
+
+def test_the_output_rule_reads_marks_globs_and_ignores_lock_files(tmp_path) -> None:
+    """check_output: empty, lock-only (a writer that died before its first output) and marked folders are
+    ours; a folder with any other file, at any depth, is not; a file never is."""
+    from imprag.io import LOCK, check_output
+
+    check_output(tmp_path / "missing", "run.json")
+    (tmp_path / "locked" / "system").mkdir(parents=True)
+    (tmp_path / "locked" / "system" / LOCK).write_text("")
+    check_output(tmp_path / "locked", "*/run.json")
+    (tmp_path / "locked" / "system" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"no earlier evaluation \(it has no \*/run\.json\)"):
+        check_output(tmp_path / "locked", "*/run.json", kind="evaluation")
+    (tmp_path / "locked" / "system" / "run.json").write_text("{}")
+    check_output(tmp_path / "locked", ["metrics.json", "*/run.json"])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        check_output(tmp_path / "afile", "run.json")

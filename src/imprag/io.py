@@ -105,13 +105,19 @@ def check_output(
     marks = [replaces] if isinstance(replaces, str) else list(replaces or ())
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} is a file, not an output folder: choose another output directory")
-    if path.is_dir() and any(path.iterdir()) and not any(next(path.glob(m), None) for m in marks):
+    if path.is_dir() and _holds_files(path) and not any(next(path.glob(m), None) for m in marks):
         mark = f" (it has no {' or '.join(marks)})" if marks else ""
         what = f"but no earlier {kind}" if kind else "that are not an earlier output of this kind"
         raise OutputExistsError(
             f"{path} holds files {what}{mark}; writing there would delete or replace them, so nothing was "
             "written: choose a new or empty output directory"
         )
+
+
+def _holds_files(path: Path) -> bool:
+    """Whether a folder holds anything but empty folders and `writer_lock`'s lock files (a writer that died
+    before its first output leaves only those, and its output folder counts as empty)."""
+    return any(name != LOCK for _, _, files in os.walk(path) for name in files)  # symlinks not followed
 
 
 @contextmanager

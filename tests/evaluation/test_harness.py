@@ -577,3 +577,18 @@ def test_eval_closed_book_end_to_end(saved: str, tmp_path, capsys) -> None:
     assert main(argv) == 0
     assert (run_dir / "predictions" / "describe.jsonl").read_bytes() == before
     assert json.loads((run_dir / "metrics.json").read_text())["rows"] == metrics["rows"]
+
+
+def test_one_evaluation_writes_a_folder_at_a_time(bench: Benchmark, tmp_path) -> None:
+    """Two evaluations into one folder would append the same predictions twice: while one holds the
+    folder's lock, a second stops before asking the system anything or writing a file (issue 16)."""
+    from imprag.io import LOCK, LockedError, writer_lock
+
+    out = tmp_path / "run"
+    other = FakeSystem()
+    with writer_lock(out, "another evaluation"):
+        with pytest.raises(LockedError, match="imprag eval waits for no one"):
+            evaluate(other, bench, TASK_NAMES, "test", out, batch_size=2)
+        assert other.calls == [] and [p.name for p in out.iterdir()] == [LOCK]
+    summary = evaluate(FakeSystem(), bench, TASK_NAMES, "test", out, batch_size=2)  # released: it runs
+    assert summary["rows"] == expected_rows()

@@ -296,3 +296,20 @@ def test_a_broken_teacher_distribution_is_refused_before_step_1(
     assert last.startswith("imprag train: error: the bm25 teacher's top-4 of item describe-2 ")
     assert ("has non-finite scores" if bad == "nan" else "is empty") in last
     assert not (out / "log.jsonl").exists() and not list(out.glob("checkpoint*"))
+
+
+def test_a_run_folder_has_one_writer(tmp_path, capsys) -> None:
+    """While another process writes a run folder (holds its lock), `imprag train` into it stops with one
+    line before reading data or writing anything; the lock file alone does not make a folder foreign."""
+    from imprag.io import LOCK, writer_lock
+
+    out = tmp_path / "run"
+    argv = ["train", "--no-progress", "data.benchmark=B", "data.index=I", "--out", str(out)]
+    with writer_lock(out, "another run"):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is being written by another imprag process; imprag train" in err and err.count("\n") == 1
+        assert [p.name for p in out.iterdir()] == [LOCK]
+    assert main(argv) == 2  # released: now it gets as far as the missing benchmark
+    err = capsys.readouterr().err
+    assert "being written" not in err and "holds files" not in err

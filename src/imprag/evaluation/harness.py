@@ -30,7 +30,7 @@ from imprag.data.tasks import Task, get_task
 from imprag.errors import ImpragError
 from imprag.evaluation import metrics
 from imprag.evaluation.systems import Prediction, System
-from imprag.io import atomic_write_text
+from imprag.io import atomic_write_text, writer_lock
 
 __all__ = ["EvalError", "demonstrations", "evaluate", "score_item", "summarize"]
 
@@ -117,6 +117,7 @@ def evaluate(
     cluster sample: unbiased, but n items cover fewer entities than n independent draws would. `record`
     adds facts to run.json (model and index manifests, ...). `shots` > 0 puts that
     many solved examples before every prompt (see `demonstrations`); 0 is the paper's protocol.
+    One process writes `out` at a time (`imprag.io.writer_lock`): a second one stops with LockedError.
     """
     out = Path(out)
     if limit is not None and limit < 1:
@@ -140,41 +141,43 @@ def evaluate(
         "benchmark": {k: benchmark.manifest.get(k) for k in ("seed", "corpus", "counts", "packages")},
         **(record or {}),
     }
-    _start_or_resume(out, run, overwrite)
-    done = {task: _read_predictions(out / "predictions" / f"{task}.jsonl") for task in tasks}
-    todo = sum(len([it for it in items[t] if it.id not in done[t]]) for t in tasks)
-    spent = _previous_seconds(out / SECONDS)  # a resumed run adds to the time already spent
-    wall, cpu = time.perf_counter(), time.process_time()
-    desc = f"{system.describe()['system']} {split}"
-    with tqdm(total=todo, desc=desc, unit="item", disable=not progress) as bar:
-        for task_name in tasks:
-            task = get_task(task_name)
-            decode = DecodeConfig(max_new_tokens=task.max_new_tokens, stop=STOP)
-            prefix = "".join(f"{d.prompt} {d.answers[0]}\n\n" for d in demos[task_name])
-            pending = [it for it in items[task_name] if it.id not in done[task_name]]
-            path = out / "predictions" / f"{task_name}.jsonl"
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start : start + batch_size]
-                bar.set_postfix_str(task_name)
-                prompts, queries = [it.prompt for it in batch], [it.oracle_query for it in batch]
-                preds = system.answer(prompts, queries, decode, prefix)
-                recs = [score_item(it, task, p, system.retrieves) for it, p in zip(batch, preds, strict=True)]
-                _append(path, recs)
-                done[task_name].update({r["id"]: r for r in recs})
-                bar.update(len(batch))
-                spent = {
-                    "wall": spent["wall"] + time.perf_counter() - wall,
-                    "cpu": spent["cpu"] + time.process_time() - cpu,
-                }
-                wall, cpu = time.perf_counter(), time.process_time()
-                atomic_write_text(out / SECONDS, json.dumps(spent) + "\n")
-    name = system.describe()["system"]
-    records = {t: [done[t][it.id] for it in items[t]] for t in tasks}
-    summary = summarize(name, split, records, shots)
-    summary["seconds"] = {key: round(value, 1) for key, value in spent.items()}  # generation time
-    summary["run"] = run
-    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    with writer_lock(out, "imprag eval"):  # one writer per evaluation folder: predictions append
+        _start_or_resume(out, run, overwrite)
+        done = {task: _read_predictions(out / "predictions" / f"{task}.jsonl") for task in tasks}
+        todo = sum(len([it for it in items[t] if it.id not in done[t]]) for t in tasks)
+        spent = _previous_seconds(out / SECONDS)  # a resumed run adds to the time already spent
+        wall, cpu = time.perf_counter(), time.process_time()
+        desc = f"{system.describe()['system']} {split}"
+        with tqdm(total=todo, desc=desc, unit="item", disable=not progress) as bar:
+            for task_name in tasks:
+                task = get_task(task_name)
+                decode = DecodeConfig(max_new_tokens=task.max_new_tokens, stop=STOP)
+                prefix = "".join(f"{d.prompt} {d.answers[0]}\n\n" for d in demos[task_name])
+                pending = [it for it in items[task_name] if it.id not in done[task_name]]
+                path = out / "predictions" / f"{task_name}.jsonl"
+                for start in range(0, len(pending), batch_size):
+                    batch = pending[start : start + batch_size]
+                    bar.set_postfix_str(task_name)
+                    prompts, queries = [it.prompt for it in batch], [it.oracle_query for it in batch]
+                    preds = system.answer(prompts, queries, decode, prefix)
+                    pairs = zip(batch, preds, strict=True)
+                    recs = [score_item(it, task, p, system.retrieves) for it, p in pairs]
+                    _append(path, recs)
+                    done[task_name].update({r["id"]: r for r in recs})
+                    bar.update(len(batch))
+                    spent = {
+                        "wall": spent["wall"] + time.perf_counter() - wall,
+                        "cpu": spent["cpu"] + time.process_time() - cpu,
+                    }
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    atomic_write_text(out / SECONDS, json.dumps(spent) + "\n")
+        name = system.describe()["system"]
+        records = {t: [done[t][it.id] for it in items[t]] for t in tasks}
+        summary = summarize(name, split, records, shots)
+        summary["seconds"] = {key: round(value, 1) for key, value in spent.items()}  # generation time
+        summary["run"] = run
+        atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+        return summary
 
 
 def demonstrations(benchmark: Benchmark, task: str, shots: int) -> list[Item]:

@@ -27,6 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from imprag.config import IMPRAG_CONFIG_NAME, ConfigError, ImpRAGConfig, differi
 from imprag.distributed import Dist
 from imprag.errors import ImpragError
 from imprag.hardware import auto_dtype
-from imprag.io import atomic_directory, atomic_write_text, check_output
+from imprag.io import LockedError, atomic_directory, atomic_write_text, check_output, writer_lock
 from imprag.model.imprag import ImpRAG
 from imprag.model.reader import TokenBatch, batch_tokens, tokenize
 from imprag.retrieval.store import PassageStore
@@ -502,15 +503,32 @@ fresh start deletes `log.jsonl` and writes `train_config.json`, so a folder with
 
 
 def train(config: TrainConfig, out: str | Path, dist: Dist | None = None, progress: bool = True) -> Path:
-    """Load the model and data a config names, train, and return the exported model directory."""
+    """Load the model and data a config names, train, and return the exported model directory.
+
+    Rank 0 holds the run folder's writer lock (`imprag.io.writer_lock`) from the first check to the export:
+    a second `imprag train` into the same --out (which would resume from the same checkpoints and write
+    the same files) stops at once with LockedError, on every rank."""
+    out = Path(out)
+    check_output(out, RUN_MARKS, kind="run")
+    dist = dist or Dist()
+    with ExitStack() as stack:
+        locked = None
+        if dist.is_main:
+            try:
+                stack.enter_context(writer_lock(out, "imprag train"))
+            except LockedError as err:
+                locked = err
+        if dist.broadcast_error(locked is not None):
+            raise locked or LockedError(f"{out} is being written by another run; rank 0 could not lock it")
+        return _train(config, out, dist, progress)
+
+
+def _train(config: TrainConfig, out: Path, dist: Dist, progress: bool) -> Path:
     from imprag.data.benchmark import Benchmark
     from imprag.training.data import load_teacher, load_training_data
     from imprag.training.health import RetrievalHealth
 
-    out = Path(out)
-    check_output(out, RUN_MARKS, kind="run")
     out.mkdir(parents=True, exist_ok=True)
-    dist = dist or Dist()
     if torch.cuda.is_available():  # one GPU per process under torchrun (untested here: no GPU)
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     # Bad data fails before the model loads; rank 0 computes (and caches) the pseudo labels, the others
