@@ -537,3 +537,55 @@ def test_an_index_of_layer_b_inputs_serves_every_trained_retrieval_key(model: Im
     base.config = replace(base.config, embedding=replace(base.config.embedding, pooling="mean"))
     with pytest.raises(StaleIndexError, match="retrieval_key"):
         PassageIndex.load(tmp_path / "idx", base)
+
+
+def test_overwrite_of_a_complete_index_keeps_it_whole_until_the_new_one_is_done(
+    model: ImpRAG, tmp_path: Path
+) -> None:
+    """--overwrite builds aside: a corpus that fails while being read, or a build killed while encoding,
+    leaves the old index searchable and bit-identical; the resumed rebuild swaps in the new one and leaves
+    no staging folder (issue 16: the old files were deleted before the new corpus was read)."""
+    from imprag.retrieval.index import REBUILD
+
+    old = build_index(model, tmp_path / "idx", PASSAGES[:10], small(), progress=False)
+    before, manifest = vectors_of(old), (tmp_path / "idx" / MANIFEST).read_text()
+    old.store.close()
+
+    def unchanged() -> None:
+        again = PassageIndex.load(tmp_path / "idx", model)
+        assert len(again) == 10 and (tmp_path / "idx" / MANIFEST).read_text() == manifest
+        np.testing.assert_array_equal(vectors_of(again), before)
+        ids, _ = again.search(model.embed_queries(PROMPTS), 2)
+        assert ids.shape == (2, 2)
+
+    def broken():  # a corpus that fails after its first passages
+        yield from PASSAGES[10:13]
+        raise ValueError("line 4: not valid JSON")
+
+    with pytest.raises(ValueError, match="line 4"):
+        build_index(model, tmp_path / "idx", broken(), small(), overwrite=True, progress=False)
+    unchanged()
+    real, calls = model.embed_passages, {"n": 0}
+
+    def dies_on_second_shard(texts, batch_size=32):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(texts, batch_size=batch_size)
+
+    model.embed_passages = dies_on_second_shard  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        build_index(model, tmp_path / "idx", PASSAGES[5:], small(), overwrite=True, progress=False)
+    unchanged()
+    calls["n"] = -100
+    new = build_index(model, tmp_path / "idx", PASSAGES[5:], small(), overwrite=True, progress=False)
+    model.embed_passages = real  # type: ignore[method-assign]
+    assert calls["n"] == -100 + 4  # 17 passages in 5 shards of 4, the first kept from before: resumed
+    assert len(new) == 17 and not (tmp_path / "idx" / REBUILD).exists()
+    reference = build_index(model, tmp_path / "ref", PASSAGES[5:], small(), progress=False)
+    np.testing.assert_array_equal(vectors_of(new), vectors_of(reference))
+    assert (
+        new.manifest["corpus_hash"]
+        == reference.manifest["corpus_hash"]
+        != json.loads(manifest)["corpus_hash"]
+    )

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST, STORE, VECTORS = "manifest.json", "passages.sqlite", "vectors.faiss"
 BUILD, SHARDS = "build.json", "shards"
+REBUILD = ".rebuild"
+"""Where `--overwrite` builds the new index before it replaces a complete one."""
 SHARD_FILE = re.compile(r"^\.?shard-\d{6}\.(rows|vectors)\.npy(\.tmp.*)?$")
 FORMAT_VERSION = 1
 
@@ -375,6 +378,10 @@ def build_index(
 
     `corpus` is a path or embedded corpus name read with `read_corpus(**corpus_options)`, an iterable of
     Passages, or None to re-encode the passages already in `out` with this model (refresh).
+
+    `overwrite` over a complete index builds the new one aside (`out/.rebuild`, resumable like any build)
+    while the old one stays whole and searchable, then swaps the files in (the manifest last): a corpus that
+    turns out to be unreadable, or a build that dies, costs the old index nothing.
     """
     out, cfg, dist = Path(out), config or IndexConfig(), dist or Dist()
     if isinstance(corpus, (str, Path)):
@@ -386,8 +393,50 @@ def build_index(
         "corpus_options": corpus_options or {},
         "index": dataclasses.asdict(cfg),
     }
+    if overwrite and corpus is not None and (out / MANIFEST).is_file():  # every rank sees the same
+        return _rebuild_aside(model, out, corpus, cfg, corpus_options, progress, dist, settings)
     with contextlib.ExitStack() as lock:  # rank 0 holds the write lock for the whole build
         return _build(model, out, corpus, cfg, corpus_options, overwrite, progress, dist, settings, lock)
+
+
+def _rebuild_aside(
+    model: ImpRAG,
+    out: Path,
+    corpus: str | Path | Iterable[Passage],
+    cfg: IndexConfig,
+    corpus_options: dict[str, Any] | None,
+    progress: bool,
+    dist: Dist,
+    settings: dict[str, Any],
+) -> PassageIndex | None:
+    """`--overwrite` of a complete index: build into `out/.rebuild` under `out`'s lock, then swap."""
+    staging = out / REBUILD
+    with contextlib.ExitStack() as lock:
+        error: BaseException | None = None
+        if dist.is_main:
+            try:
+                _refuse_foreign(out)
+                lock.enter_context(writer_lock(out, "imprag index"))
+                read_manifest(out)  # a manifest.json that is not an index's: refused, not replaced
+                if _read_build(staging) != json.loads(json.dumps(settings)):  # resume only the same build
+                    shutil.rmtree(staging, ignore_errors=True)  # our own folder: an older attempt
+            except Exception as err:
+                error = err
+        if dist.broadcast_error(error is not None):
+            raise error or InvalidIndexError("rank 0 could not prepare the rebuild (see its error)")
+        with contextlib.ExitStack() as inner:
+            options = corpus_options
+            built = _build(model, staging, corpus, cfg, options, False, progress, dist, settings, inner)
+        if not dist.is_main:
+            return None
+        assert built is not None
+        built.store.close()
+        (out / MANIFEST).unlink()  # from here until the new manifest lands, `out` reads as a build
+        for name in (STORE, VECTORS):
+            os.replace(staging / name, out / name)
+        os.replace(staging / MANIFEST, out / MANIFEST)
+        shutil.rmtree(staging, ignore_errors=True)
+        return PassageIndex.load(out, model)
 
 
 def _build(
