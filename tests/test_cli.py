@@ -175,6 +175,9 @@ def test_bad_corpus_line_is_located(saved: str, tmp_path, capsys) -> None:
     assert main(["index", str(bad), "--out", out, "--model", saved, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:2: not valid JSON" in err and "--skip-bad-lines" in err
+    assert main(["retrieve", out, "q"]) == 2  # the failed build's folder says what happened and what to do
+    err = capsys.readouterr().err
+    assert "stopped before its passages were stored" in err and f"check {bad}" in err and "--overwrite" in err
     assert main(["index", str(bad), "--out", out, "--model", saved, "--no-progress", "--skip-bad-lines"]) == 0
     assert "indexed 2 passages" in capsys.readouterr().out
 

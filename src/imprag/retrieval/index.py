@@ -289,9 +289,16 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         )
     if not manifest_path.is_file():
         if (directory / BUILD).is_file():
+            corpus = (_read_build(directory) or {}).get("corpus") or "CORPUS"
+            if not (directory / STORE).is_file():  # it never got past reading its corpus
+                raise InvalidIndexError(
+                    f"{directory} holds a build that stopped before its passages were stored (its corpus "
+                    f"could not be read, or it was killed): check {corpus}, then run `imprag index {corpus} "
+                    f"--out {directory} --overwrite`"
+                )
             raise InvalidIndexError(
-                f"{directory} holds an interrupted build (no manifest yet); resume it by running the "
-                f"same `imprag index ... --out {directory}` command again"
+                f"{directory} holds an interrupted build (passages stored, no manifest yet); resume it by "
+                f"running the same `imprag index {corpus} --out {directory}` command again"
             )
         if (directory / STORE).is_file():  # passages stored, manifest lost: the store can be re-encoded
             raise InvalidIndexError(
