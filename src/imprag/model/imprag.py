@@ -24,9 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -39,10 +36,8 @@ from imprag.config import (
     LayerSplit,
     ReaderConfig,
 )
-from imprag.hardware import resolve_dtype
-from imprag.model import defaults
 from imprag.model.adapters import base_weights, has_adapters
-from imprag.model.backbone import Backbone, KVCache, architecture_of
+from imprag.model.backbone import Backbone, KVCache
 from imprag.model.embeddings import passage_embedding, query_embedding
 from imprag.model.generation import Generation, RetrievedPassage, decode
 from imprag.model.reader import InputError, TokenBatch, batch_tokens, pack_passages, passage_kv, tokenize
@@ -50,7 +45,6 @@ from imprag.model.retrieval_key import (
     RETRIEVAL_KEY_FILE,
     base_key_weight,
     key_inputs,
-    load_retrieval_key,
     save_retrieval_key,
 )
 from imprag.model.retriever import Retriever
@@ -60,8 +54,6 @@ __all__ = ["ImpRAG", "Prefill"]
 log = logging.getLogger(__name__)
 
 DtypeLike = torch.dtype | str | None
-# from_pretrained keywords that must reach the config and tokenizer too, not only the weights.
-LOADING_KWARGS = ("revision", "token", "cache_dir", "trust_remote_code", "subfolder", "local_files_only")
 
 
 @dataclass
@@ -134,116 +126,9 @@ class ImpRAG:
         `passages` ("shared" or "frozen", `ImpRAGConfig.passages`) defaults to the saved value, else shared.
         Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
         """
-        adapter = Path(name_or_path) / "adapter_config.json"
-        if adapter.is_file():  # a LoRA checkpoint from `imprag train`: its base model + the adapter
-            return cls._from_adapter(
-                Path(name_or_path), b, t, dtype, embedding, reader, passages, **hf_kwargs
-            )
-        path: str | Path = name_or_path
-        chosen = _as_dtype(dtype)
-        default_split = None
-        if str(name_or_path) in defaults.DEFAULT_MODELS:
-            path, spec = defaults.resolve(str(name_or_path))
-            default_split = LayerSplit(*spec.split)
-        if "device_map" in hf_kwargs:
-            raise InputError(
-                "device_map is not supported: imprag runs the layers itself and needs the whole model on one "
-                "device; load it and call .to(device) instead"
-            )
-        shared = {k: hf_kwargs[k] for k in LOADING_KWARGS if k in hf_kwargs}
-        try:
-            config = AutoConfig.from_pretrained(path, **shared)
-        except (OSError, ValueError) as err:
-            raise InputError(
-                f"cannot load model {str(name_or_path)!r}: it is not an embedded default "
-                f"({', '.join(defaults.DEFAULT_MODELS)}) and not a loadable model folder or hub id: {err}"
-            ) from err
-        architecture_of(config)  # refuse unsupported families before loading weights
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, **hf_kwargs)
-        except OSError as err:  # a folder with a config but no (or unreadable) weights
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(
-                f"cannot load the weights of model {str(name_or_path)!r}: {first} (a model folder needs its "
-                "config and its *.safetensors or *.bin weights, as save_pretrained writes them)"
-            ) from None
-        model.eval()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **shared)
-        except (OSError, ValueError) as err:
-            raise InputError(f"{name_or_path}: the model loaded but its tokenizer did not: {err}") from err
-        saved = ImpRAGConfig.load(path) if Path(path).is_dir() else None
-        n = model.config.num_hidden_layers
-        base = saved.split if saved else default_split or LayerSplit.default_for(n)
-        if b is not None and t is None and base.t < b:
-            base = LayerSplit(b=b, t=max(b, LayerSplit.default_for(n).t))
-        split = LayerSplit(b=base.b if b is None else b, t=base.t if t is None else t)
-        loaded = cls(
-            model,
-            tokenizer,
-            split,
-            embedding or (saved.embedding if saved else None),
-            reader or (saved.reader if saved else None),
-            passages or (saved.passages if saved else "shared"),
-        )
-        if saved is not None and saved.embedding.retrieval_key == "trained":
-            loaded._load_retrieval_key(Path(path))
-        loaded.source = str(name_or_path)
-        return loaded
+        from imprag.model.loading import load
 
-    @classmethod
-    def _from_adapter(
-        cls,
-        directory: Path,
-        b: int | None,
-        t: int | None,
-        dtype: DtypeLike,
-        embedding: EmbeddingConfig | None,
-        reader: ReaderConfig | None,
-        passages: str | None,
-        **hf_kwargs: Any,
-    ) -> ImpRAG:
-        try:
-            from peft import PeftModel
-        except ImportError as err:
-            raise InputError(
-                f"{directory} is a LoRA adapter; loading it needs peft (pip install peft)"
-            ) from err
-        base = json.loads((directory / "adapter_config.json").read_text(encoding="utf-8"))
-        base_name = base.get("base_model_name_or_path")
-        if not base_name:
-            raise InputError(f"{directory}/adapter_config.json names no base_model_name_or_path")
-        saved = ImpRAGConfig.load(directory)
-        passages = passages or (saved.passages if saved else "shared")
-        loaded = cls.from_pretrained(
-            base_name,
-            b=b if b is not None else saved and saved.split.b,
-            t=t if t is not None else saved and saved.split.t,
-            dtype=dtype,
-            embedding=embedding or (saved.embedding if saved else None),
-            reader=reader or (saved.reader if saved else None),
-            passages=passages,
-            **hf_kwargs,
-        )
-        target = loaded.model.dtype
-        if passages == "frozen":
-            # Not merged: passage passes switch the adapter off and run the base weights (model/adapters.py).
-            # peft's layers stay in place of the projections, so the backbone's loop runs them unchanged.
-            model = PeftModel.from_pretrained(loaded.model, directory).base_model.model
-        else:  # merged in fp32 and cast back, so a bf16 base is not rounded twice
-            model = PeftModel.from_pretrained(loaded.model.float(), directory).merge_and_unload().to(target)
-        result = cls(model.eval(), loaded.tokenizer, loaded.split, loaded.config.embedding,
-                     loaded.config.reader, passages)  # fmt: skip
-        if result.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
-            result._load_retrieval_key(directory)
-        result.source = str(directory)
-        return result
-
-    def _load_retrieval_key(self, directory: Path) -> None:
-        assert self.retrieval_key is not None
-        weight = load_retrieval_key(directory, tuple(self.retrieval_key.shape))
-        with torch.no_grad():
-            self.retrieval_key.copy_(weight)
+        return load(cls, name_or_path, b, t, dtype, embedding, reader, passages, **hf_kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save model, tokenizer and `imprag_config.json`; the folder loads in stock transformers too."""
@@ -728,16 +613,6 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
         if isinstance(candidate, int):
             return candidate
     return 0
-
-
-def _as_dtype(dtype: DtypeLike) -> torch.dtype:
-    """A name, a torch dtype, or "auto"/None: this CPU's fast dtype (imprag.hardware), since the weights load
-    onto the CPU and the commands run there; a caller that moves the model to a GPU resolves "auto" for it
-    (`hardware.auto_dtype("cuda")`, as `imprag train` does)."""
-    try:
-        return resolve_dtype(dtype, "cpu")
-    except ValueError as err:
-        raise InputError(str(err)) from None
 
 
 def _decode_config(cfg: DecodeConfig | None, kwargs: dict[str, Any]) -> DecodeConfig:
