@@ -74,16 +74,7 @@ def test_build_search_and_generate(model: ImpRAG, tmp_path: Path) -> None:
 
 def test_killed_build_resumes_and_equals_an_uninterrupted_one(model: ImpRAG, tmp_path: Path) -> None:
     reference = build_index(model, tmp_path / "ref", PASSAGES, small(), progress=False)
-    calls = {"n": 0}
-    real = model.embed_passages
-
-    def dies_on_third_shard(texts, batch_size=32):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # as if the process were killed mid-build
-        return real(texts, batch_size=batch_size)
-
-    model.embed_passages = dies_on_third_shard  # type: ignore[method-assign]
+    calls = _interrupt_on_call(model, 3)
     with pytest.raises(KeyboardInterrupt):
         build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
     with pytest.raises(InvalidIndexError, match="interrupted build"):
@@ -133,15 +124,7 @@ def test_overwrite_deletes_only_what_a_build_wrote(model: ImpRAG, tmp_path: Path
         build_index(model, app, PASSAGES, small(), overwrite=True, progress=False)
     assert sorted(p.name for p in app.rglob("*")) == ["keep.txt", "manifest.json", "shards"]
     real = model.embed_passages
-    calls = {"n": 0}
-
-    def dies_on_second_shard(texts, batch_size=32):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(texts, batch_size=batch_size)
-
-    model.embed_passages = dies_on_second_shard  # type: ignore[method-assign]
+    _interrupt_on_call(model, 2)
     with pytest.raises(KeyboardInterrupt):
         build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
     model.embed_passages = real  # type: ignore[method-assign]
@@ -317,7 +300,9 @@ def test_two_processes_build_the_same_index_as_one(model: ImpRAG, tmp_path: Path
     np.testing.assert_allclose(vectors_of(a), vectors_of(b), rtol=1e-5, atol=1e-6)
 
 
-def _interrupt_on_call(model: ImpRAG, call: int) -> None:
+def _interrupt_on_call(model: ImpRAG, call: int) -> dict[str, int]:
+    """Make the model's `call`-th embed_passages call raise KeyboardInterrupt (as if the process were killed
+    mid-build); returns the call counter, which a test may reset to count what a resumed build encodes."""
     real, calls = model.embed_passages, {"n": 0}
 
     def dies(texts, batch_size=32):
@@ -327,6 +312,7 @@ def _interrupt_on_call(model: ImpRAG, call: int) -> None:
         return real(texts, batch_size=batch_size)
 
     model.embed_passages = dies  # type: ignore[method-assign]
+    return calls
 
 
 def test_refresh_never_reuses_shards_of_another_model(model: ImpRAG, tokenizer, tmp_path: Path) -> None:
@@ -565,15 +551,8 @@ def test_overwrite_of_a_complete_index_keeps_it_whole_until_the_new_one_is_done(
     with pytest.raises(ValueError, match="line 4"):
         build_index(model, tmp_path / "idx", broken(), small(), overwrite=True, progress=False)
     unchanged()
-    real, calls = model.embed_passages, {"n": 0}
-
-    def dies_on_second_shard(texts, batch_size=32):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(texts, batch_size=batch_size)
-
-    model.embed_passages = dies_on_second_shard  # type: ignore[method-assign]
+    real = model.embed_passages
+    calls = _interrupt_on_call(model, 2)
     with pytest.raises(KeyboardInterrupt):
         build_index(model, tmp_path / "idx", PASSAGES[5:], small(), overwrite=True, progress=False)
     unchanged()
