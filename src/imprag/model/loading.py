@@ -6,6 +6,7 @@ key saved beside the weights."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,12 +129,17 @@ def _load_adapter(
         **hf_kwargs,
     )
     target = loaded.model.dtype
-    if passages == "frozen":
-        # Not merged: passage passes switch the adapter off and run the base weights (model/adapters.py).
-        # peft's layers stay in place of the projections, so the backbone's loop runs them unchanged.
-        model = PeftModel.from_pretrained(loaded.model, directory).base_model.model
-    else:  # merged in fp32 and cast back, so a bf16 base is not rounded twice
-        model = PeftModel.from_pretrained(loaded.model.float(), directory).merge_and_unload().to(target)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` while loading: a FutureWarning on
+        # every command that loads an adapter, about code that is not ours and changes nothing here.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if passages == "frozen":
+            # Not merged: passage passes switch the adapter off and run the base weights
+            # (model/adapters.py). peft's layers stay in place of the projections, so the backbone's loop
+            # runs them unchanged.
+            model = PeftModel.from_pretrained(loaded.model, directory).base_model.model
+        else:  # merged in fp32 and cast back, so a bf16 base is not rounded twice
+            model = PeftModel.from_pretrained(loaded.model.float(), directory).merge_and_unload().to(target)
     result = cls(model.eval(), loaded.tokenizer, loaded.split, loaded.config.embedding,
                  loaded.config.reader, passages)  # fmt: skip
     if result.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
