@@ -175,9 +175,9 @@ def test_load_missing_dir_says_how_to_build(tmp_path) -> None:
         Benchmark.load(missing)
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"seed": 0}', "[1, 2]"])
-def test_load_damaged_manifest(tmp_path, text: str) -> None:
-    (tmp_path / "benchmark.json").write_text(text)
+@pytest.mark.parametrize("text", ["{not json", '{"seed": 0}', "[1, 2]", b"\x80\x81 random bytes"])
+def test_load_damaged_manifest(tmp_path, text: str | bytes) -> None:
+    (tmp_path / "benchmark.json").write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(BenchmarkError, match="is damaged"):
         Benchmark.load(tmp_path)
 

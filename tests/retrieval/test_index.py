@@ -250,6 +250,16 @@ def test_untrainable_factory_is_explained(model: ImpRAG, tmp_path: Path) -> None
         build_index(model, tmp_path / "idx", PASSAGES, small(factory="IVF64,PQ4"), progress=False)
 
 
+def test_a_factory_faiss_cannot_build_is_refused_before_any_work(model: ImpRAG, tmp_path: Path) -> None:
+    """FAISS builds the factory only after every shard is encoded; a typo used to surface there, hours in,
+    as a C++ RuntimeError. It is checked first, with FAISS's own reason in one line."""
+    with pytest.raises(InvalidIndexError, match=r"'Bogus99' for 32-d vectors \(could not parse index string"):
+        build_index(model, tmp_path / "idx", PASSAGES, small(factory="Bogus99"), progress=False)
+    with pytest.raises(InvalidIndexError, match=r"'PQ5'.*should be a multiple of the number of subquantizers"):
+        build_index(model, tmp_path / "idx", PASSAGES, small(factory="PQ5"), progress=False)
+    assert not (tmp_path / "idx").exists()
+
+
 def test_bad_directories(model: ImpRAG, tmp_path: Path) -> None:
     with pytest.raises(InvalidIndexError, match="no such index directory"):
         PassageIndex.load(tmp_path / "missing")

@@ -82,8 +82,8 @@ class Benchmark:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
             manifest["counts"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise BenchmarkError(f"{path} is damaged ({e}); rebuild with `imprag data build`") from e
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise BenchmarkError(f"{path} is damaged ({e}); rebuild with `imprag data build`") from None
         return cls(directory, manifest)
 
     @property

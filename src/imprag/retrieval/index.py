@@ -391,6 +391,7 @@ def build_index(
     turns out to be unreadable, or a build that dies, costs the old index nothing.
     """
     out, cfg, dist = Path(out), config or IndexConfig(), dist or Dist()
+    check_factory(cfg.factory, model.index_dim)  # before any work: the factory is built only at the end
     if isinstance(corpus, (str, Path)):
         check_corpus(corpus)  # before `out` is created or touched
     settings = {
@@ -679,6 +680,19 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
 
 def _shard_size(settings: dict[str, Any]) -> int | None:
     return (settings.get("index") or {}).get("shard_size")
+
+
+def check_factory(factory: str, dim: int) -> None:
+    """Refuse (InvalidIndexError) a FAISS factory string FAISS cannot build for `dim`-d vectors."""
+    try:
+        faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        found = re.search(r"\.cpp:\d+: (.*)", str(err))  # FAISS's reason, after its C++ source location
+        reason = (found.group(1) if found else str(err)).strip().splitlines()[0]
+        raise InvalidIndexError(
+            f"FAISS cannot build the index factory {factory!r} for {dim}-d vectors ({reason}); use one "
+            "such as 'Flat', 'IVF1024,PQ32' or 'HNSW32'"
+        ) from None
 
 
 def _assemble(

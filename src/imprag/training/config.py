@@ -367,8 +367,11 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] | Non
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except OSError as err:
             raise ConfigError(f"cannot read the training config {path}: {err.strerror}") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        except yaml.YAMLError as err:  # its message spans lines (a caret under the spot): one line here
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (model, data, objective, ...)")
     for item in overrides or []:
