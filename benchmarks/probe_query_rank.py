@@ -21,6 +21,10 @@ index's), and `--train-tasks describe describe,about,sentence` trains one map pe
 split over the whole corpus: a map trained on seen formats, read on unseen ones, says how far the query
 side generalises.
 
+`--key-map` trains the passage side too, as `model.retrieval_key=trained` does: layer b's key projection
+(starting at the base weights) over the base model's frozen mean-pooled layer-b passage inputs f_p, scored as
+(W x + bias) . W_ret f_p; each setting is then trained twice, with the frozen E_p and with W_ret.
+
 Run:  .venv/bin/python benchmarks/probe_query_rank.py --index INDEX [--steps 300] [--ranks 8,64,full] \
           [--labels RUN/pseudo-labels/minilm-HASH/describe-train.jsonl] [--pooling mean,last] \
           [--train-tasks describe describe,about,sentence] [--dev-tasks describe,slot-filling,...] [--out F]
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,6 +71,9 @@ def main() -> None:
     parser.add_argument(
         "--dev-tasks", default="describe", help="comma-separated tasks whose dev recall is measured"
     )
+    parser.add_argument(
+        "--key-map", action="store_true", help="also train W_ret over the frozen layer-b passage inputs"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,6 +88,15 @@ def main() -> None:
     bench, store = Benchmark.load(args.data), index.store
     hf, b = model.model, model.split.b
     layer = hf.model.layers[b]
+    f_p = None
+    if args.key_map:  # before the layers above b are cut off: the base model's f_p of every passage
+        sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+        from probe_passage_space import passage_features
+
+        f_p = passage_features(model, [p.content for p in store.get(rows.tolist())])
+        w_k = layer.self_attn.k_proj.weight.detach().float()
+        check = torch.nn.functional.cosine_similarity(f_p @ w_k.T, e_p.float(), dim=1).min()
+        print(f"W_k f_p against the index's E_p: cosine min {check:.4f}")
     hf.model.layers = hf.model.layers[: b + 1]  # nothing above layer b is needed
     tokenizer = model.tokenizer
     tokenizer.padding_side = "right"
@@ -109,8 +126,9 @@ def main() -> None:
     head_dim = w_q.shape[0] // heads
     base = w_q.view(groups, heads // groups, head_dim, -1).mean(1).reshape(groups * head_dim, -1)
 
-    def recall(pooling: str, w: torch.Tensor, bias: torch.Tensor) -> dict[str, float]:
-        return recall_at_10({t: x[pooling] @ w.T + bias for t, x in x_dev.items()}, gold_dev, e_p)
+    def recall(pooling: str, w: torch.Tensor, bias: torch.Tensor, passages=None) -> dict[str, float]:
+        mapped = {t: x[pooling] @ w.T + bias for t, x in x_dev.items()}
+        return recall_at_10(mapped, gold_dev, e_p if passages is None else passages)
 
     result = {
         "machine": describe_machine(),
@@ -142,10 +160,11 @@ def main() -> None:
             for labels_name in positives_of:
                 chosen = positives_of[labels_name]
                 settings += [
-                    (pooling, tasks, x_train[pooling], gold_train, chosen, labels_name, r, center)
+                    (pooling, tasks, x_train[pooling], gold_train, chosen, labels_name, r, center, keyed)
                     for r in args.ranks.split(",")
+                    for keyed in ([False, True] if args.key_map else [False])
                 ]
-    for pooling, tasks, x_train, gold_train, positives, labels_name, rank, center in settings:
+    for pooling, tasks, x_train, gold_train, positives, labels_name, rank, center, keyed in settings:
         if rank == "full":
             params = [torch.zeros_like(base, requires_grad=True)]
         else:
@@ -158,18 +177,20 @@ def main() -> None:
             return base + (params[0] if len(params) == 1 else params[0] @ params[1])
 
         bias = center.clone().requires_grad_()
-        optimizer = torch.optim.Adam([*params, bias], lr=3e-3)
-        name = f"{pooling}/{tasks}/{labels_name}/{rank}"
+        key = w_k.clone().requires_grad_() if keyed else None
+        optimizer = torch.optim.Adam([*params, bias] + ([key] if keyed else []), lr=3e-3)
+        name = f"{pooling}/{tasks}/{labels_name}/{rank}" + ("/W_ret" if keyed else "")
         curve = []
         for step in range(args.steps + 1):
+            passages = e_p if key is None else f_p @ key.T
             if step % 100 == 0:
                 with torch.no_grad():
-                    curve.append({"step": step, "recall": recall(pooling, weight(), bias)})
+                    curve.append({"step": step, "recall": recall(pooling, weight(), bias, passages)})
                 print(f"{name}: step {step} dev recall@10 {curve[-1]['recall']}", flush=True)
             if step == args.steps:
                 break
             pick = torch.randint(0, len(x_train), (64,)).tolist()
-            scores = (x_train[pick] @ weight().T + bias) @ e_p.T
+            scores = (x_train[pick] @ weight().T + bias) @ passages.T
             is_positive = torch.zeros_like(scores, dtype=torch.bool)
             gold = torch.zeros_like(scores, dtype=torch.bool)
             for i, j in enumerate(pick):
