@@ -55,10 +55,15 @@ def load_model(args: argparse.Namespace, manifest: dict | None = None):
     model = ImpRAG.from_pretrained(name or "smollm2-135m", b=b, t=t, dtype=args.dtype)
     if built is not None and isinstance(built.get("embedding"), dict):
         # The index's E_p settings (say `imprag index --pooling mean` over a base model) come back with it.
-        embedding = replace(model.config.embedding, **built["embedding"])
-        passages = "frozen" if embedding.retrieval_key == "trained" else model.config.passages
-        model.config = replace(model.config, embedding=embedding, passages=passages)
+        set_embedding(model, replace(model.config.embedding, **built["embedding"]))
     return model
+
+
+def set_embedding(model, embedding) -> None:
+    """Give `model` these E_q/E_p settings; a trained retrieval key maps frozen base inputs, so it comes
+    with passages='frozen'."""
+    passages = "frozen" if embedding.retrieval_key == "trained" else model.config.passages
+    model.config = replace(model.config, embedding=embedding, passages=passages)
 
 
 def open_index(directory: str, args: argparse.Namespace, writable: bool = False):

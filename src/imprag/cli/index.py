@@ -10,6 +10,7 @@ from imprag.cli._common import (
     add_model_args,
     load_model,
     open_index,
+    set_embedding,
 )
 
 
@@ -44,10 +45,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     model = load_model(args)
     if args.pooling or args.retrieval_key:  # the base's E_p (or layer-b inputs) as frozen runs train on
         own = model.config.embedding
-        embedding = replace(own, pooling=args.pooling or own.pooling,
-                            retrieval_key=args.retrieval_key or own.retrieval_key)  # fmt: skip
-        passages = "frozen" if embedding.retrieval_key == "trained" else model.config.passages
-        model.config = replace(model.config, embedding=embedding, passages=passages)
+        set_embedding(model, replace(own, pooling=args.pooling or own.pooling,
+                                     retrieval_key=args.retrieval_key or own.retrieval_key))  # fmt: skip
     corpus = None if args.refresh else args.corpus
     index = build_index(
         model, args.out, corpus, config, options, args.overwrite, progress=not args.no_progress, dist=dist

@@ -91,8 +91,8 @@ def load(
         reader or (saved.reader if saved else None),
         passages or (saved.passages if saved else "shared"),
     )
-    if saved is not None and saved.embedding.retrieval_key == "trained":
-        _load_retrieval_key(loaded, Path(path))
+    if loaded.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
+        load_retrieval_key(Path(path), loaded.retrieval_key)
     loaded.source = str(name_or_path)
     return loaded
 
@@ -143,16 +143,9 @@ def _load_adapter(
     result = cls(model.eval(), loaded.tokenizer, loaded.split, loaded.config.embedding,
                  loaded.config.reader, passages)  # fmt: skip
     if result.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
-        _load_retrieval_key(result, directory)
+        load_retrieval_key(directory, result.retrieval_key)
     result.source = str(directory)
     return result
-
-
-def _load_retrieval_key(model: ImpRAG, directory: Path) -> None:
-    assert model.retrieval_key is not None
-    weight = load_retrieval_key(directory, tuple(model.retrieval_key.shape))
-    with torch.no_grad():
-        model.retrieval_key.copy_(weight)
 
 
 def _as_dtype(dtype: DtypeLike) -> torch.dtype:

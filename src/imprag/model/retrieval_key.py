@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from imprag.model.embeddings import pool
 from imprag.model.reader import InputError
 
 __all__ = ["RETRIEVAL_KEY_FILE", "base_key_weight", "key_inputs", "load_retrieval_key", "save_retrieval_key"]
@@ -30,9 +31,8 @@ def base_key_weight(k_proj: nn.Module) -> Tensor:
 
 def key_inputs(x: Tensor, valid: Tensor) -> Tensor:
     """f (B, hidden): the mean over valid tokens (B, T) of layer b's normalised attention input x
-    (B, T, hidden), in fp32."""
-    weights = valid.to(torch.float32)[..., None]
-    return (x.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    (B, T, hidden), in fp32 (`pool`'s mean, over one head of width hidden)."""
+    return pool(x.float()[:, None], valid, "mean")
 
 
 def save_retrieval_key(weight: Tensor, directory: str | Path) -> Path:
@@ -43,8 +43,9 @@ def save_retrieval_key(weight: Tensor, directory: str | Path) -> Path:
     return path
 
 
-def load_retrieval_key(directory: str | Path, shape: tuple[int, int]) -> Tensor:
-    """W_ret saved in `directory`; a missing, unreadable or misshapen file is a one-line InputError."""
+def load_retrieval_key(directory: str | Path, key: nn.Parameter) -> None:
+    """Copy the W_ret saved in `directory` into `key`; a missing, unreadable or misshapen file is a
+    one-line InputError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -58,7 +59,8 @@ def load_retrieval_key(directory: str | Path, shape: tuple[int, int]) -> Tensor:
         weight = load_file(path).get("weight")
     except (SafetensorError, OSError) as err:
         raise InputError(f"{path} is not a readable safetensors file ({err}); copy it again") from None
-    if weight is None or tuple(weight.shape) != tuple(shape):
+    if weight is None or weight.shape != key.shape:
         found = None if weight is None else tuple(weight.shape)
-        raise InputError(f"{path} holds a weight of shape {found}, this model needs {tuple(shape)}")
-    return weight.float()
+        raise InputError(f"{path} holds a weight of shape {found}, this model needs {tuple(key.shape)}")
+    with torch.no_grad():
+        key.copy_(weight)

@@ -432,9 +432,10 @@ def _rebuild_aside(
                 error = err
         if dist.broadcast_error(error is not None):
             raise error or InvalidIndexError("rank 0 could not prepare the rebuild (see its error)")
-        with contextlib.ExitStack() as inner:
-            options = corpus_options
-            built = _build(model, staging, corpus, cfg, options, False, progress, dist, settings, inner)
+        with contextlib.ExitStack() as inner:  # _build locks the staging folder too, until it is done
+            built = _build(
+                model, staging, corpus, cfg, corpus_options, False, progress, dist, settings, inner
+            )
         if not dist.is_main:
             return None
         assert built is not None

@@ -227,8 +227,7 @@ def restore_checkpoint(path: Path, model: ImpRAG) -> dict[str, Any]:
             for name, p in trainable.items():
                 p.copy_(saved[name])
     if model.retrieval_key is not None:
-        with torch.no_grad():
-            model.retrieval_key.copy_(load_retrieval_key(path, tuple(model.retrieval_key.shape)))
+        load_retrieval_key(path, model.retrieval_key)
     return load_trainer_state(path)
 
 

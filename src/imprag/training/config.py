@@ -298,13 +298,13 @@ class TrainConfig:
             (self.model.pooling in (None, "last", "mean"), "model.pooling must be last or mean"),
             (self.model.query_pooling in (None, "last", "mean"), "model.query_pooling must be last or mean"),
             (self.model.center_prompts >= 1, "model.center_prompts must be >= 1"),
+            (self.model.retrieval_key in ("base", "trained"), "model.retrieval_key must be base or trained"),
             (
-                self.model.retrieval_key == "base"
+                self.model.retrieval_key != "trained"
                 or (self.model.passages == "frozen" and self.model.pooling == "mean"),
                 "model.retrieval_key=trained maps the base model's frozen mean-pooled layer-b inputs: it "
                 "needs model.passages=frozen and model.pooling=mean",
             ),
-            (self.model.retrieval_key in ("base", "trained"), "model.retrieval_key must be base or trained"),
             (
                 o.system != "retriever"
                 or (d.mix[1] == 0 and d.mix[2] == 0 and o.warmup_epochs == opt.epochs),
