@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import json
+import random
 import re
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from imprag.data.build import build_items
 from imprag.data.builders import sentences
 from imprag.evaluation import metrics
 from imprag.evaluation.metrics import answer_in_text, normalize_answer
-from imprag.retrieval.corpus import CorpusError, read_corpus
+from imprag.retrieval.corpus import CorpusError, Passage, read_corpus
 
 UNSEEN = ["slot-filling", "fact-check", "entity-linking"]
 NO_RETRIEVAL = ["denoise", "sentence", "reading", "verify", "title"]
@@ -40,16 +41,16 @@ NO_RETRIEVAL = ["denoise", "sentence", "reading", "verify", "title"]
 
 def test_registry_formats() -> None:
     assert list(TASKS) == [
-        "describe", "about", "yesno", "fanoutqa", "trivia", "slot-filling", "fact-check",
+        "describe", "about", "yesno", "span-qa", "fanoutqa", "trivia", "slot-filling", "fact-check",
         "entity-linking", "denoise", "sentence", "reading", "verify", "title",
     ]  # fmt: skip
-    assert tasks_of("seen") == ["describe", "about", "yesno", "fanoutqa", "trivia"]
+    assert tasks_of("seen") == ["describe", "about", "yesno", "span-qa", "fanoutqa", "trivia"]
     assert tasks_of("unseen") == UNSEEN
     assert tasks_of("no-retrieval") == NO_RETRIEVAL
     assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == {"fact-check", "verify", "yesno"}
     # answer-string recall is meaningless for True/False answers and for tasks that read no passages
     assert {n for n, t in TASKS.items() if t.answer_recall} == {
-        "describe", "about", "fanoutqa", "trivia", "slot-filling", "entity-linking",
+        "describe", "about", "span-qa", "fanoutqa", "trivia", "slot-filling", "entity-linking",
     }  # fmt: skip
     assert all(get_task(name).name == name for name in TASKS)
 
@@ -59,7 +60,7 @@ def test_get_task_unknown_lists_known() -> None:
         get_task("qa")
     message = str(info.value)
     assert "unknown task 'qa'" in message
-    known = "known tasks: describe, about, yesno, fanoutqa, trivia, slot-filling, fact-check,"
+    known = "known tasks: describe, about, yesno, span-qa, fanoutqa, trivia, slot-filling, fact-check,"
     assert known in message
 
 
@@ -496,6 +497,85 @@ def test_yesno_never_uses_the_fact_check_template() -> None:
     ours, theirs = get_task("yesno").template, get_task("fact-check").template
     assert ours == "Q: {question} A:"
     assert theirs.split("{statement}")[0].strip() not in ours
+
+
+def _article(title: str, text: str) -> Passage:
+    return Passage(title, title, text, {})
+
+
+JAWS = "Jaws is a 1975 American thriller film directed by Steven Spielberg. It is based on a novel."
+GRAPES = "The Grapes of Wrath is a novel written by John Steinbeck. It was first published in 1939."
+
+
+@pytest.mark.parametrize(
+    "title, text, question, answer",
+    [
+        ("Jaws (film)", JAWS, "Who directed Jaws?", "Steven Spielberg"),
+        ("The Grapes of Wrath", GRAPES, "Who wrote The Grapes of Wrath?", "John Steinbeck"),
+        ("The Grapes of Wrath", GRAPES, "When was The Grapes of Wrath published?", "1939"),
+        ("Walmart", "Walmart is a retailer. The company was founded in 1962 in Arkansas.",
+         "When was Walmart founded?", "1962"),
+        ("Angkor", "Angkor is a site. It was constructed between 1113 and 1150.", "When was Angkor built?",
+         "1113"),
+        ("Angkor Wat", "Angkor Wat is a temple. It was completed on 24 March 1113 AD.",
+         "When was Angkor Wat completed?", "1113"),
+        ("Angkor Wat", "Angkor Wat is a temple. It was built in the early 12th century.",
+         "When was Angkor Wat built?", None),
+        ("Quito", "Quito is the capital of Ecuador, with a population of 2.8 million.",
+         "What is the population of Quito?", "2.8 million"),
+        ("Accra", "Accra is a city with a population of 284,124, growing fast.",
+         "What is the population of Accra?", "284,124"),
+        ("Bactrian camel", "The wild Bactrian camel has a population of about 950.",
+         "What is the population of Bactrian camel?", None),
+        ("Mindanao", "Mindanao is the second-largest island in the Philippines.",
+         "Where is Mindanao located?", "Philippines"),
+        ("Madurai", "Madurai is a major city in the Indian state of Tamil Nadu.", "Where is Madurai located?",
+         None),
+        ("Atlantis", "Atlantis is a fictional island told of in Plato's works.", "Where is Atlantis located?",
+         None),
+        ("Lithuania", "Lithuania is a country in Europe. Its capital and largest city is Vilnius.",
+         "What is the capital of Lithuania?", "Vilnius"),
+    ],
+)  # fmt: skip
+def test_span_qa_reads_who_when_where_from_one_sentence(
+    title: str, text: str, question: str, answer: str | None
+) -> None:
+    """Each pattern, hand-written: the question names the article, the answer is the span the sentence
+    gives, and a date gives its year. No question (answer None) from a century, a bare number that is not a
+    count, a place adjective ("the Indian state of") or a possessive ("Plato's"). At most one question of a
+    kind per article; every answer occurs in the text."""
+    made = [c for c in builders._span_qa([_article(title, text)], random.Random(0)) if c is not None]
+    asked = {c.fields["question"]: c.answers[0] for c in made}
+    assert len(asked) == len(made)
+    assert asked.get(question) == answer, asked
+    for c in made:
+        assert c.task == "span-qa" and c.evidence == [title] and answer_in_text(c.answers[0], text)
+
+
+def test_span_qa_relation_questions_name_only_free_articles() -> None:
+    """ "<title> is the <relation> of <object>" asks for the title by its object, but only when the object
+    is itself an article the builder was given (free): a question that names a held-out article would teach
+    its facts (a country's capital is a slot-filling answer)."""
+    zagreb = _article("Zagreb", "Zagreb is the capital and largest city of Croatia. It lies on the Sava.")
+    croatia = _article("Croatia", "Croatia is a country in Europe. Its capital is Zagreb.")
+    with_croatia = builders._span_qa([zagreb, croatia], random.Random(0))
+    assert ("What is the capital and largest city of Croatia?", ["Zagreb"], ["Zagreb"]) in [
+        (c.fields["question"], c.answers, c.evidence) for c in with_croatia if c
+    ]
+    alone = builders._span_qa([zagreb], random.Random(0))
+    assert [c.fields["question"] for c in alone if c and "Croatia" in c.fields["question"]] == []
+
+
+def test_span_qa_is_a_train_only_retrieval_task(all_items: dict[str, list[Item]], corpus: dict) -> None:
+    """The real build: hundreds of questions of every kind, answers that occur in the gold article, in
+    the seen template, never about a dev/test article (held out like every training task)."""
+    items = all_items["span-qa"]
+    assert len(items) > 400 and {it.split for it in items} == {"train"}
+    kinds = collections.Counter(it.fields["question"].split()[0] for it in items)
+    assert kinds["What"] > 100 and kinds["Who"] > 20 and kinds["When"] > 20 and kinds["Where"] > 50, kinds
+    for it in items:
+        assert it.prompt == f"Q: {it.fields['question']} A:"
+        assert answer_in_text(it.answers[0], corpus[it.evidence[0]].content), it.id
 
 
 def test_title_blanks_every_mention_of_the_title(all_items: dict[str, list[Item]], corpus: dict) -> None:

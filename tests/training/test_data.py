@@ -20,6 +20,7 @@ from imprag.training.data import (
     answer_text,
     evaluated_rows,
     load_training_data,
+    readers_first,
 )
 from imprag.training.targets import PseudoLabel
 
@@ -156,9 +157,20 @@ def test_retrieval_example_maps_pseudo_labels_to_store_rows(store) -> None:
     label = PseudoLabel("describe/0", ["p3", "p4"], ["p20"])
     example = _retrieval_example(item(["p3", "gone"]), label, store)
     assert example == Example(
-        "describe/0", "retrieval", "Q: what is p3? A:", " thing 3\n", (3, 4), (20,), (3,)
+        "describe/0", "retrieval", "Q: what is p3? A:", " thing 3\n", (3, 4), (20,), (3,), task="describe"
     )
     assert example.candidates == (3, 4, 20)
+
+
+def test_readers_first_takes_the_read_tasks_in_turn_then_the_rest() -> None:
+    tasks = ["x", "b", "a", "b", "b", "x", "a"]
+    batch = [Example(f"{t}{i}", "retrieval", "Q", " A\n", task=t) for i, t in enumerate(tasks)]
+    ids = lambda order: [e.id for e in order]  # noqa: E731
+    assert ids(readers_first(batch, [])) == ids(batch)
+    assert ids(readers_first(batch, ["a", "b"])) == ["a2", "b1", "a6", "b3", "b4", "x0", "x5"]
+    assert ids(readers_first(batch, ["b"])) == ["b1", "b3", "b4", "x0", "a2", "x5", "a6"]
+    assert ids(readers_first(batch, ["gone", "a"])) == ["a2", "a6", "x0", "b1", "b3", "b4", "x5"]
+    assert sorted(ids(readers_first(batch, ["x", "a", "b"]))) == sorted(ids(batch))  # a permutation
 
 
 @pytest.mark.parametrize("where", ["positives", "negatives"])

@@ -5,6 +5,8 @@ passages pasted; and the warmup NCE never using an item's gold article as its ne
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -12,6 +14,7 @@ from synthetic import passage_store
 from torch.testing import assert_close
 
 from imprag import ImpRAG, LayerSplit
+from imprag.config import ConfigError
 from imprag.evaluation.systems import paste_passages
 from imprag.model.generation import RetrievedPassage
 from imprag.retrieval.store import PassageStore
@@ -142,6 +145,29 @@ def test_the_generator_reads_the_retrievers_top_read_k_own_candidates(
     # read_k, its top read_k in another order
     for other in (positives, [row[-READ_K:] for row in ranked], [row[::-1] for row in top]):
         assert abs(hand_j_gen(model, batch, other).item() - want.item()) > 1e-3
+
+
+def test_read_tasks_choose_which_queries_the_generator_learns_to_answer(tokenizer, store, tmp_path) -> None:
+    """With optim.batch_size=2, the generator reads for two of the four queries: the batch's first two by
+    default, the first two of data.read_tasks' items when set (round robin over the tasks), whatever their
+    place in the batch. Each J_gen is recomputed by hand over the readers' own top read_k."""
+    tasks = ["a", "a", "b", "c"]
+    batch = [replace(e, task=task) for e, task in zip(batch_of([()] * 4), tasks, strict=True)]
+    common = ("objective.ret_weight=0.0", "optim.batch_size=2", "data.retrieval_tasks=[a, b, c]")
+    wants = {}
+    for read_tasks, readers in (("[]", [0, 1]), ("[c]", [3, 0]), ("[b, a]", [2, 0]), ("[c, b]", [3, 2])):
+        t = trainer(tokenizer, store, tmp_path, *common, f"data.read_tasks={read_tasks}")
+        top = [row[:READ_K] for row in hand_ranking(t.model, batch)]
+        loss, _ = t._retrieval(batch, 0, "warmup")
+        want = hand_j_gen(t.model, [batch[i] for i in readers], [top[i] for i in readers])
+        assert_close(loss.detach(), want, atol=1e-5, rtol=1e-5)
+        wants[read_tasks] = want.item()
+    assert len({round(w, 3) for w in wants.values()}) == 4  # each choice of readers is a different loss
+
+
+def test_read_tasks_must_be_retrieval_tasks() -> None:
+    with pytest.raises(ConfigError, match=r"data.read_tasks \['span-qa'\] are not in data.retrieval_tasks"):
+        config("data.retrieval_tasks=[describe]", "data.read_tasks=[span-qa, describe]")
 
 
 def test_with_read_positives_the_generator_reads_the_teachers_top_read_k(tokenizer, store, tmp_path) -> None:

@@ -491,6 +491,102 @@ def _about(p: Passage, rng: random.Random) -> Candidate | None:
     return Candidate("about", p.id, {"question": question}, [desc], [p.id], base, p.id, [base])
 
 
+_MONTH = "January|February|March|April|May|June|July|August|September|October|November|December"
+_NAME = (
+    r"(?P<a>(?:[A-Z]\.\s?){0,3}[A-Z][\w'’\-]+"
+    r"(?:\s(?:(?:de|da|di|van|von|der|del|la|le|al|bin|ibn)\s)?(?:[A-Z]\.\s?)*[A-Z][\w'’\-]+){0,4})"
+)
+"""A proper name: up to five capitalised words (initials and name particles allowed)."""
+_YEAR = (
+    rf"(?:(?:\d{{1,2}}\s)?(?:{_MONTH})\s(?:\d{{1,2}},\s)?)?"
+    r"(?P<a>\d{3,4})(?:\s(?:BC|BCE|AD|CE))?\b(?![\d,.]\d)"
+)
+"""A year (a full date is allowed before it; the answer is the year)."""
+_COUNT = r"(?P<a>\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?\s(?:million|billion))"
+_PLACE_NOUN = "city|town|river|country|state|region|province|island|lake|mountain|port|capital"
+_ADJECTIVE_OF = "state|province|region|city|part|coast|capital|district"
+"""Words after a place's adjective ("in the Indian state of"): the name before them is not the answer."""
+_SPAN_QUESTIONS = [
+    (q, re.compile(pattern))
+    for q, pattern in [
+        ("Who directed {e}?", rf"\bdirected by {_NAME}"),
+        ("Who wrote {e}?", rf"\bwritten by {_NAME}"),
+        ("Who composed {e}?", rf"\bcomposed by {_NAME}"),
+        ("Who founded {e}?", rf"\bfounded by {_NAME}"),
+        ("Who designed {e}?", rf"\bdesigned by {_NAME}"),
+        ("Who painted {e}?", rf"\bpainted by {_NAME}"),
+        ("Who discovered {e}?", rf"\bdiscovered by {_NAME}"),
+        ("Who invented {e}?", rf"\binvented by {_NAME}"),
+        (
+            "What is the capital of {e}?",
+            rf"\b[Ii]ts capital(?: and (?:largest|most populous) city)? is {_NAME}",
+        ),
+        ("When was {e} founded?", rf"\b(?:was|were) founded (?:in|on) {_YEAR}"),
+        ("When was {e} established?", rf"\b(?:was|were) established (?:in|on) {_YEAR}"),
+        ("When was {e} built?", rf"\b(?:was|were) (?:built|constructed) (?:in|between|from|around) {_YEAR}"),
+        ("When was {e} completed?", rf"\b(?:was|were) completed (?:in|on) {_YEAR}"),
+        ("When was {e} published?", rf"\b(?:was|were) (?:first )?published (?:in|on) {_YEAR}"),
+        ("When was {e} released?", rf"\b(?:was|were) released (?:in|on) {_YEAR}"),
+        ("When was {e} discovered?", rf"\b(?:was|were) discovered (?:in|on) {_YEAR}"),
+        ("When did {e} begin?", rf"\bbegan (?:in|on) {_YEAR}"),
+        ("When did {e} end?", rf"\bended (?:in|on) {_YEAR}"),
+        (
+            "What is the population of {e}?",
+            rf"\bpopulation of (?:about |approximately |around |over |more than |nearly |some )?{_COUNT}",
+        ),
+        (
+            "Where is {e} located?",
+            rf"^[^,]*? (?:is|are) (?:a|an|the) (?:[\w\-]+ ){{0,4}}(?:{_PLACE_NOUN})[\w ]{{0,20}}? "
+            rf"(?:located )?in (?:the )?{_NAME}\b(?!\s(?:{_ADJECTIVE_OF}))",
+        ),
+    ]
+]
+"""Questions that name an article, and where in one of its sentences the answer span stands."""
+_RELATION = re.compile(
+    rf"^(?P<s>[^,;]+?)(?: \([^)]*\))?,? (?P<v>is|was) the (?P<r>(?:[a-z\-]+ ){{0,3}}[a-z\-]+) (?P<p>of|in) "
+    rf"(?:the )?{_NAME}"
+)
+"""An opening sentence "<title> is the <relation> of <object>": the article answers "What is the <relation>
+of <object>?"."""
+
+
+def _span_qa(passages: list[Passage], rng: random.Random) -> list[Candidate | None]:
+    """Wh-questions answered by a short span of a named article: who directed/wrote/founded, when it was
+    founded/built/published, its population, capital, where it lies (`_SPAN_QUESTIONS`, at most one
+    question of each kind per article); and, from an opening sentence "<title> is the <relation> of
+    <object>", "What is the <relation> of <object>?" answered by the article's title. A retrieval training
+    task in the seen format whose answers are names, years and numbers read from the gold article: every
+    other training answer is a title, a description, a verdict or a copied phrase, and a reader trained on
+    those alone answers "What is the capital of X?" with a description of the article it found. The object
+    of a relation question must itself be a free article, so no question names an article a dev/test item
+    is about (whose facts, like a country's capital, are test answers)."""
+    free = {_base(p.title) for p in passages}
+    out: list[Candidate | None] = []
+    for p in passages:
+        base = _base(p.title)
+        if not base:
+            continue
+        sents = sentences(p.text)
+        for template, pattern in _SPAN_QUESTIONS:
+            match = next((m for s in sents if (m := pattern.search(s))), None)
+            answer = match["a"].strip(" .,'’") if match else ""
+            if not answer or answer.endswith(("'s", "’s")):
+                continue
+            if normalize_answer(answer) in normalize_answer(base):
+                continue
+            question = template.format(e=base)
+            out.append(Candidate("span-qa", f"{p.id}/{question}", {"question": question}, [answer], [p.id],
+                                 base, p.id))  # fmt: skip
+        match = _RELATION.search(sents[0]) if sents else None
+        if match and match["s"].strip() in (base, p.title):
+            obj = match["a"].strip(" .,'’")
+            if obj in free and obj != base:
+                question = f"What {match['v']} the {match['r']} {match['p']} {obj}?"
+                out.append(Candidate("span-qa", f"{p.id}/{question}", {"question": question}, [base], [p.id],
+                                     question, p.id))  # fmt: skip
+    return out
+
+
 def _title(p: Passage, rng: random.Random) -> Candidate | None:
     """The article's title from its text, with every mention of the title blanked out ("___"): a title
     answer, the answer type of entity linking, in a template unlike it."""
@@ -533,7 +629,8 @@ TRAIN_BUILDERS = {
     "title": _each(_title),
     "about": _each(_about),
     "yesno": _yesno,
+    "span-qa": _span_qa,
 }
 """Training-only tasks: task -> builder(free articles, rng) -> a candidate or None per article, built from
 the articles no dev/test item uses (false claims draw only on those, too). All are retrieval-free
-(instruction) tasks but `about` and `yesno`, seen-format QA tasks trained with retrieval."""
+(instruction) tasks but `about`, `yesno` and `span-qa`, seen-format QA tasks trained with retrieval."""

@@ -82,6 +82,13 @@ class DataConfig:
     """Tasks trained with retrieval (their train split) [P: NQ, HotpotQA]."""
     instruction_tasks: tuple[str, ...] = ("denoise", "sentence", "reading")
     """Tasks trained without passages [P: instruction tuning + the two synthetic tasks]."""
+    read_tasks: tuple[str, ...] = ()
+    """Retrieval tasks the generator learns to answer from in retrieval steps, taken in turn [D]: the
+    first optim.batch_size queries of each retrieval step also learn J_gen, reading what the retriever
+    finds; with this set they are drawn round-robin from these tasks' items in the step's batch (then the
+    rest), so a small task with the answers the reader needs (names, years: `span-qa`) is read as often as
+    a large one. Empty: the batch's first queries, whatever their task (each task in proportion to its
+    size)."""
     cap: int = 5000
     """At most this many train items per task [P: 5k each]; 0: all of them."""
     mix: tuple[float, float, float] = (0.5, 0.4, 0.1)
@@ -241,6 +248,11 @@ class TrainConfig:
             (
                 len(d.mix) == 3 and min(d.mix) >= 0 and sum(d.mix) > 0,
                 "data.mix needs 3 shares >= 0, not all 0",
+            ),
+            (
+                set(d.read_tasks) <= set(d.retrieval_tasks),
+                f"data.read_tasks {sorted(set(d.read_tasks) - set(d.retrieval_tasks))} are not in "
+                "data.retrieval_tasks: the generator reads only in retrieval steps",
             ),
             (d.positives >= 1, "data.positives must be >= 1"),
             (d.hard_negatives >= 0 and d.random_negatives >= 0, "data negatives must be >= 0"),

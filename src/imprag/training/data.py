@@ -30,7 +30,15 @@ from imprag.retrieval.store import PassageStore
 from imprag.training.config import DataConfig
 from imprag.training.targets import PseudoLabel, PseudoLabelConfig, cached_pseudo_labels
 
-__all__ = ["KINDS", "Example", "TrainingData", "TrainingDataError", "load_training_data", "spread"]
+__all__ = [
+    "KINDS",
+    "Example",
+    "TrainingData",
+    "TrainingDataError",
+    "load_training_data",
+    "readers_first",
+    "spread",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,8 @@ class Example:
     """Rows of the teacher's top-m passages, best first (data.teacher_top_m; the dense teacher signal)."""
     teacher_scores: tuple[float, ...] = ()
     """The teacher's scores of `teacher_rows`."""
+    task: str = ""
+    """The benchmark task the example comes from (empty for plain-LM text)."""
 
     @property
     def candidates(self) -> tuple[int, ...]:
@@ -71,6 +81,18 @@ def spread(pools: Sequence[Sequence[str]], n: int) -> list[str]:
     share = -(-n // len(pools))
     strided = [pool[:: max(1, len(pool) // share)][:share] for pool in pools]
     return [x for row in zip_longest(*strided) for x in row if x is not None][:n]
+
+
+def readers_first(examples: Sequence[Example], tasks: Sequence[str]) -> list[Example]:
+    """`examples` reordered so that the ones of `tasks` come first, taken in turn from each task (round
+    robin, in `tasks` order, each task's examples in batch order), then all others in batch order. The
+    loop's first optim.batch_size retrieval queries learn J_gen (`DataConfig.read_tasks`); the order of
+    the rest does not matter (J_ret is a mean over all)."""
+    if not tasks:
+        return list(examples)
+    by_task = {task: [e for e in examples if e.task == task] for task in tasks}
+    first = [e for row in zip_longest(*by_task.values()) for e in row if e is not None]
+    return first + [e for e in examples if e.task not in by_task]
 
 
 def answer_text(answer: str) -> str:
@@ -211,7 +233,7 @@ def load_training_data(config: DataConfig, out: Path, seed: int = 0, progress: b
     for task in config.instruction_tasks:
         items = _checked(bench.items(task, "train")[: config.cap or None], task)
         examples["instruction"] += [
-            Example(it.id, "instruction", it.prompt, answer_text(it.answers[0])) for it in items
+            Example(it.id, "instruction", it.prompt, answer_text(it.answers[0]), task=task) for it in items
         ]
     return TrainingData(examples, store, config.mix, seed, lm_exclude=evaluated_rows(bench, store))
 
@@ -290,4 +312,5 @@ def _retrieval_example(item: Item, label: PseudoLabel, store: PassageStore) -> E
         item.id, "retrieval", item.prompt, answer_text(item.answers[0]),
         tuple(rows[:n_pos]), tuple(rows[n_pos : n_pos + n_neg]), evidence,  # type: ignore[arg-type]
         tuple(rows[n_pos + n_neg : n_pos + n_neg + n_top]), tuple(label.scores),  # type: ignore[arg-type]
+        item.task,
     )  # fmt: skip

@@ -54,7 +54,7 @@ from imprag.training.checkpoint import (
     set_rng_state,
 )
 from imprag.training.config import TrainConfig
-from imprag.training.data import Example, TrainingData
+from imprag.training.data import Example, TrainingData, readers_first
 from imprag.training.losses import answer_log_likelihood
 from imprag.training.retrieval import (
     CorpusCandidates,
@@ -318,6 +318,7 @@ class Trainer:
         """J_ret over every query of the slice (training/retrieval.py) + J_gen over its first batch_size
         share, each reading what the retriever ranks first."""
         model, o = self.model, self.config.objective
+        examples = readers_first(examples, self.config.data.read_tasks)
         readers = examples[: self.config.optim.batch_size // self.dist.world]
         if o.system == "ra-it":
             return self._pasted(readers)
