@@ -214,6 +214,19 @@ def test_calibrate_saves_a_centered_copy_whose_indexes_stay_valid(saved: str, tm
     argv = ["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(tmp_path / "notes.txt")]
     assert main(argv) == 2 and "is a file" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    # one writer of a folder at a time: a second calibration stops before loading the model (issue 16)
+    from imprag.io import LOCK, writer_lock
+
+    again = ["calibrate", "--model", saved, "--prompts", str(prompts), "--out", str(out), "--n", "2"]
+    held = {f.name: f.read_bytes() for f in out.iterdir()}
+    with writer_lock(out, "another calibration"):
+        assert main(again) == 2
+        err = capsys.readouterr().err
+        assert "being written by another imprag process; imprag calibrate waits" in err
+        assert err.count("\n") == 1
+        assert {f.name: f.read_bytes() for f in out.iterdir() if f.name != LOCK} == held
+    assert main(again) == 0 and "mu_q from 2 prompts" in capsys.readouterr().out  # released: it runs
+    assert not (out / LOCK).exists()
     # a fully fine-tuned run's training record survives calibration, into a new folder and in place
     record = '{"objective": {"system": "imprag"}}'
     (Path(saved) / "train_config.json").write_text(record)

@@ -92,3 +92,31 @@ def test_the_output_rule_reads_marks_globs_and_ignores_lock_files(tmp_path) -> N
     (tmp_path / "afile").write_text("x")
     with pytest.raises(OutputExistsError, match="is a file"):
         check_output(tmp_path / "afile", "run.json")
+
+
+def test_a_writer_that_made_its_folder_and_wrote_nothing_removes_it(tmp_path) -> None:
+    """writer_lock removes a folder it created when the writer left only the lock file in it (a command
+    that failed before its first output leaves no trace); a folder that existed before, or that holds
+    anything else (a file, an empty subfolder), stays."""
+    from imprag.io import LOCK, LockedError, writer_lock
+
+    with pytest.raises(RuntimeError, match="failed early"), writer_lock(tmp_path / "new" / "out", "a job"):
+        assert (tmp_path / "new" / "out" / LOCK).exists()
+        raise RuntimeError("failed early")
+    assert not (tmp_path / "new" / "out").exists() and (tmp_path / "new").is_dir()  # only what it made
+    (tmp_path / "kept").mkdir()
+    with writer_lock(tmp_path / "kept", "a job"):
+        pass
+    assert (tmp_path / "kept").is_dir()
+    with writer_lock(tmp_path / "wrote", "a job"):
+        (tmp_path / "wrote" / "result.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "wrote").iterdir()) == [LOCK, "result.json"]
+    with writer_lock(tmp_path / "sub", "a job"):
+        (tmp_path / "sub" / "part").mkdir()
+    assert (tmp_path / "sub" / "part").is_dir()
+    # the lock is held until the folder is gone: a second writer meanwhile is refused, not let in
+    with writer_lock(tmp_path / "busy", "a job"):
+        with pytest.raises(LockedError), writer_lock(tmp_path / "busy", "another job"):
+            pass
+        assert (tmp_path / "busy").is_dir()  # the refused writer did not remove the holder's folder
+    assert not (tmp_path / "busy").exists()

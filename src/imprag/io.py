@@ -52,10 +52,15 @@ def writer_lock(directory: str | Path, what: str) -> Iterator[None]:
     write loses the first one's vectors while both report success. So every writer takes this lock first
     (an OS file lock through `filelock`: released when the process dies, even by kill -9) and a second one
     stops with LockedError before any work. Readers never take it.
+
+    A folder the lock created and the writer left empty (it failed before its first output) is removed
+    again: the lock file is unlinked while still held, so a writer that comes meanwhile either fails on the
+    held file or makes a new one in a folder that then is not empty and stays.
     """
     from filelock import FileLock, Timeout
 
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     lock = FileLock(directory / LOCK, timeout=0)
     try:
@@ -68,7 +73,14 @@ def writer_lock(directory: str | Path, what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        lock.release()
+        try:
+            if created and directory.is_dir() and not _holds_files(directory):
+                (directory / LOCK).unlink(missing_ok=True)
+                directory.rmdir()  # fails (and stays) if anything, even an empty folder, appeared in it
+        except OSError:
+            pass
+        finally:
+            lock.release()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -727,6 +727,28 @@ def test_overwrite_is_explicit(tmp_path) -> None:
     assert bench.manifest["seed"] == 3 and json.loads(before)["seed"] == 0
 
 
+def test_one_build_writes_a_folder_at_a_time(tmp_path, monkeypatch) -> None:
+    """Two builds into one folder would each swap their copy in, and the second swap collides with the
+    first (a traceback, a stray `.old` folder): while one holds the folder's lock, a second stops before
+    reading the corpus; the benchmark that lands holds no lock file (issue 16)."""
+    from imprag.io import LOCK, LockedError, writer_lock
+
+    out = tmp_path / "bench"
+    build_benchmark(out, ["slot-filling"])
+    before = (out / "benchmark.json").read_text()
+    monkeypatch.setattr(build_module, "read_corpus", lambda *a, **k: pytest.fail("built while locked"))
+    with (
+        writer_lock(out, "another build"),
+        pytest.raises(LockedError, match="imprag data build waits for no one"),
+    ):
+        build_benchmark(out, ["slot-filling"], BuildConfig(seed=3), overwrite=True)
+    assert (out / "benchmark.json").read_text() == before
+    monkeypatch.undo()
+    bench = build_benchmark(out, ["slot-filling"], BuildConfig(seed=3), overwrite=True)  # released: it runs
+    assert bench.manifest["seed"] == 3 and not (out / LOCK).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]  # no tmp or old copy beside it
+
+
 def test_unknown_task_fails_before_any_work(tmp_path, monkeypatch) -> None:
     def no_work(*args, **kwargs):
         raise AssertionError("the corpus was read before the task names were checked")

@@ -15,11 +15,8 @@ from imprag.cli._common import (
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import shutil
-    from dataclasses import replace
-
     from imprag.config import IMPRAG_CONFIG_NAME
-    from imprag.io import atomic_directory, atomic_write_text, check_output
+    from imprag.io import check_output, writer_lock
 
     check_output(args.out, replaces=IMPRAG_CONFIG_NAME)  # before the model loads
     if bool(args.prompts) == bool(args.data):
@@ -44,6 +41,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         prompts = spread([[it.prompt for it in bench.items(t, args.split)] for t in tasks], args.n)
     if not prompts:
         raise UsageError(f"no prompts in {args.prompts}")
+    with writer_lock(args.out, "imprag calibrate"):  # one writer of the output folder at a time
+        check_output(args.out, replaces=IMPRAG_CONFIG_NAME)  # again, now that no one else is writing it
+        return _calibrate(args, prompts)
+
+
+def _calibrate(args: argparse.Namespace, prompts: list[str]) -> int:
+    import shutil
+    from dataclasses import replace
+
+    from imprag.config import IMPRAG_CONFIG_NAME
+    from imprag.io import LOCK, atomic_directory, atomic_write_text
+
     model = load_model(args)
     if args.pooling:
         embedding = replace(model.config.embedding, pooling=args.pooling)
@@ -52,7 +61,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     source, out = Path(args.model or ""), Path(args.out)
     if (source / "adapter_config.json").is_file():  # an adapter stays an adapter: copy it, new config
         with atomic_directory(out, replaces=IMPRAG_CONFIG_NAME) as tmp:
-            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK))
             model.config.save(tmp)
     else:  # keep the training record (trained system names check it), also when out is the source
         kept = {

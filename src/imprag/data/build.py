@@ -29,7 +29,7 @@ from imprag.data.benchmark import MANIFEST, SPLITS, Benchmark, BenchmarkError, I
 from imprag.data.builders import EVAL_BUILDERS, TRAIN_BUILDERS, Candidate, check
 from imprag.data.sources import package_versions
 from imprag.data.tasks import TASKS, get_task
-from imprag.io import atomic_directory, check_output
+from imprag.io import atomic_directory, check_output, writer_lock
 from imprag.retrieval.corpus import CorpusHash, Passage, read_corpus
 
 __all__ = ["BuildConfig", "build_benchmark", "build_items"]
@@ -172,6 +172,13 @@ def build_benchmark(
     tasks = list(tasks) if tasks is not None else list(TASKS)
     for task in tasks:
         get_task(task)  # unknown names are errors before any work
+    _check_out(out, overwrite)  # before the lock, which creates the folder
+    with writer_lock(out, "imprag data build"):  # one writer at a time: the swap of two would collide
+        _check_out(out, overwrite)  # again, now that no one else is writing it
+        return _build_locked(out, tasks, config, corpus)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
     if (out / MANIFEST).exists() and not _is_benchmark_manifest(out / MANIFEST):
         raise BenchmarkError(
             f"{out / MANIFEST} is not a benchmark's manifest (`imprag eval --out` writes results under that "
@@ -180,6 +187,9 @@ def build_benchmark(
     if (out / MANIFEST).exists() and not overwrite:
         raise BenchmarkError(f"{out} already holds a benchmark; pass overwrite=True (--overwrite) to rebuild")
     check_output(out, replaces=MANIFEST)  # a folder of other files: refused before the build, never wiped
+
+
+def _build_locked(out: Path, tasks: list[str], config: BuildConfig, corpus: str) -> Benchmark:
     passages = list(read_corpus(corpus))
     by_id = {p.id: p for p in passages}
     hasher = CorpusHash()
