@@ -115,9 +115,11 @@ INVENTED = [  # (fact, question, the answer it names), in benchmarks/probe_split
 
 def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG) -> None:
     """The README main job reads with this adapter: it must stay small, name its base by the embedded
-    name, be the frozen CPU recipe's output, and move the query while leaving every passage's E_p the base
-    model's (frozen passages: its index fingerprint is the base's, so the base index serves it)."""
-    assert (ADAPTER / "adapter_model.safetensors").stat().st_size <= 5 * 2**20  # stored in bf16
+    name, be the frozen CPU recipe's output, and move the query and the retrieval key while every
+    passage's index vector (f_p, its layer-7 input) stays the base model's (frozen passages: its index
+    fingerprint is the base's, so the base index serves it)."""
+    files = ("adapter_model.safetensors", "retrieval_key.safetensors")  # both stored in bf16
+    assert sum((ADAPTER / name).stat().st_size for name in files) <= 5 * 2**20
     assert (
         json.loads((ADAPTER / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
     )
@@ -133,22 +135,27 @@ def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG)
         assert trained_with[section] == wanted[section], section
     trained = ImpRAG.from_pretrained(ADAPTER)
     assert trained.split == smol.split and trained.backbone.dtype == auto_dtype()
-    assert trained.config.passages == "frozen"
-    base_mean = ImpRAG(smol.model, smol.tokenizer, smol.split, embedding=trained.config.embedding)
+    assert trained.config.passages == "frozen" and trained.config.embedding.retrieval_key == "trained"
+    base_mean = ImpRAG(
+        smol.model, smol.tokenizer, smol.split, embedding=trained.config.embedding, passages="frozen"
+    )  # its retrieval key starts at layer 7's k_proj
     assert trained.retrieval_fingerprint() == base_mean.retrieval_fingerprint()  # the base index serves it
-    torch.testing.assert_close(trained.embed_passages([FACT]), base_mean.embed_passages([FACT]))
+    torch.testing.assert_close(trained.embed_passages([FACT]), base_mean.embed_passages([FACT]))  # f_p
+    key_moved = torch.nn.functional.cosine_similarity(
+        trained.retrieval_key.float().flatten(), base_mean.retrieval_key.float().flatten(), dim=0
+    )
+    assert float(key_moved) < 0.999, float(key_moved)  # the adapter trained the passage side's key
     moved = torch.nn.functional.cosine_similarity(
         trained.embed_queries([QUESTION]), base_mean.embed_queries([QUESTION])
     )
     assert float(moved) < 0.99, float(moved)  # the adapter trained the query side
     # Reading kept: invented facts it cannot know closed-book (none answered without the passage) are read
-    # from the middle layers. One fact is too few to judge (this adapter answers "Capital of Veloria" to the
-    # first, the shape of its `about` answers); on these 8 it reads 3, the base 4, the previous adapter 2
-    # (benchmarks/probe_reading.py, 80 facts: 28, 31 and 21).
+    # from the middle layers. On these 8 this adapter reads 5 ("Quantum City", "Lake Brigaro", "4,512
+    # metres", ...), the base 4, the adapter before it 3 (benchmarks/probe_reading.py, 80 facts: 44, 31, 28).
     prompts = [f"Q: {q}\nA:" for _, q, _ in INVENTED]
     read = trained.generate(prompts, passages=[[f] for f, _, _ in INVENTED], max_new_tokens=12, stop=["\n"])
     closed = trained.generate(prompts, max_new_tokens=12, stop=["\n"])
     hits = [
         sum(g in r.text.lower() for r, (_, _, g) in zip(out, INVENTED, strict=True)) for out in (read, closed)
     ]
-    assert hits[0] >= 2 and hits[1] == 0, (hits, [r.text for r in read])
+    assert hits[0] >= 3 and hits[1] == 0, (hits, [r.text for r in read])
