@@ -341,8 +341,8 @@ def check_model(manifest: dict[str, Any], model: ImpRAG, directory: Path) -> Non
         if now["passages"] == "frozen":
             key = " --retrieval-key trained" if model.retrieval_key is not None else ""
             raise StaleIndexError(
-                f"index {directory} was encoded by another base model than this adapter's (passages "
-                f"frozen: the adapter reads the E_p of its base; {differ} differ; fingerprint "
+                f"index {directory} is stale for this adapter: it was encoded by another base model "
+                f"(passages frozen: the adapter reads the E_p of its base; {differ} differ; fingerprint "
                 f"{built['fingerprint']} vs the base's {now['fingerprint']}). Index the corpus with the "
                 "base model and the adapter's pooling (`imprag index CORPUS --out NEW_DIR --model BASE "
                 f"--pooling {model.config.embedding.pooling}{key}`), or `imprag index --refresh --out "
