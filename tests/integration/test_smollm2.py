@@ -151,7 +151,7 @@ def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG)
     assert float(moved) < 0.99, float(moved)  # the adapter trained the query side
     # Reading kept: invented facts it cannot know closed-book (none answered without the passage) are read
     # from the middle layers. On these 8 this adapter reads 5 ("Quantum City", "Lake Brigaro", "4,512
-    # metres", ...), the base 4, the adapter before it 3 (benchmarks/probe_reading.py, 80 facts: 44, 31, 28).
+    # metres", ...), the base 4, the adapter before it 3 (benchmarks/probe_reading.py, 80 facts: 43, 31, 28).
     prompts = [f"Q: {q}\nA:" for _, q, _ in INVENTED]
     read = trained.generate(prompts, passages=[[f] for f, _, _ in INVENTED], max_new_tokens=12, stop=["\n"])
     closed = trained.generate(prompts, max_new_tokens=12, stop=["\n"])
