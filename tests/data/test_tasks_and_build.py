@@ -196,7 +196,10 @@ def test_items_unknown_task(small_bench: Benchmark) -> None:
 
 
 def test_items_task_not_built(small_bench: Benchmark) -> None:
-    with pytest.raises(BenchmarkError, match=r"task 'trivia' was not built into .*; it has: describe$"):
+    built_before = (
+        r"task 'trivia' was not built into .*; it has: describe \(.*`imprag data build --out .*--overwrite`"
+    )
+    with pytest.raises(BenchmarkError, match=built_before):
         small_bench.items("trivia", "test")
 
 

@@ -99,7 +99,9 @@ class Benchmark:
             raise BenchmarkError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
         if task not in self.counts:
             raise BenchmarkError(
-                f"task {task!r} was not built into {self.directory}; it has: {', '.join(self.tasks)}"
+                f"task {task!r} was not built into {self.directory}; it has: {', '.join(self.tasks)} (a "
+                f"benchmark built before the task existed: `imprag data build --out {self.directory} "
+                "--overwrite` rebuilds it with every task)"
             )
         if split not in SPLITS:
             raise BenchmarkError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
