@@ -41,13 +41,14 @@ NO_RETRIEVAL = ["denoise", "sentence", "reading", "verify", "title"]
 
 def test_registry_formats() -> None:
     assert list(TASKS) == [
-        "describe", "about", "yesno", "span-qa", "fanoutqa", "trivia", "slot-filling", "fact-check",
-        "entity-linking", "denoise", "sentence", "reading", "verify", "title",
+        "describe", "about", "yesno", "span-qa", "span-yesno", "fanoutqa", "trivia", "slot-filling",
+        "fact-check", "entity-linking", "denoise", "sentence", "reading", "verify", "title",
     ]  # fmt: skip
-    assert tasks_of("seen") == ["describe", "about", "yesno", "span-qa", "fanoutqa", "trivia"]
+    assert tasks_of("seen") == ["describe", "about", "yesno", "span-qa", "span-yesno", "fanoutqa", "trivia"]
     assert tasks_of("unseen") == UNSEEN
     assert tasks_of("no-retrieval") == NO_RETRIEVAL
-    assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == {"fact-check", "verify", "yesno"}
+    accuracy = {"fact-check", "verify", "yesno", "span-yesno"}
+    assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == accuracy
     # answer-string recall is meaningless for True/False answers and for tasks that read no passages
     assert {n for n, t in TASKS.items() if t.answer_recall} == {
         "describe", "about", "span-qa", "fanoutqa", "trivia", "slot-filling", "entity-linking",
@@ -60,7 +61,7 @@ def test_get_task_unknown_lists_known() -> None:
         get_task("qa")
     message = str(info.value)
     assert "unknown task 'qa'" in message
-    known = "known tasks: describe, about, yesno, span-qa, fanoutqa, trivia, slot-filling, fact-check,"
+    known = "known tasks: describe, about, yesno, span-qa, span-yesno, fanoutqa, trivia, slot-filling,"
     assert known in message
 
 
@@ -310,7 +311,7 @@ def test_gold_answer_is_in_evidence(all_items: dict[str, list[Item]], corpus: di
     """Every item whose answer is not the verdict "False" has a gold answer in an evidence passage
     (fact-check True items: the answer is "True", checked through the claim below)."""
     for task, items in all_items.items():
-        if task in ("fact-check", "verify", "yesno", "denoise", "about"):
+        if task in ("fact-check", "verify", "yesno", "span-yesno", "denoise", "about"):
             continue  # verdicts; denoise answers are "span; span" joined, checked below; about: below
         for it in items:
             assert any(answer_in_text(a, corpus[e].content) for a in it.answers for e in it.evidence), it.id
@@ -495,9 +496,10 @@ def test_yesno_asks_about_a_named_article_with_a_verdict_answer(
     )
 
 
-def test_yesno_never_uses_the_fact_check_template() -> None:
+@pytest.mark.parametrize("task", ["yesno", "span-yesno"])
+def test_yesno_never_uses_the_fact_check_template(task: str) -> None:
     """The verdict answer type comes in the seen QA template; fact checking's instruction is not in it."""
-    ours, theirs = get_task("yesno").template, get_task("fact-check").template
+    ours, theirs = get_task(task).template, get_task("fact-check").template
     assert ours == "Q: {question} A:"
     assert theirs.split("{statement}")[0].strip() not in ours
 
@@ -567,6 +569,55 @@ def test_span_qa_relation_questions_name_only_free_articles() -> None:
     ]
     alone = builders._span_qa([zagreb], random.Random(0))
     assert [c.fields["question"] for c in alone if c and "Croatia" in c.fields["question"]] == []
+
+
+ALIEN = "Alien is a 1979 science fiction film directed by Ridley Scott. It was released in 1979."
+
+
+def test_span_yesno_asks_span_qa_facts_true_or_with_another_articles_answer() -> None:
+    """Hand-written: each fact span-qa would ask for becomes a yes/no question naming the article, with its
+    own span (Yes) or the same kind's span of another article (No), never one this article's text holds
+    (Alien's 1979 release cannot be claimed false with Jaws' 1975: Jaws has no release fact; with no other
+    answer of its kind a fact yields no false claim). Over seeds both polarities occur for every fact."""
+    jaws, alien = _article("Jaws (film)", JAWS), _article("Alien (film)", ALIEN)
+    grapes = _article("The Grapes of Wrath", GRAPES)
+    seen: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
+    for seed in range(20):
+        for c in builders._span_yesno([jaws, alien, grapes], random.Random(seed)):
+            if c is not None:
+                assert c.task == "span-yesno" and c.group == c.evidence[0]
+                seen[c.key].add((c.fields["question"], c.answers[0]))
+    assert seen["Jaws (film)/Who directed Jaws?"] == {
+        ("Was Jaws directed by Steven Spielberg?", "Yes"), ("Was Jaws directed by Ridley Scott?", "No"),
+    }  # fmt: skip
+    assert seen["Alien (film)/Who directed Alien?"] == {
+        ("Was Alien directed by Ridley Scott?", "Yes"), ("Was Alien directed by Steven Spielberg?", "No"),
+    }  # fmt: skip
+    # the only release year and the only writer: true claims, never a false one
+    assert seen["Alien (film)/When was Alien released?"] == {("Was Alien released in 1979?", "Yes")}
+    assert seen["The Grapes of Wrath/Who wrote The Grapes of Wrath?"] == {
+        ("Was The Grapes of Wrath written by John Steinbeck?", "Yes")
+    }
+
+
+def test_span_yesno_is_a_balanced_train_only_retrieval_task(
+    all_items: dict[str, list[Item]], corpus: dict
+) -> None:
+    """The real build: span-qa's span facts as balanced yes/no questions in the seen template, train only;
+    a Yes claims a span of the gold article, a No a span the gold article does not contain."""
+    items = all_items["span-yesno"]
+    assert len(items) > 400 and {it.split for it in items} == {"train"}
+    assert 0.45 < sum(it.answers == ["Yes"] for it in items) / len(items) < 0.55
+    for it in items:
+        p = corpus[it.evidence[0]]
+        assert it.prompt == f"Q: {it.fields['question']} A:" and it.answers in (["Yes"], ["No"]), it.id
+        question = it.fields["question"]
+        claimed = next(
+            question.removeprefix(form.split("{a}")[0].format(e=builders._base(p.title))).removesuffix("?")
+            for form in builders._SPAN_YES_NO.values()
+            if question.startswith(form.split("{a}")[0].format(e=builders._base(p.title)))
+        )
+        assert answer_in_text(claimed, p.content) == (it.answers == ["Yes"]), it.id
 
 
 def test_span_qa_is_a_train_only_retrieval_task(all_items: dict[str, list[Item]], corpus: dict) -> None:

@@ -542,6 +542,29 @@ _SPAN_QUESTIONS = [
     ]
 ]
 """Questions that name an article, and where in one of its sentences the answer span stands."""
+_SPAN_YES_NO = {
+    "Who directed {e}?": "Was {e} directed by {a}?",
+    "Who wrote {e}?": "Was {e} written by {a}?",
+    "Who composed {e}?": "Was {e} composed by {a}?",
+    "Who founded {e}?": "Was {e} founded by {a}?",
+    "Who designed {e}?": "Was {e} designed by {a}?",
+    "Who painted {e}?": "Was {e} painted by {a}?",
+    "Who discovered {e}?": "Was {e} discovered by {a}?",
+    "Who invented {e}?": "Was {e} invented by {a}?",
+    "What is the capital of {e}?": "Is the capital of {e} {a}?",
+    "When was {e} founded?": "Was {e} founded in {a}?",
+    "When was {e} established?": "Was {e} established in {a}?",
+    "When was {e} built?": "Was {e} built in {a}?",
+    "When was {e} completed?": "Was {e} completed in {a}?",
+    "When was {e} published?": "Was {e} published in {a}?",
+    "When was {e} released?": "Was {e} released in {a}?",
+    "When was {e} discovered?": "Was {e} discovered in {a}?",
+    "When did {e} begin?": "Did {e} begin in {a}?",
+    "When did {e} end?": "Did {e} end in {a}?",
+    "What is the population of {e}?": "Does {e} have a population of {a}?",
+    "Where is {e} located?": "Is {e} located in {a}?",
+}
+"""The yes/no form of each `_SPAN_QUESTIONS` question: does the article say that {a} is its answer?"""
 _RELATION = re.compile(
     rf"^(?P<s>[^,;]+?)(?: \([^)]*\))?,? (?P<v>is|was) the (?P<r>(?:[a-z\-]+ ){{0,3}}[a-z\-]+) (?P<p>of|in) "
     rf"(?:the )?{_NAME}"
@@ -567,13 +590,7 @@ def _span_qa(passages: list[Passage], rng: random.Random) -> list[Candidate | No
         if not base:
             continue
         sents = sentences(p.text)
-        for template, pattern in _SPAN_QUESTIONS:
-            match = next((m for s in sents if (m := pattern.search(s))), None)
-            answer = match["a"].strip(" .,'’") if match else ""
-            if not answer or answer.endswith(("'s", "’s")):
-                continue
-            if normalize_answer(answer) in normalize_answer(base):
-                continue
+        for template, answer in _span_answers(base, sents):
             question = template.format(e=base)
             out.append(Candidate("span-qa", f"{p.id}/{question}", {"question": question}, [answer], [p.id],
                                  base, p.id))  # fmt: skip
@@ -584,6 +601,54 @@ def _span_qa(passages: list[Passage], rng: random.Random) -> list[Candidate | No
                 question = f"What {match['v']} the {match['r']} {match['p']} {obj}?"
                 out.append(Candidate("span-qa", f"{p.id}/{question}", {"question": question}, [base], [p.id],
                                      question, p.id))  # fmt: skip
+    return out
+
+
+def _span_answers(base: str, sents: list[str]) -> list[tuple[str, str]]:
+    """(question template, answer span) for each `_SPAN_QUESTIONS` kind an article's sentences answer: the
+    first match of the kind, not a possessive, not (part of) the article's own name."""
+    out = []
+    for template, pattern in _SPAN_QUESTIONS:
+        match = next((m for s in sents if (m := pattern.search(s))), None)
+        answer = match["a"].strip(" .,'’") if match else ""
+        if not answer or answer.endswith(("'s", "’s")):
+            continue
+        if normalize_answer(answer) in normalize_answer(base):
+            continue
+        out.append((template, answer))
+    return out
+
+
+def _span_yesno(passages: list[Passage], rng: random.Random) -> list[Candidate | None]:
+    """Yes/no questions about a named article's facts, in the seen format: each fact `span-qa` asks for
+    ("Who directed Jaws?" -> Steven Spielberg) turned into "Was Jaws directed by Steven Spielberg?" -> Yes,
+    or, half the time, the same question with another article's answer of the same kind ("... by Ridley
+    Scott?" -> No; never an answer that occurs in this article's text). A retrieval training task whose
+    answer is a verdict that only the named article can settle, so a reader that reads what the retriever
+    found learns to judge a claim by it (fact checking's answer type; its template, "Is this statement
+    true? <statement>", is never trained on). `yesno` asks the same of descriptions, which the question's
+    own words give away more often than a name, a year or a number does."""
+    facts = []
+    for p in passages:
+        base = _base(p.title)
+        if base:
+            facts += [
+                (p, base, template, answer) for template, answer in _span_answers(base, sentences(p.text))
+            ]
+    pool: dict[str, list[str]] = collections.defaultdict(list)
+    for _, _, template, answer in facts:
+        pool[template].append(answer)
+    out: list[Candidate | None] = []
+    for p, base, template, answer in facts:
+        others = [a for a in dict.fromkeys(pool[template]) if not answer_in_text(a, p.content)]
+        true = rng.random() < 0.5
+        if not true and not others:
+            out.append(None)
+            continue
+        claimed = answer if true else rng.choice(others)
+        question = _SPAN_YES_NO[template].format(e=base, a=claimed)
+        out.append(Candidate("span-yesno", f"{p.id}/{template.format(e=base)}", {"question": question},
+                             ["Yes" if true else "No"], [p.id], base, p.id, [base]))  # fmt: skip
     return out
 
 
@@ -630,7 +695,9 @@ TRAIN_BUILDERS = {
     "about": _each(_about),
     "yesno": _yesno,
     "span-qa": _span_qa,
+    "span-yesno": _span_yesno,
 }
 """Training-only tasks: task -> builder(free articles, rng) -> a candidate or None per article, built from
 the articles no dev/test item uses (false claims draw only on those, too). All are retrieval-free
-(instruction) tasks but `about`, `yesno` and `span-qa`, seen-format QA tasks trained with retrieval."""
+(instruction) tasks but `about`, `yesno`, `span-qa` and `span-yesno`, seen-format QA tasks trained with
+retrieval."""

@@ -7,7 +7,8 @@ prompt is the query; retrieve-then-read baselines also get the whole prompt as t
 Formats:
   seen       open QA `Q: {question} A:` -- the format retrieval trains on (describe's train split, and the
              train-only synthetic `about`: "What is <title>?", `yesno`: "Is <title> <description>?", and
-             `span-qa`: "Who directed <title>?", "When was <title> founded?", answered by a span of it)
+             `span-qa`: "Who directed <title>?", "When was <title> founded?", answered by a span of it,
+             and `span-yesno`: "Was <title> directed by <name>?", Yes/No, the span or another article's)
   unseen     slot filling, fact checking, entity linking -- never trained on, so only dev and test splits
   no-retrieval  training-only tasks whose context is in the prompt (phrase denoising, next/previous
              sentence, reading comprehension, True/False verification, title naming); the method page's
@@ -106,6 +107,12 @@ TASKS: dict[str, Task] = {
             "span-qa", "seen", QA_TEMPLATE, "em", True, 16,
             "Who/when/where/how-many questions about a named article, answered by a span of it "
             "(wiki-summaries, patterns); a synthetic QA training task",
+            "train",
+        ),
+        Task(
+            "span-yesno", "seen", QA_TEMPLATE, "accuracy", False, 3,
+            "Was <title> directed by / founded in / ... <span>? -> Yes/No, span-qa's fact or another "
+            "article's answer of the same kind (wiki-summaries, patterns); a synthetic QA training task",
             "train",
         ),
         Task(
