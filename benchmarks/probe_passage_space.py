@@ -25,9 +25,19 @@ model's frozen mean-pooled layer-b inputs (mean pooling commutes with a linear m
 map recovers much more than the frozen E_p, a passage side that trains only layer b's k_proj keeps exact
 whole-corpus negatives at the cost of one (N, 576) x (576, 192) matmul per step.
 
+`--key-sources 15,23,final,mlp,title,lead` asks whether another frozen passage feature gives that trained
+key more to work with (each trained as `--key-map` is, against the same MiniLM query map): the mean of the
+normalised input of a deeper layer N (an index may store any layer's features: only the prompt's query has
+to come from layers 0..b; the key starts at layer N's own k_proj), `final` the mean of the final norm's
+output (key from the last layer), `mlp` layer b's features through the key plus a residual two-layer MLP
+(1024 wide, its output 0 at the start: is a non-linear map of the same mean richer?), and two second means
+concatenated to layer b's (their key block 0 at the start, so step 0 is still the base E_p): `title`, the
+token embeddings over the passage's title line (the name, as the unseen formats give it), and `lead`, layer
+b's input over the first 32 tokens (the title and the opening sentence).
+
 Run:  .venv/bin/python benchmarks/probe_passage_space.py --index INDEX \
           [--train-tasks describe,about,sentence] [--dev-tasks describe,slot-filling,...] [--layers 3,11,15]
-          [--key-map]
+          [--key-map] [--key-sources 15,23,final,mlp,title,lead]
       (INDEX: built by the base model with mean pooling and --baselines minilm; writes
       benchmarks/results/probe_passage_space.json)
 """
@@ -80,6 +90,11 @@ def main() -> None:
         action="store_true",
         help="also train layer b's key projection on the passage side (from its frozen input features)",
     )
+    parser.add_argument(
+        "--key-sources",
+        default="",
+        help="other frozen passage features for a trained key: layer numbers, final, mlp, title, lead",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,6 +135,14 @@ def main() -> None:
         check = torch.nn.functional.cosine_similarity(start, e_p.float(), dim=1)
         print(f"k_proj(features) against the index's E_p: cosine min {check.min():.4f}")
         spaces |= {name: None for name in features}
+    sources = [x for x in args.key_sources.split(",") if x]
+    key_init: dict[str, torch.Tensor] = {}
+    mlp: set[str] = set()
+    if sources:
+        titles = [p.title for p in store.get(rows.tolist())]
+        more, key_init, mlp = key_sources(model, texts, titles, sources)
+        features |= more
+        spaces |= {name: None for name in more}
 
     def queries(items: list) -> torch.Tensor:
         return torch.from_numpy(np.asarray(minilm.encode([it.prompt for it in items]))).float()
@@ -144,18 +167,27 @@ def main() -> None:
     }
     print(f"MiniLM in its own space (no map): dev recall@10 {result['minilm_itself']}")
     for name, fixed in spaces.items():
-        key = None
-        if fixed is None:  # trained passage side: starts exactly at the frozen E_p
-            key = model.backbone.layer(model.split.b).self_attn.k_proj.weight.detach().float().clone()
-            key.requires_grad_(True)
+        key, head = None, None
+        if fixed is None:  # trained passage side: starts at the frozen E_p (or the source's own key)
+            start = key_init.get(name, model.backbone.layer(model.split.b).self_attn.k_proj.weight)
+            key = start.detach().float().clone().requires_grad_(True)
+        if name in mlp:  # residual: E_p = key f + MLP(f), the MLP's output 0 at the start
+            head = torch.nn.Sequential(
+                torch.nn.Linear(key.shape[1], 1024), torch.nn.GELU(), torch.nn.Linear(1024, model.dim)
+            )
+            torch.nn.init.zeros_(head[2].weight)
+            torch.nn.init.zeros_(head[2].bias)
         dim = model.dim if fixed is None else fixed.shape[1]
         w = torch.zeros(dim, x_train.shape[1], requires_grad=True)
         torch.nn.init.normal_(w, std=x_train.shape[1] ** -0.5)
         bias = torch.zeros(dim, requires_grad=True)
-        optimizer = torch.optim.Adam([w, bias] + ([key] if key is not None else []), lr=3e-3)
+        trained = [w, bias] + ([key] if key is not None else []) + (list(head.parameters()) if head else [])
+        optimizer = torch.optim.Adam(trained, lr=3e-3)
         curve = []
         for step in range(args.steps + 1):
             passages = fixed if key is None else features[name] @ key.T
+            if head is not None:
+                passages = passages + head(features[name])
             if step % 100 == 0:
                 with torch.no_grad():
                     curve.append({"step": step, "recall": recall(passages, w, bias)})
@@ -206,6 +238,87 @@ def passage_features(model, texts: list[str]):
     return out
 
 
+def key_sources(model, texts: list[str], titles: list[str], sources: list[str]):
+    """The frozen passage features of `--key-sources`, in one pass of the base backbone up to the deepest
+    layer named: (features {name: (N, hidden)}, the key each starts from {name: (D, width)}, the names
+    trained with a residual MLP)."""
+    import torch
+
+    from imprag.model.reader import batch_tokens
+
+    bb, b = model.backbone, model.split.b
+    last = bb.num_layers
+    depth = {s: last if s == "final" else int(s) for s in sources if s == "final" or s.isdigit()}
+    if any(not 0 < n <= last for n in depth.values()):
+        raise SystemExit(f"--key-sources: layers must be in 1..{last}, got {sources}")
+    unknown = set(sources) - set(depth) - {"mlp", "title", "lead"}
+    if unknown:
+        raise SystemExit(
+            f"--key-sources: unknown {sorted(unknown)}; use layer numbers, final, mlp, title, lead"
+        )
+    stops = sorted({b, *depth.values()})
+    ids = model.passage_tokens(texts)
+    lead_of = _title_lengths(model, ids, titles)
+    n, hidden = len(ids), bb.layer(b).self_attn.k_proj.in_features
+    means = {layer: torch.empty(n, hidden) for layer in stops}
+    title, lead = torch.empty(n, hidden), torch.empty(n, hidden)
+    order = sorted(range(n), key=lambda i: len(ids[i]))
+    with torch.no_grad():
+        for start in range(0, n, 32):
+            rows = order[start : start + 32]
+            batch = batch_tokens([ids[i] for i in rows], [0] * len(rows), model.pad_id).to(bb.device)
+            h0 = bb.embed(batch.input_ids)
+            step = bb.step(h0, batch.positions, batch.valid)
+            positions = torch.arange(batch.valid.shape[1], device=batch.valid.device)[None, :]
+            in_title = batch.valid & (positions < torch.tensor([lead_of[i] for i in rows])[:, None])
+            at = torch.tensor(rows)
+            title[at] = _masked_mean(bb.layer(0).input_layernorm(h0), in_title)
+            h, done = h0, 0
+            for layer in stops:
+                h, done = bb.run(h, range(done, layer), step), layer
+                norm = bb.decoder.norm if layer == last else bb.layer(layer).input_layernorm
+                means[layer][at] = _masked_mean(norm(h), batch.valid)
+                if layer == b:
+                    lead[at] = _masked_mean(norm(h), batch.valid & (positions < 32))
+    key_b = bb.layer(b).self_attn.k_proj.weight.detach().float()
+    features, init = {}, {}
+    for source in sources:
+        if source in depth:
+            where = "the final norm's output" if source == "final" else f"layer {source}'s input"
+            name = f"trained key over the mean of {where}"
+            features[name] = means[depth[source]]
+            init[name] = bb.layer(min(depth[source], last - 1)).self_attn.k_proj.weight.detach().float()
+        elif source == "mlp":
+            features["trained key + residual MLP over layer-b features"] = means[b]
+        else:
+            second = title if source == "title" else lead
+            what = "title-line token embeddings" if source == "title" else "layer-b lead-32 mean"
+            name = f"trained key over layer-b mean + {what}"
+            features[name] = torch.cat([means[b], second], 1)
+            init[name] = torch.cat([key_b, torch.zeros_like(key_b)], 1)
+    mlp = {name for name in features if "MLP" in name}
+    return features, init, mlp
+
+
+def _masked_mean(x, mask):
+    """Mean of x (B, T, H) over mask (B, T), fp32 on the CPU."""
+    weights = mask.float()[..., None]
+    return ((x.float() * weights).sum(1) / weights.sum(1).clamp_min(1)).cpu()
+
+
+def _title_lengths(model, ids: list[list[int]], titles: list[str]) -> list[int]:
+    """How many leading tokens of each passage are its title line (those it shares with the tokenized
+    `title + "\n"`), at least one."""
+    heads = model.tokenizer([f"{t}\n" for t in titles], add_special_tokens=True)["input_ids"]
+    lead = []
+    for row, head in zip(ids, heads, strict=True):
+        n = 0
+        while n < min(len(row), len(head)) and row[n] == head[n]:
+            n += 1
+        lead.append(max(1, n))
+    return lead
+
+
 def title_pooled(model, texts: list[str], titles: list[str]):
     """Layer b's pre-RoPE keys of each passage pooled over its title line (the tokens it shares with
     `title + "\n"`, at least one) and over all its tokens: two (N, G*D) tensors."""
@@ -214,13 +327,7 @@ def title_pooled(model, texts: list[str], titles: list[str]):
     from imprag.model.embeddings import passage_embedding, pool
 
     ids = model.passage_tokens(texts)
-    heads = model.tokenizer([f"{t}\n" for t in titles], add_special_tokens=True)["input_ids"]
-    lead = []
-    for row, head in zip(ids, heads, strict=True):
-        n = 0
-        while n < min(len(row), len(head)) and row[n] == head[n]:
-            n += 1
-        lead.append(max(1, n))
+    lead = _title_lengths(model, ids, titles)
     title_out, mean_out = torch.empty(len(ids), model.dim), torch.empty(len(ids), model.dim)
     for rows, batch, step, h in _layer_b_inputs(model, ids):
         proj = model.backbone.project(model.split.b, h, step)
