@@ -92,11 +92,15 @@ class EmbeddingConfig:
     """'pre': states before rotary position encoding (position-free scores, our default); 'post': after it."""
     pooling: Literal["last", "mean"] = "last"
     """'last': the last non-pad token (the paper); 'mean': mean over all non-pad tokens."""
-    query_pooling: Literal["last", "mean"] | None = None
+    query_pooling: Literal["last", "mean", "attention"] | None = None
     """E_q's pooling when it differs from E_p's (None: `pooling` for both). [D] 'last' with pooling 'mean'
     scores the prompt's last-token query (the paper's E_q, the same " A:" token in every template) against
-    mean-pooled keys (which retrieve with the base weights, so frozen passages have a usable index). E_p,
-    and so every index, does not depend on it."""
+    mean-pooled keys (which retrieve with the base weights, so frozen passages have a usable index).
+    'attention' [D]: a learned weighted mean, E_q = sum_i a_i q_i with a = softmax over the prompt's tokens
+    of v . x_i (x_i layer b's normalised input, v the model's `query_scorer`, one hidden-size vector that
+    training learns; it starts at 0, where the weights are uniform and E_q is the mean's), so the query can
+    weigh "Kenya" above the instruction words around it (model/query_pooling.py). E_p, and so every index,
+    does not depend on it."""
     query_center: tuple[float, ...] | None = None
     """mu_q, subtracted from every E_q (None: the paper's plain score). Scoring (E_q - mu_q) . E_p removes
     the per-passage bias mu_q . E_p that sends every prompt to the same hub passage; it changes no E_p, so
@@ -152,9 +156,10 @@ class EmbeddingConfig:
                 "EmbeddingConfig.retrieval_key='trained' needs pooling='mean' and rope='pre' (E_p must be a "
                 f"linear map of the mean input), got pooling={self.pooling!r}, rope={self.rope!r}"
             )
-        if self.query_pooling not in (None, "last", "mean"):
+        if self.query_pooling not in (None, "last", "mean", "attention"):
             raise ConfigError(
-                f"EmbeddingConfig.query_pooling must be null, 'last' or 'mean', got {self.query_pooling!r}"
+                "EmbeddingConfig.query_pooling must be null, 'last', 'mean' or 'attention', got "
+                f"{self.query_pooling!r}"
             )
 
 

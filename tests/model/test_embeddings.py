@@ -106,7 +106,7 @@ def test_query_pooling_pools_e_q_alone(tiny: ImpRAG, query_pooling: str, pooling
 def test_query_pooling_must_be_a_known_pooling() -> None:
     from imprag.config import ConfigError
 
-    with pytest.raises(ConfigError, match="query_pooling must be null, 'last' or 'mean'"):
+    with pytest.raises(ConfigError, match="query_pooling must be null, 'last', 'mean' or 'attention'"):
         EmbeddingConfig(query_pooling="max")  # type: ignore[arg-type]
 
 

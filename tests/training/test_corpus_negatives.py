@@ -317,3 +317,42 @@ def test_a_trained_retrieval_key_learns_over_fixed_layer_b_inputs_and_resumes(
         model.retrieval_key.zero_()
     restore_checkpoint(tmp_path / "ckpt", model)
     assert torch.equal(model.retrieval_key, learned)
+
+
+def test_an_attention_pooled_query_learns_its_scorer_and_resumes(tokenizer, store, tmp_path) -> None:
+    """model.query_pooling=attention: the scorer v starts at 0 (the mean's scores: the NCE equals the hand
+    computation over mean-pooled E_q), trains with the adapter while no passage vector moves, and a
+    checkpoint holds it."""
+    from dataclasses import replace
+
+    from imprag.training.checkpoint import export_model, restore_checkpoint
+
+    overrides = ["model.pooling=mean", "model.query_pooling=attention", "objective.ret_weight=1.0"]
+    model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
+    embedding = replace(model.config.embedding, pooling="mean", query_pooling="attention")
+    model.config = replace(model.config, embedding=embedding)
+    cfg = config(*overrides)
+    t = Trainer(model, TrainingData({"retrieval": batch()}, store, cfg.data.mix, seed=0), cfg, tmp_path)
+    assert any(p is model.query_scorer for p in t.params) and model.query_scorer.requires_grad
+    assert not model.query_scorer.any()
+    mean = ImpRAG(model.model, tokenizer, SPLIT, replace(embedding, query_pooling=None), passages="frozen")
+    texts = [content(r) for r in range(N)]
+    with torch.no_grad():
+        e_p = model.embed_passages(texts)
+        scores = (mean.embed_queries(PROMPTS, k=READ_K) @ e_p.T).tolist()
+    _, metrics = t._retrieval(batch(), 0, "warmup")
+    assert metrics["j_nce"] == pytest.approx(hand_nce(scores, 0.5), abs=2e-4)
+
+    for step in range(3):
+        assert math.isfinite(t.train_step(step)["j_ret"])
+    assert model.query_scorer.abs().max().item() > 1e-4  # v learned
+    with torch.no_grad():
+        assert torch.equal(model.embed_passages(texts), e_p)  # and the passages did not move
+    (tmp_path / "ckpt").mkdir()
+    export_model(model, tmp_path / "ckpt")
+    torch.save({"step": 3}, tmp_path / "ckpt" / "trainer_state.pt")
+    learned = model.query_scorer.detach().clone()
+    with torch.no_grad():
+        model.query_scorer.zero_()
+    restore_checkpoint(tmp_path / "ckpt", model)
+    assert torch.equal(model.query_scorer, learned)

@@ -29,12 +29,21 @@ def group_queries(q: Tensor, num_kv_heads: int) -> Tensor:
     return q.view(b, num_kv_heads, h // num_kv_heads, t, d).mean(dim=2)
 
 
-def pool(states: Tensor, valid: Tensor, pooling: str) -> Tensor:
+def pool(states: Tensor, valid: Tensor, pooling: str, scores: Tensor | None = None) -> Tensor:
     """Pool per-token states (B, G, T, D) over valid tokens (B, T) into vectors (B, G*D).
 
-    'last' takes the last valid token whatever the padding side; 'mean' averages all valid tokens.
+    'last' takes the last valid token whatever the padding side; 'mean' averages all valid tokens;
+    'attention' weighs them by a softmax of `scores` (B, T) over the valid tokens (in fp32; uniform
+    scores give the mean).
     """
     b, g, t, d = states.shape
+    if pooling == "attention":
+        if scores is None or scores.shape != valid.shape:
+            raise ValueError(f"attention pooling needs per-token scores shaped {tuple(valid.shape)}")
+        weights = torch.softmax(scores.float().masked_fill(~valid, float("-inf")), dim=1)
+        weights = torch.where(valid.any(dim=1, keepdim=True), weights, 0.0)  # an empty row pools to 0
+        pooled = (states.float() * weights[:, None, :, None]).sum(dim=2)
+        return pooled.to(states.dtype).reshape(b, g * d)
     if pooling == "last":
         last = t - 1 - valid.flip(1).int().argmax(dim=1)  # (B,) index of the last valid token
         picked = states[torch.arange(b, device=states.device), :, last]  # (B, G, D)
@@ -44,15 +53,17 @@ def pool(states: Tensor, valid: Tensor, pooling: str) -> Tensor:
         summed = (states * weights).sum(dim=2)  # (B, G, D)
         count = weights.sum(dim=2).clamp_min(1.0)
         return (summed / count).reshape(b, g * d)
-    raise ValueError(f"unknown pooling {pooling!r}; expected 'last' or 'mean'")
+    raise ValueError(f"unknown pooling {pooling!r}; expected 'last', 'mean' or 'attention'")
 
 
-def query_embedding(proj: Projection, valid: Tensor, num_kv_heads: int, cfg: EmbeddingConfig) -> Tensor:
+def query_embedding(
+    proj: Projection, valid: Tensor, num_kv_heads: int, cfg: EmbeddingConfig, scores: Tensor | None = None
+) -> Tensor:
     """E_q (B, G*D) from layer b's projection of the prompt, minus `cfg.query_center` when set
-    (then in fp32)."""
+    (then in fp32). `scores` (B, T): the tokens' pooling scores when E_q's pooling is 'attention'."""
     q = proj.q_pre if cfg.rope == "pre" else proj.q
     if cfg.query_center is None:
-        return pool(group_queries(q, num_kv_heads), valid, cfg.query_side_pooling)
+        return pool(group_queries(q, num_kv_heads), valid, cfg.query_side_pooling, scores)
     if len(cfg.query_center) != num_kv_heads * q.shape[-1]:
         raise InputError(
             f"EmbeddingConfig.query_center has {len(cfg.query_center)} values but E_q has "
@@ -60,7 +71,7 @@ def query_embedding(proj: Projection, valid: Tensor, num_kv_heads: int, cfg: Emb
         )
     # In fp32 from the per-token states on: E_q and mu_q are large and close, and their difference is
     # what separates one prompt from another.
-    e_q = pool(group_queries(q.float(), num_kv_heads), valid, cfg.query_side_pooling)
+    e_q = pool(group_queries(q.float(), num_kv_heads), valid, cfg.query_side_pooling, scores)
     return e_q - torch.tensor(cfg.query_center, dtype=torch.float32, device=e_q.device)
 
 

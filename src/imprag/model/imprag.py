@@ -37,9 +37,10 @@ from imprag.config import (
     ReaderConfig,
 )
 from imprag.model.adapters import base_weights, has_adapters
-from imprag.model.backbone import Backbone, KVCache
+from imprag.model.backbone import Backbone, KVCache, Projection
 from imprag.model.embeddings import passage_embedding, query_embedding
 from imprag.model.generation import Generation, RetrievedPassage, decode
+from imprag.model.query_pooling import QUERY_SCORER_FILE, save_query_scorer, token_scores
 from imprag.model.reader import InputError, TokenBatch, batch_tokens, pack_passages, passage_kv, tokenize
 from imprag.model.retrieval_key import (
     RETRIEVAL_KEY_FILE,
@@ -91,6 +92,10 @@ class ImpRAG:
         """W_ret (D, hidden) with `EmbeddingConfig.retrieval_key="trained"` (model/retrieval_key.py), else
         None. It starts at layer b's key projection when the config turns it on; training moves it,
         `from_pretrained` loads a trained one."""
+        self.query_scorer: torch.nn.Parameter | None = None
+        """v (hidden,) with `EmbeddingConfig.query_pooling="attention"` (model/query_pooling.py), else None.
+        It starts at 0 (mean pooling) when the config turns it on; training moves it, `from_pretrained`
+        loads a trained one."""
         self.config = ImpRAGConfig(
             split,
             embedding or EmbeddingConfig(),
@@ -146,6 +151,8 @@ class ImpRAG:
             self.config.save(tmp)
             if self.retrieval_key is not None:
                 save_retrieval_key(self.retrieval_key, tmp)
+            if self.query_scorer is not None:
+                save_query_scorer(self.query_scorer, tmp)
         return Path(directory)
 
     def retrieval_fingerprint(self) -> str:
@@ -182,6 +189,8 @@ class ImpRAG:
         params = sorted(self.model.named_parameters())
         if self.retrieval_key is not None:
             params.append((RETRIEVAL_KEY_FILE, self.retrieval_key))
+        if self.query_scorer is not None:
+            params.append((QUERY_SCORER_FILE, self.query_scorer))
         settings = {"model_type": self.model.config.model_type, "imprag": self.config.to_dict()}
         return self._fingerprint("_model_fp", params, settings)
 
@@ -220,8 +229,9 @@ class ImpRAG:
 
     @property
     def config(self) -> ImpRAGConfig:
-        """The ImpRAG settings. Setting them checks mu_q's size and switches the trained retrieval key on
-        (W_ret from layer b's key projection) or off with `embedding.retrieval_key`."""
+        """The ImpRAG settings. Setting them checks mu_q's size, switches the trained retrieval key on
+        (W_ret from layer b's key projection) or off with `embedding.retrieval_key`, and the query scorer
+        on (v = 0, mean pooling) or off with `embedding.query_pooling`."""
         return self._config
 
     @config.setter
@@ -242,6 +252,10 @@ class ImpRAG:
                 )
             k_proj = self.backbone.layer(config.split.b).self_attn.k_proj
             self.retrieval_key = torch.nn.Parameter(base_key_weight(k_proj).float().clone(), False)
+        if config.embedding.query_side_pooling != "attention":
+            self.query_scorer = None
+        elif self.query_scorer is None:
+            self.query_scorer = torch.nn.Parameter(torch.zeros(self.model.config.hidden_size), False)
         self._config = config
 
     @property
@@ -320,7 +334,14 @@ class ImpRAG:
         proj = bb.project(b, h, step)
         if passage:
             return passage_embedding(proj, batch.valid, self.config.embedding)
-        return query_embedding(proj, batch.valid, bb.num_kv_heads, self.config.embedding)
+        return self._query(h, proj, batch.valid)
+
+    def _query(self, h: Tensor, proj: Projection, valid: Tensor) -> Tensor:
+        """E_q from layer b's input h and its projection (with attention pooling, v scores h's tokens)."""
+        scores = None
+        if self.query_scorer is not None:
+            scores = token_scores(self.backbone.layer(self.split.b).input_layernorm(h), self.query_scorer)
+        return query_embedding(proj, valid, self.backbone.num_kv_heads, self.config.embedding, scores)
 
     def _prefill(
         self,
@@ -337,7 +358,7 @@ class ImpRAG:
         step = bb.step(h, prompts.positions, prompts.valid, cache=kv, reading_layers=split.middle)
         h = bb.run(h, range(0, split.b), step)
         proj = bb.project(split.b, h, step)
-        query = query_embedding(proj, prompts.valid, bb.num_kv_heads, self.config.embedding)
+        query = self._query(h, proj, prompts.valid)
         chosen = passages_for(query)
         if chosen is not None:
             _check_layout(prompts, chosen)

@@ -17,6 +17,7 @@ from imprag.config import EmbeddingConfig, ImpRAGConfig, LayerSplit, ReaderConfi
 from imprag.hardware import resolve_dtype
 from imprag.model import defaults
 from imprag.model.backbone import architecture_of
+from imprag.model.query_pooling import load_query_scorer
 from imprag.model.reader import InputError
 from imprag.model.retrieval_key import load_retrieval_key
 
@@ -93,6 +94,8 @@ def load(
     )
     if loaded.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
         load_retrieval_key(Path(path), loaded.retrieval_key)
+    if loaded.query_scorer is not None and saved and saved.embedding.query_side_pooling == "attention":
+        load_query_scorer(Path(path), loaded.query_scorer)
     loaded.source = str(name_or_path)
     return loaded
 
@@ -144,6 +147,8 @@ def _load_adapter(
                  loaded.config.reader, passages)  # fmt: skip
     if result.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
         load_retrieval_key(directory, result.retrieval_key)
+    if result.query_scorer is not None and saved and saved.embedding.query_side_pooling == "attention":
+        load_query_scorer(directory, result.query_scorer)
     result.source = str(directory)
     return result
 

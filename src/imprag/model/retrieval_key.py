@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from imprag.model.embeddings import pool
-from imprag.model.reader import InputError
+from imprag.model.weight_file import load_weight, save_weight
 
 __all__ = ["RETRIEVAL_KEY_FILE", "base_key_weight", "key_inputs", "load_retrieval_key", "save_retrieval_key"]
 
@@ -36,31 +35,16 @@ def key_inputs(x: Tensor, valid: Tensor) -> Tensor:
 
 
 def save_retrieval_key(weight: Tensor, directory: str | Path) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(directory) / RETRIEVAL_KEY_FILE
-    save_file({"weight": weight.detach().float().cpu().contiguous()}, path, metadata={"format": "pt"})
-    return path
+    return save_weight(weight, directory, RETRIEVAL_KEY_FILE)
 
 
 def load_retrieval_key(directory: str | Path, key: nn.Parameter) -> None:
     """Copy the W_ret saved in `directory` into `key`; a missing, unreadable or misshapen file is a
     one-line InputError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(directory) / RETRIEVAL_KEY_FILE
-    if not path.is_file():
-        raise InputError(
-            f"{directory} says retrieval_key='trained' (imprag_config.json) but has no {RETRIEVAL_KEY_FILE}: "
-            "copy it from the run that trained the model, or set embedding.retrieval_key to 'base'"
-        )
-    try:
-        weight = load_file(path).get("weight")
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"{path} is not a readable safetensors file ({err}); copy it again") from None
-    if weight is None or weight.shape != key.shape:
-        found = None if weight is None else tuple(weight.shape)
-        raise InputError(f"{path} holds a weight of shape {found}, this model needs {tuple(key.shape)}")
-    with torch.no_grad():
-        key.copy_(weight)
+    load_weight(
+        directory,
+        RETRIEVAL_KEY_FILE,
+        key,
+        f"says retrieval_key='trained' (imprag_config.json) but has no {RETRIEVAL_KEY_FILE}: copy it from "
+        "the run that trained the model, or set embedding.retrieval_key to 'base'",
+    )

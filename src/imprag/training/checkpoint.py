@@ -40,6 +40,7 @@ from imprag.config import ConfigError
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.defaults import DEFAULT_MODELS
 from imprag.model.imprag import ImpRAG
+from imprag.model.query_pooling import load_query_scorer, save_query_scorer
 from imprag.model.retrieval_key import load_retrieval_key, save_retrieval_key
 from imprag.training.config import EngineConfig, TrainConfig
 
@@ -116,6 +117,9 @@ def prepare_model(model: ImpRAG, engine: EngineConfig) -> list[nn.Parameter]:
     if model.retrieval_key is not None:  # W_ret (EmbeddingConfig.retrieval_key="trained") learns too
         model.retrieval_key.requires_grad_(True)
         params.append(model.retrieval_key)
+    if model.query_scorer is not None:  # v (EmbeddingConfig.query_pooling="attention") learns too
+        model.query_scorer.requires_grad_(True)
+        params.append(model.query_scorer)
     return params
 
 
@@ -161,6 +165,8 @@ def export_model(model: ImpRAG, directory: Path) -> None:
     model.config.save(directory)
     if model.retrieval_key is not None:
         save_retrieval_key(model.retrieval_key, directory)
+    if model.query_scorer is not None:
+        save_query_scorer(model.query_scorer, directory)
 
 
 def rng_state() -> dict[str, Any]:
@@ -228,6 +234,8 @@ def restore_checkpoint(path: Path, model: ImpRAG) -> dict[str, Any]:
                 p.copy_(saved[name])
     if model.retrieval_key is not None:
         load_retrieval_key(path, model.retrieval_key)
+    if model.query_scorer is not None:
+        load_query_scorer(path, model.query_scorer)
     return load_trainer_state(path)
 
 

@@ -49,10 +49,11 @@ class ModelSpec:
     pooling: Literal["last", "mean"] | None = None
     """E_q/E_p pooling (None: the model's own; the paper: last). `benchmarks/probe_scoring.py` measures
     both; the trained model and every index built with it use this value."""
-    query_pooling: Literal["last", "mean"] | None = None
+    query_pooling: Literal["last", "mean", "attention"] | None = None
     """E_q's pooling when it should differ from E_p's (EmbeddingConfig.query_pooling; None: `pooling`).
     E_p does not depend on it, so a frozen run with pooling=mean and query_pooling=last trains against
-    the base model's mean-pooled index."""
+    the base model's mean-pooled index. 'attention' [D]: a learned weighted mean over the prompt's tokens
+    whose scorer v trains with the adapter (starting at 0, the mean; model/query_pooling.py)."""
     center: bool = False
     """Score with (E_q - mu_q) . E_p, mu_q the mean E_q of `center_prompts` train prompts, estimated before
     the first step and again at every epoch end, saved with the model (EmbeddingConfig.query_center)."""
@@ -308,7 +309,10 @@ class TrainConfig:
                 "(the ra-it evaluation system): set data.teacher=minilm",
             ),
             (self.model.pooling in (None, "last", "mean"), "model.pooling must be last or mean"),
-            (self.model.query_pooling in (None, "last", "mean"), "model.query_pooling must be last or mean"),
+            (
+                self.model.query_pooling in (None, "last", "mean", "attention"),
+                "model.query_pooling must be last, mean or attention",
+            ),
             (self.model.center_prompts >= 1, "model.center_prompts must be >= 1"),
             (self.model.retrieval_key in ("base", "trained"), "model.retrieval_key must be base or trained"),
             (
