@@ -23,9 +23,11 @@ the adapter together; the adapter here was trained for the mean) and says whethe
 seen formats to the unseen ones, which it never sees.
 
 Run:  .venv/bin/python benchmarks/probe_attention_pooling.py --index INDEX [--model M] [--steps 600]
+          [--save DIR]
       (INDEX: the base model's index with the trained retrieval key's f_p, e.g. `imprag index wiki-summaries
       --out INDEX --pooling mean --retrieval-key trained`; M: a model trained with frozen passages, the
-      committed adapter by default; writes benchmarks/results/probe_attention_pooling.json)
+      committed adapter by default; writes benchmarks/results/probe_attention_pooling.json; DIR: a copy of M
+      that pools its query with the trained `input` scorer, for `imprag eval`)
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def main() -> None:
     parser.add_argument("--dev-tasks", default="describe,slot-filling,fact-check,entity-linking")
     parser.add_argument("--scorers", default=",".join(SCORERS), help=f"comma-separated: {SCORERS}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
+    parser.add_argument(
+        "--save",
+        type=Path,
+        help="also write the model with the trained 'input' pooling here (a copy of --model with "
+        "query_pooling attention and its query_scorer.safetensors), for `imprag eval`",
+    )
     args = parser.parse_args()
     scorers = [s for s in args.scorers.split(",") if s]
     if set(scorers) - set(SCORERS):
@@ -154,8 +162,27 @@ def main() -> None:
             optimizer.step()
         result["curves"][name] = curve
         result.setdefault("examples", {})[name] = heaviest_tokens(model, scorer, dev, q_dev, x_dev)
+        if name == "input" and args.save:
+            save_with_pooling(model, Path(args.model), args.save, scorer.weight.detach()[0])
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def save_with_pooling(model, source: Path, out: Path, scorer) -> None:
+    """A copy of the model folder `source` that pools its query with the learned scorer (its mu_q kept:
+    the probe trained against it)."""
+    import shutil
+    from dataclasses import replace
+
+    from imprag.model.query_pooling import save_query_scorer
+
+    if not source.is_dir():
+        raise SystemExit(f"--save needs --model to be a folder, got {source}")
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    embedding = replace(model.config.embedding, query_pooling="attention")
+    replace(model.config, embedding=embedding).save(out)
+    save_query_scorer(scorer, out)
+    print(f"wrote {out} (query_pooling attention)")
 
 
 def token_states(model, prompts: list[str], batch_size: int = 32):

@@ -115,10 +115,11 @@ INVENTED = [  # (fact, question, the answer it names), in benchmarks/probe_split
 
 def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG) -> None:
     """The README main job reads with this adapter: it must stay small, name its base by the embedded
-    name, be the frozen CPU recipe's output, and move the query and the retrieval key while every
-    passage's index vector (f_p, its layer-7 input) stays the base model's (frozen passages: its index
+    name, be the frozen CPU recipe's output, and move the query, its pooling and the retrieval key while
+    every passage's index vector (f_p, its layer-7 input) stays the base model's (frozen passages: its index
     fingerprint is the base's, so the base index serves it)."""
-    files = ("adapter_model.safetensors", "retrieval_key.safetensors")  # both stored in bf16
+    # all three stored in bf16
+    files = ("adapter_model.safetensors", "retrieval_key.safetensors", "query_scorer.safetensors")
     assert sum((ADAPTER / name).stat().st_size for name in files) <= 5 * 2**20
     assert (
         json.loads((ADAPTER / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
@@ -136,6 +137,7 @@ def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG)
     trained = ImpRAG.from_pretrained(ADAPTER)
     assert trained.split == smol.split and trained.backbone.dtype == auto_dtype()
     assert trained.config.passages == "frozen" and trained.config.embedding.retrieval_key == "trained"
+    assert trained.config.embedding.query_pooling == "attention" and trained.query_scorer.abs().max() > 0.05
     base_mean = ImpRAG(
         smol.model, smol.tokenizer, smol.split, embedding=trained.config.embedding, passages="frozen"
     )  # its retrieval key starts at layer 7's k_proj
@@ -150,9 +152,9 @@ def test_the_committed_adapter_is_the_cpu_recipe_and_loads_offline(smol: ImpRAG)
     )
     assert float(moved) < 0.99, float(moved)  # the adapter trained the query side
     # Reading kept: invented facts it cannot know closed-book (none answered without the passage) are read
-    # from the middle layers. On these 8 this adapter reads 5 in bf16 ("Quantum City", "Lake Brigaro", "4,512
-    # metres", ...) and 3 in fp32 (where auto is fp32: AVX2-only CPUs), the base 4, the adapter before it 3
-    # (bf16; benchmarks/probe_reading.py, 80 facts: 43, 31, 28).
+    # from the middle layers. On these 8 this adapter reads 3 in bf16 and in fp32 ("Quantum City", "4,512
+    # metres", "Lovelquel"), the adapter before it 5 in bf16 and 3 in fp32 (where auto is fp32: AVX2-only
+    # CPUs); on 80 facts (benchmarks/probe_reading.py) 45 against the one before's 43 and the base's 30.
     prompts = [f"Q: {q}\nA:" for _, q, _ in INVENTED]
     read = trained.generate(prompts, passages=[[f] for f, _, _ in INVENTED], max_new_tokens=12, stop=["\n"])
     closed = trained.generate(prompts, max_new_tokens=12, stop=["\n"])
