@@ -3,10 +3,10 @@ query states.
 
 E_q is the mean over the prompt's tokens of layer b's (GQA-grouped, pre-RoPE) query states. A slot-filling
 prompt is "Kenya [SEP] capital" and then 20 words of instruction, so most of what its mean averages is the
-instruction; the committed adapter finds the gold article for 16% of slot-filling test prompts and 10% of
-entity-linking ones against 48% of describe's. This probe keeps a trained model whole (its adapter, its
-centering mu_q, its retrieval key W_ret, the base index's f_p) and trains only the pooling, as attention
-weights over the prompt's tokens:
+instruction; frozen-7 (the adapter committed before frozen-9) finds the gold article for 16% of
+slot-filling test prompts and 10% of entity-linking ones against 48% of describe's. This probe keeps a
+trained model whole (its adapter, its centering mu_q, its retrieval key W_ret, the base index's f_p) and
+trains only the pooling, as attention weights over the prompt's tokens:
 
     E_q = sum_i a_i q_i,   a = softmax over the prompt's tokens of s_i,   score = (E_q - mu_q) W_ret . f_p
 
@@ -22,12 +22,13 @@ It bounds what a learned pooling could add on top of this adapter (the recipe wo
 the adapter together; the adapter here was trained for the mean) and says whether it generalises from the
 seen formats to the unseen ones, which it never sees.
 
-Run:  .venv/bin/python benchmarks/probe_attention_pooling.py --index INDEX [--model M] [--steps 600]
+Run:  .venv/bin/python benchmarks/probe_attention_pooling.py --index INDEX --model M [--steps 600]
           [--save DIR]
       (INDEX: the base model's index with the trained retrieval key's f_p, e.g. `imprag index wiki-summaries
-      --out INDEX --pooling mean --retrieval-key trained`; M: a model trained with frozen passages, the
-      committed adapter by default; writes benchmarks/results/probe_attention_pooling.json; DIR: a copy of M
-      that pools its query with the trained `input` scorer, for `imprag eval`)
+      --out INDEX --pooling mean --retrieval-key trained`; M: a model trained with frozen passages and mean
+      pooling, e.g. frozen-7 (`git show 98d3ddd:models/smollm2-135m-imprag/FILE`); writes
+      benchmarks/results/probe_attention_pooling.json; DIR: a copy of M that pools its query with the
+      trained `input` scorer, for `imprag eval`)
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--index", required=True, help="the base model's f_p index (trained retrieval key)")
-    parser.add_argument("--model", default="models/smollm2-135m-imprag", help="a frozen-passage model")
+    parser.add_argument(
+        "--model", required=True, help="a frozen-passage model with a trained key and mean pooling (a folder)"
+    )
     parser.add_argument("--data", default="data/benchmark", help="benchmark directory")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
@@ -86,6 +89,12 @@ def main() -> None:
     if model.retrieval_key is None or model.config.passages != "frozen":
         raise SystemExit(
             f"{args.model}: this probe needs a model trained with frozen passages and a trained key"
+        )
+    if model.config.embedding.query_side_pooling != "mean":
+        raise SystemExit(
+            f"{args.model} pools its query with {model.config.embedding.query_side_pooling!r}: this probe "
+            "trains a pooling on top of a mean-pooled model (e.g. frozen-7, the adapter committed before "
+            "frozen-9: `git show 98d3ddd:models/smollm2-135m-imprag/FILE` for each of its files)"
         )
     index = PassageIndex.load(args.index, model)
     rows, f_p = index.vectors()
