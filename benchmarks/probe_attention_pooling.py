@@ -42,7 +42,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
-from probe_query_rank import gold_columns, recall_at_10
+from probe_query_rank import gold_columns, gold_nce, recall_at_10
 
 RESULTS = Path(__file__).parent / "results" / "probe_attention_pooling.json"
 SCORERS = ("query", "input", "mlp")
@@ -56,7 +56,6 @@ def main() -> None:
     from imprag.hardware import describe_machine
     from imprag.io import atomic_write_text
     from imprag.retrieval.index import PassageIndex
-    from imprag.training.losses import multi_label_nce
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,10 +161,7 @@ def main() -> None:
             pick = torch.randint(0, len(train), (128,)).tolist()
             q, x = pad([q_train[i] for i in pick]), pad([x_train[i] for i in pick])
             scores = searched(q, weights(scorer, q, x), w_ret, mu) @ f_p.T
-            positives = torch.zeros_like(scores, dtype=torch.bool)
-            for i, j in enumerate(pick):
-                positives[i, gold_train[j]] = True
-            loss = multi_label_nce(scores, positives, torch.ones_like(positives), temperature=0.25)
+            loss = gold_nce(scores, [gold_train[j] for j in pick])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -183,14 +179,15 @@ def save_with_pooling(model, source: Path, out: Path, scorer) -> None:
     import shutil
     from dataclasses import replace
 
-    from imprag.model.query_pooling import save_query_scorer
+    from imprag.model.query_pooling import QUERY_SCORER_FILE
+    from imprag.model.weight_file import save_weight
 
     if not source.is_dir():
         raise SystemExit(f"--save needs --model to be a folder, got {source}")
     shutil.copytree(source, out, dirs_exist_ok=True)
     embedding = replace(model.config.embedding, query_pooling="attention")
     replace(model.config, embedding=embedding).save(out)
-    save_query_scorer(scorer, out)
+    save_weight(scorer, out, QUERY_SCORER_FILE)
     print(f"wrote {out} (query_pooling attention)")
 
 

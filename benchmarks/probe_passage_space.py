@@ -53,7 +53,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
-from probe_query_rank import gold_columns, recall_at_10
+from probe_query_rank import gold_columns, gold_nce, recall_at_10
 
 RESULTS = Path(__file__).parent / "results" / "probe_passage_space.json"
 
@@ -68,7 +68,6 @@ def main() -> None:
     from imprag.io import atomic_write_text
     from imprag.retrieval.baselines import baseline_dir, load_baseline
     from imprag.retrieval.index import PassageIndex
-    from imprag.training.losses import multi_label_nce
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -196,10 +195,7 @@ def main() -> None:
                 break
             pick = torch.randint(0, len(x_train), (64,)).tolist()
             scores = (x_train[pick] @ w.T + bias) @ passages.T
-            positives = torch.zeros_like(scores, dtype=torch.bool)
-            for i, j in enumerate(pick):
-                positives[i, gold_train[j]] = True
-            loss = multi_label_nce(scores, positives, torch.ones_like(positives), temperature=0.25)
+            loss = gold_nce(scores, [gold_train[j] for j in pick])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -214,6 +214,19 @@ def gold_columns(store, column: dict[int, int], items: list) -> list[list[int]]:
     return [[column[r] for r in store.rows_of(list(it.evidence)) if r is not None] for it in items]
 
 
+def gold_nce(scores, golds: list[list[int]], temperature: float = 0.25):
+    """The whole-corpus multi-label NCE of scores (m, N) with each row's gold columns `golds[i]` as its
+    positives (every other column a negative), as the probes train."""
+    import torch
+
+    from imprag.training.losses import multi_label_nce
+
+    positives = torch.zeros_like(scores, dtype=torch.bool)
+    for i, cols in enumerate(golds):
+        positives[i, cols] = True
+    return multi_label_nce(scores, positives, torch.ones_like(positives), temperature=temperature)
+
+
 def recall_at_10(queries: dict, golds: dict[str, list[list[int]]], passages) -> dict[str, float]:
     """Per task: the share of queries (n, D) with a gold column among their top 10 of `passages` (N, D)."""
     out = {}

@@ -278,8 +278,6 @@ def test_a_trained_retrieval_key_learns_over_fixed_layer_b_inputs_and_resumes(
     it."""
     from dataclasses import replace
 
-    from imprag.training.checkpoint import export_model, restore_checkpoint
-
     overrides = ["model.pooling=mean", "model.retrieval_key=trained", "objective.ret_weight=1.0"]
     model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
     embedding = replace(model.config.embedding, pooling="mean", retrieval_key="trained")
@@ -309,14 +307,22 @@ def test_a_trained_retrieval_key_learns_over_fixed_layer_b_inputs_and_resumes(
     with torch.no_grad():
         assert torch.equal(model.embed_passages(texts), f_p)  # and the passages did not move
     assert model.retrieval_fingerprint() == fingerprint
-    (tmp_path / "ckpt").mkdir()
-    export_model(model, tmp_path / "ckpt")
-    torch.save({"step": 3}, tmp_path / "ckpt" / "trainer_state.pt")
-    learned = model.retrieval_key.detach().clone()
+    assert_checkpoint_restores(model, model.retrieval_key, tmp_path / "ckpt")
+
+
+def assert_checkpoint_restores(model: ImpRAG, weight: torch.Tensor, directory) -> None:
+    """A checkpoint written by export_model holds `weight` (a side weight: W_ret or v): zeroed after the
+    export, restore_checkpoint brings back the learned values."""
+    from imprag.training.checkpoint import export_model, restore_checkpoint
+
+    directory.mkdir()
+    export_model(model, directory)
+    torch.save({"step": 3}, directory / "trainer_state.pt")
+    learned = weight.detach().clone()
     with torch.no_grad():
-        model.retrieval_key.zero_()
-    restore_checkpoint(tmp_path / "ckpt", model)
-    assert torch.equal(model.retrieval_key, learned)
+        weight.zero_()
+    restore_checkpoint(directory, model)
+    assert torch.equal(weight, learned) and learned.abs().max() > 0
 
 
 def test_an_attention_pooled_query_learns_its_scorer_and_resumes(tokenizer, store, tmp_path) -> None:
@@ -324,8 +330,6 @@ def test_an_attention_pooled_query_learns_its_scorer_and_resumes(tokenizer, stor
     computation over mean-pooled E_q), trains with the adapter while no passage vector moves, and a
     checkpoint holds it."""
     from dataclasses import replace
-
-    from imprag.training.checkpoint import export_model, restore_checkpoint
 
     overrides = ["model.pooling=mean", "model.query_pooling=attention", "objective.ret_weight=1.0"]
     model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
@@ -348,11 +352,4 @@ def test_an_attention_pooled_query_learns_its_scorer_and_resumes(tokenizer, stor
     assert model.query_scorer.abs().max().item() > 1e-4  # v learned
     with torch.no_grad():
         assert torch.equal(model.embed_passages(texts), e_p)  # and the passages did not move
-    (tmp_path / "ckpt").mkdir()
-    export_model(model, tmp_path / "ckpt")
-    torch.save({"step": 3}, tmp_path / "ckpt" / "trainer_state.pt")
-    learned = model.query_scorer.detach().clone()
-    with torch.no_grad():
-        model.query_scorer.zero_()
-    restore_checkpoint(tmp_path / "ckpt", model)
-    assert torch.equal(model.query_scorer, learned)
+    assert_checkpoint_restores(model, model.query_scorer, tmp_path / "ckpt")

@@ -40,15 +40,11 @@ from imprag.model.adapters import base_weights, has_adapters
 from imprag.model.backbone import Backbone, KVCache, Projection
 from imprag.model.embeddings import passage_embedding, query_embedding
 from imprag.model.generation import Generation, RetrievedPassage, decode
-from imprag.model.query_pooling import QUERY_SCORER_FILE, save_query_scorer, token_scores
+from imprag.model.query_pooling import QUERY_SCORER_FILE, token_scores
 from imprag.model.reader import InputError, TokenBatch, batch_tokens, pack_passages, passage_kv, tokenize
-from imprag.model.retrieval_key import (
-    RETRIEVAL_KEY_FILE,
-    base_key_weight,
-    key_inputs,
-    save_retrieval_key,
-)
+from imprag.model.retrieval_key import RETRIEVAL_KEY_FILE, base_key_weight, key_inputs
 from imprag.model.retriever import Retriever
+from imprag.model.weight_file import save_weight
 
 __all__ = ["ImpRAG", "Prefill"]
 
@@ -149,11 +145,20 @@ class ImpRAG:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             self.config.save(tmp)
-            if self.retrieval_key is not None:
-                save_retrieval_key(self.retrieval_key, tmp)
-            if self.query_scorer is not None:
-                save_query_scorer(self.query_scorer, tmp)
+            for name, weight in self.side_weights().items():
+                save_weight(weight, tmp, name)
         return Path(directory)
+
+    def side_weights(self) -> dict[str, torch.nn.Parameter]:
+        """The learned weights this model keeps outside the HF model, by the file each is saved as beside
+        it: W_ret (`retrieval_key.safetensors`) and v (`query_scorer.safetensors`) when the config has
+        them. Saving, fingerprinting, training and checkpoints go through this one list."""
+        weights = {}
+        if self.retrieval_key is not None:
+            weights[RETRIEVAL_KEY_FILE] = self.retrieval_key
+        if self.query_scorer is not None:
+            weights[QUERY_SCORER_FILE] = self.query_scorer
+        return weights
 
     def retrieval_fingerprint(self) -> str:
         """Hash of everything that determines E_p: the weights of the embeddings and layers 0..b, b, the
@@ -187,10 +192,7 @@ class ImpRAG:
         (a resumed evaluation refuses a model whose value differs). Same rounding and caching as
         `retrieval_fingerprint`; the first call reads every weight once."""
         params = sorted(self.model.named_parameters())
-        if self.retrieval_key is not None:
-            params.append((RETRIEVAL_KEY_FILE, self.retrieval_key))
-        if self.query_scorer is not None:
-            params.append((QUERY_SCORER_FILE, self.query_scorer))
+        params += list(self.side_weights().items())
         settings = {"model_type": self.model.config.model_type, "imprag": self.config.to_dict()}
         return self._fingerprint("_model_fp", params, settings)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from imprag.model.weight_file import load_weight, save_weight
+from imprag.model.weight_file import load_weight
 
-__all__ = ["QUERY_SCORER_FILE", "load_query_scorer", "save_query_scorer", "token_scores"]
+__all__ = ["QUERY_SCORER_FILE", "load_query_scorer", "token_scores"]
 
 QUERY_SCORER_FILE = "query_scorer.safetensors"
 
@@ -27,10 +27,6 @@ QUERY_SCORER_FILE = "query_scorer.safetensors"
 def token_scores(x: Tensor, scorer: Tensor) -> Tensor:
     """s (B, T) = x (B, T, hidden) . v (hidden,), in fp32: each token's pooling score."""
     return x.float() @ scorer.to(x.device)
-
-
-def save_query_scorer(scorer: Tensor, directory: str | Path) -> Path:
-    return save_weight(scorer, directory, QUERY_SCORER_FILE)
 
 
 def load_query_scorer(directory: str | Path, scorer: nn.Parameter) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from imprag.model.embeddings import pool
-from imprag.model.weight_file import load_weight, save_weight
+from imprag.model.weight_file import load_weight
 
-__all__ = ["RETRIEVAL_KEY_FILE", "base_key_weight", "key_inputs", "load_retrieval_key", "save_retrieval_key"]
+__all__ = ["RETRIEVAL_KEY_FILE", "base_key_weight", "key_inputs", "load_retrieval_key"]
 
 RETRIEVAL_KEY_FILE = "retrieval_key.safetensors"
 
@@ -32,10 +32,6 @@ def key_inputs(x: Tensor, valid: Tensor) -> Tensor:
     """f (B, hidden): the mean over valid tokens (B, T) of layer b's normalised attention input x
     (B, T, hidden), in fp32 (`pool`'s mean, over one head of width hidden)."""
     return pool(x.float()[:, None], valid, "mean")
-
-
-def save_retrieval_key(weight: Tensor, directory: str | Path) -> Path:
-    return save_weight(weight, directory, RETRIEVAL_KEY_FILE)
 
 
 def load_retrieval_key(directory: str | Path, key: nn.Parameter) -> None:

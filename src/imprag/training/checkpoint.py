@@ -40,8 +40,7 @@ from imprag.config import ConfigError
 from imprag.io import atomic_directory, atomic_write_text
 from imprag.model.defaults import DEFAULT_MODELS
 from imprag.model.imprag import ImpRAG
-from imprag.model.query_pooling import load_query_scorer, save_query_scorer
-from imprag.model.retrieval_key import load_retrieval_key, save_retrieval_key
+from imprag.model.weight_file import load_weight, save_weight
 from imprag.training.config import EngineConfig, TrainConfig
 
 __all__ = [
@@ -114,12 +113,9 @@ def prepare_model(model: ImpRAG, engine: EngineConfig) -> list[nn.Parameter]:
             p.requires_grad_(True)
     if not params:
         raise ConfigError(f"engine.lora_targets {list(engine.lora_targets)} match no module of this model")
-    if model.retrieval_key is not None:  # W_ret (EmbeddingConfig.retrieval_key="trained") learns too
-        model.retrieval_key.requires_grad_(True)
-        params.append(model.retrieval_key)
-    if model.query_scorer is not None:  # v (EmbeddingConfig.query_pooling="attention") learns too
-        model.query_scorer.requires_grad_(True)
-        params.append(model.query_scorer)
+    for weight in model.side_weights().values():  # W_ret and the query scorer v learn too
+        weight.requires_grad_(True)
+        params.append(weight)
     return params
 
 
@@ -163,10 +159,8 @@ def export_model(model: ImpRAG, directory: Path) -> None:
         model.model.save_pretrained(directory)
     model.tokenizer.save_pretrained(directory)
     model.config.save(directory)
-    if model.retrieval_key is not None:
-        save_retrieval_key(model.retrieval_key, directory)
-    if model.query_scorer is not None:
-        save_query_scorer(model.query_scorer, directory)
+    for name, weight in model.side_weights().items():
+        save_weight(weight, directory, name)
 
 
 def rng_state() -> dict[str, Any]:
@@ -232,10 +226,8 @@ def restore_checkpoint(path: Path, model: ImpRAG) -> dict[str, Any]:
         with torch.no_grad():
             for name, p in trainable.items():
                 p.copy_(saved[name])
-    if model.retrieval_key is not None:
-        load_retrieval_key(path, model.retrieval_key)
-    if model.query_scorer is not None:
-        load_query_scorer(path, model.query_scorer)
+    for name, weight in model.side_weights().items():
+        load_weight(path, name, weight, f"lacks {name}: it is not a checkpoint of this run")
     return load_trainer_state(path)
 
 
