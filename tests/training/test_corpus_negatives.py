@@ -207,6 +207,8 @@ def test_frozen_training_leaves_every_passage_embedding_and_the_fingerprint_unch
         (["objective.tau_teacher=0"], "objective.tau_teacher > 0"),
         (["data.teacher_top_m=-1"], "data.teacher_top_m must be >= 0"),
         (["objective.refresh_every=-2", "model.passages=shared"], "refresh_every"),
+        (["optim.query_scorer_lr=0.01"], "needs model.query_pooling=attention"),
+        (["optim.query_scorer_lr=-1", "model.query_pooling=attention"], "query_scorer_lr must be >= 0"),
     ],
 )
 def test_configurations_that_cannot_work_are_refused(overrides: list[str], message: str) -> None:
@@ -353,3 +355,27 @@ def test_an_attention_pooled_query_learns_its_scorer_and_resumes(tokenizer, stor
     with torch.no_grad():
         assert torch.equal(model.embed_passages(texts), e_p)  # and the passages did not move
     assert_checkpoint_restores(model, model.query_scorer, tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("scorer_lr", [0.0, 0.5])
+def test_the_query_scorer_steps_at_its_own_learning_rate(tokenizer, store, tmp_path, scorer_lr) -> None:
+    """optim.query_scorer_lr puts v in a parameter group of its own. AdamW's first step moves every weight
+    whose gradient is not 0 by exactly its group's rate (m/sqrt(v) = g/|g|; warmup_steps=1 puts the
+    schedule at 1): v by query_scorer_lr (0: optim.lr = 0.05), every LoRA weight by 0.05."""
+    from dataclasses import replace
+
+    overrides = ["model.pooling=mean", "model.query_pooling=attention", f"optim.query_scorer_lr={scorer_lr}"]
+    model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
+    embedding = replace(model.config.embedding, pooling="mean", query_pooling="attention")
+    model.config = replace(model.config, embedding=embedding)
+    cfg = config(*overrides)
+    t = Trainer(model, TrainingData({"retrieval": batch()}, store, cfg.data.mix, seed=0), cfg, tmp_path)
+    assert len(t.optimizer.param_groups) == (2 if scorer_lr else 1)
+    lora = {n: p.detach().clone() for n, p in model.model.named_parameters() if "lora_" in n}
+    t.train_step(0)
+    moved = model.query_scorer.detach().abs()
+    assert moved.min().item() > 0
+    assert moved.max().item() == pytest.approx(scorer_lr or 0.05, rel=1e-3)
+    params = dict(model.model.named_parameters())
+    steps = [(params[n].detach() - before).abs().max().item() for n, before in lora.items()]
+    assert max(steps) == pytest.approx(0.05, rel=1e-3)

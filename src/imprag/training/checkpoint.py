@@ -119,6 +119,20 @@ def prepare_model(model: ImpRAG, engine: EngineConfig) -> list[nn.Parameter]:
     return params
 
 
+def param_groups(
+    params: list[nn.Parameter], scorer: nn.Parameter | None, scorer_lr: float
+) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one for `params`, or with `scorer_lr` > 0 the query scorer v in a
+    second group at that peak rate (optim.query_scorer_lr). One group when it is 0, so the checkpoints of
+    runs that did not set it resume as they were saved."""
+    if not scorer_lr or scorer is None:
+        return [{"params": params}]
+    return [
+        {"params": [p for p in params if p is not scorer]},
+        {"params": [p for p in params if p is scorer], "lr": scorer_lr},
+    ]
+
+
 def _query_projections(model: ImpRAG) -> list[str]:
     """Full module names of layer b's query projection (`q_proj`), anchored at the model's root."""
     layer = model.backbone.layer(model.split.b)

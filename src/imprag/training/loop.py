@@ -47,6 +47,7 @@ from imprag.retrieval.store import PassageStore
 from imprag.training.checkpoint import (
     export_model,
     latest_checkpoint,
+    param_groups,
     prepare_model,
     restore_checkpoint,
     rng_state,
@@ -170,7 +171,11 @@ class Trainer:
         self.autocast = autocast_enabled(config.engine.autocast, model.device)
         model.backbone.gradient_checkpointing = config.engine.gradient_checkpointing
         opt = config.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=opt.lr, weight_decay=opt.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.params, model.query_scorer, opt.query_scorer_lr),
+            lr=opt.lr,
+            weight_decay=opt.weight_decay,
+        )
         total = config.total_steps
 
         def schedule(step: int) -> float:
