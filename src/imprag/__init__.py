@@ -13,6 +13,7 @@ from imprag.errors import ImpragError
 from imprag.model import (
     ARCHITECTURES,
     Generation,
+    GenerationObserver,
     ImpRAG,
     InputError,
     RetrievedPassage,
@@ -39,6 +40,7 @@ __all__ = [
     "DecodeConfig",
     "EmbeddingConfig",
     "Generation",
+    "GenerationObserver",
     "ImpRAG",
     "ImpRAGConfig",
     "ImpragError",

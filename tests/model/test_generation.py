@@ -13,6 +13,7 @@ from torch.testing import assert_close
 from imprag import (
     DecodeConfig,
     EmbeddingConfig,
+    GenerationObserver,
     ImpRAG,
     InMemoryRetriever,
     InputError,
@@ -241,3 +242,76 @@ def test_truncation_is_reported_for_given_passages_only(
     with caplog.at_level(logging.WARNING, logger="imprag"):
         out = tiny.generate(PROMPTS[:1], index=index, k=3, max_new_tokens=1)
     assert len(out[0].passages) == 3 and "truncated" not in caplog.text
+
+
+class Recorder(GenerationObserver):
+    """Records every hook call; ends row `cancel_row` after `cancel_after` tokens."""
+
+    def __init__(self, cancel_row: int = -1, cancel_after: int = 0) -> None:
+        self.reads: list[list[list[str]]] = []
+        self.tokens: dict[int, list[list[int]]] = {}
+        self.ends: dict[int, tuple[list[int], str, str]] = {}
+        self.cancel_row, self.cancel_after = cancel_row, cancel_after
+
+    def read(self, passages) -> None:
+        self.reads.append([[p.text for p in row] for row in passages])
+
+    def token(self, row: int, token_ids: list[int]) -> bool:
+        assert row not in self.ends, "a token after the row ended"
+        self.tokens.setdefault(row, []).append(list(token_ids))
+        return not (row == self.cancel_row and len(token_ids) >= self.cancel_after)
+
+    def finished(self, row: int, token_ids: list[int], text: str, reason: str) -> None:
+        assert row not in self.ends, "a row ended twice"
+        self.ends[row] = (list(token_ids), text, reason)
+
+
+def test_an_observer_sees_what_is_read_every_token_and_every_end(tiny: ImpRAG) -> None:
+    index = InMemoryRetriever.build(tiny, PASSAGES)
+    seen = Recorder()
+    results = tiny.generate(PROMPTS, index=index, k=2, max_new_tokens=6, observer=seen, ignore_eos=True)
+    assert seen.reads == [[[p.text for p in r.passages] for r in results]]
+    for row, res in enumerate(results):
+        # one call per token, each with the prefix so far, then one end with the Generation's own values
+        assert seen.tokens[row] == [res.token_ids[: i + 1] for i in range(6)]
+        assert (
+            seen.ends[row]
+            == (res.token_ids, res.text, res.finish_reason)
+            == (res.token_ids, res.text, "length")
+        )
+
+
+def test_an_observer_ends_one_row_early_and_the_others_do_not_change(tiny: ImpRAG) -> None:
+    plain = tiny.generate(PROMPTS, max_new_tokens=8, ignore_eos=True)
+    seen = Recorder(cancel_row=0, cancel_after=3)
+    results = tiny.generate(PROMPTS, max_new_tokens=8, observer=seen, ignore_eos=True)
+    assert results[0].finish_reason == "cancelled" and results[0].token_ids == plain[0].token_ids[:3]
+    assert seen.ends[0][2] == "cancelled" and len(seen.tokens[0]) == 3
+    assert results[1].token_ids == plain[1].token_ids and results[1].finish_reason == "length"
+
+
+def test_an_observer_is_told_of_stop_string_and_eos_ends_with_the_final_text(tiny: ImpRAG) -> None:
+    full = tiny.generate(PROMPTS[:1], max_new_tokens=10, ignore_eos=True)[0]
+    before = tiny.tokenizer.decode(full.token_ids[:4])
+    stop = tiny.tokenizer.decode(full.token_ids[:6])[len(before) :]
+    seen = Recorder()
+    cut = tiny.generate(PROMPTS[:1], max_new_tokens=10, stop=[stop], observer=seen, ignore_eos=True)[0]
+    assert cut.finish_reason == "stop" and seen.ends[0] == (cut.token_ids, cut.text, "stop")
+    assert len(seen.tokens[0]) == len(cut.token_ids) - 1  # the token completing the stop is not streamed
+    eos = full.token_ids[2]
+    tiny._eos_ids = lambda: [eos]  # type: ignore[method-assign]  # instance-local
+    try:
+        seen = Recorder()
+        ended = tiny.generate(PROMPTS[:1], max_new_tokens=10, observer=seen)[0]
+    finally:
+        del tiny._eos_ids
+    assert seen.ends[0] == (ended.token_ids, ended.text, "eos") and len(seen.tokens[0]) == 2
+
+
+def test_seeded_sampling_of_a_row_does_not_depend_on_the_rest_of_the_batch(tiny: ImpRAG) -> None:
+    cfg = DecodeConfig(max_new_tokens=10, do_sample=True, temperature=1.5, seed=11, ignore_eos=True)
+    both = tiny.generate(PROMPTS, decode_config=cfg)
+    for i in range(2):
+        assert tiny.generate(PROMPTS[i : i + 1], decode_config=cfg)[0].token_ids == both[i].token_ids
+    twice = tiny.generate([PROMPTS[0], PROMPTS[0]], decode_config=cfg)
+    assert twice[0].token_ids == twice[1].token_ids == both[0].token_ids

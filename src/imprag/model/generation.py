@@ -3,14 +3,15 @@
 The loop is model-agnostic: it gets the logits of the prompt's last token and a function that feeds one
 new token per row and returns the next logits (the facade's closure runs that token through all layers
 against the cached prompt and passage key/values, so nothing is recomputed per token). Filtering for
-sampling reuses transformers' logits warpers.
+sampling reuses transformers' logits warpers. A `GenerationObserver` sees what was read, every token as it
+is chosen and every row as it ends, and can end a row early (a streaming server whose client went away).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -24,9 +25,9 @@ from transformers.generation.logits_process import (
 
 from imprag.config import DecodeConfig
 
-__all__ = ["Generation", "RetrievedPassage", "decode"]
+__all__ = ["Generation", "GenerationObserver", "RetrievedPassage", "decode"]
 
-FinishReason = Literal["eos", "stop", "length"]
+FinishReason = Literal["eos", "stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,25 @@ class Generation:
     finish_reason: FinishReason = "length"
 
 
+class GenerationObserver:
+    """Hooks into `ImpRAG.generate` while it runs; every method is a no-op here, override what you need.
+
+    Rows are the prompts' positions in the call. `token` runs after each chosen token (not the EOS) and
+    returning False ends that row now with finish reason "cancelled" (its slot is fed padding, like a row
+    that has ended, until the whole batch is done); `finished` runs once per row, in the step that row
+    ends, with the same text and reason its `Generation` will carry."""
+
+    def read(self, passages: list[list[RetrievedPassage]]) -> None:
+        """What each row reads, once, after retrieval and before the first token."""
+
+    def token(self, row: int, token_ids: list[int]) -> bool:
+        """`row` chose a token; token_ids is everything it has generated so far."""
+        return True
+
+    def finished(self, row: int, token_ids: list[int], text: str, reason: FinishReason) -> None:
+        """`row` ended: its tokens, its final text (cut at a stop string, stripped) and why."""
+
+
 def decode(
     first_logits: Tensor,
     next_logits: Callable[[Tensor], Tensor],
@@ -68,11 +88,14 @@ def decode(
     eos_ids: Sequence[int],
     tokenizer: PreTrainedTokenizerBase,
     pad_id: int,
+    observer: GenerationObserver | None = None,
 ) -> list[tuple[list[int], str, FinishReason]]:
     """Greedy or sampled decoding; returns (token ids, text, finish reason) per row.
 
     first_logits: (B, V) logits after the prompt. next_logits(tokens (B, 1)) -> (B, V) for the next step.
     Finished rows keep being fed `pad_id` (their outputs are ignored) so the batch stays rectangular.
+    Sampling with a seed draws each row from a generator of its own seeded with it, so a row's tokens do
+    not depend on which other rows share the batch.
     """
     batch = first_logits.shape[0]
     warpers = LogitsProcessorList()
@@ -83,24 +106,33 @@ def decode(
             warpers.append(TopKLogitsWarper(cfg.top_k))
         if cfg.top_p < 1.0:
             warpers.append(TopPLogitsWarper(cfg.top_p))
-    generator = None
+    generators = None
     if cfg.do_sample and cfg.seed is not None:
-        generator = torch.Generator(device=first_logits.device).manual_seed(cfg.seed)
+        generators = [torch.Generator(device=first_logits.device).manual_seed(cfg.seed) for _ in range(batch)]
+    observer = observer or GenerationObserver()
 
     eos_ids = [] if cfg.ignore_eos else sorted(set(eos_ids))
     eos = torch.tensor(eos_ids, dtype=torch.long, device=first_logits.device)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     texts = [""] * batch
     reasons: list[FinishReason | None] = [None] * batch
+
+    def end(row: int, reason: FinishReason) -> None:
+        reasons[row] = reason
+        if reason != "stop":
+            texts[row] = tokenizer.decode(tokens[row], skip_special_tokens=True)
+        texts[row] = texts[row].strip()
+        observer.finished(row, tokens[row], texts[row], reason)
+
     logits = first_logits
     for step in range(cfg.max_new_tokens):
-        chosen = _choose(logits.float(), tokens, warpers, cfg.do_sample, generator)  # (B,)
+        chosen = _choose(logits.float(), tokens, warpers, cfg.do_sample, generators)  # (B,)
         for row in range(batch):
             if reasons[row] is not None:
                 continue
             tok = int(chosen[row])
             if eos.numel() and bool((eos == tok).any()):
-                reasons[row] = "eos"
+                end(row, "eos")
                 continue
             tokens[row].append(tok)
             if cfg.stop:
@@ -108,7 +140,13 @@ def decode(
                 text = text[len(text) - len(text.lstrip()) :]  # stops count after leading whitespace
                 cut = _first_stop(text, cfg.stop)
                 if cut is not None:
-                    texts[row], reasons[row] = text[:cut], "stop"
+                    texts[row] = text[:cut]
+                    end(row, "stop")
+                    continue
+            if not observer.token(row, tokens[row]):
+                end(row, "cancelled")
+            elif step == cfg.max_new_tokens - 1:
+                end(row, "length")
         if all(r is not None for r in reasons) or step == cfg.max_new_tokens - 1:
             break
         feed = torch.tensor(
@@ -117,12 +155,7 @@ def decode(
             device=first_logits.device,
         )
         logits = next_logits(feed[:, None])
-    out = []
-    for row in range(batch):
-        reason = reasons[row] or "length"
-        text = texts[row] if reason == "stop" else tokenizer.decode(tokens[row], skip_special_tokens=True)
-        out.append((tokens[row], text.strip(), reason))
-    return out
+    return [(tokens[row], texts[row], cast(FinishReason, reasons[row])) for row in range(batch)]
 
 
 def _choose(
@@ -130,7 +163,7 @@ def _choose(
     history: list[list[int]],
     warpers: LogitsProcessorList,
     do_sample: bool,
-    generator: torch.Generator | None,
+    generators: list[torch.Generator] | None,
 ) -> Tensor:
     if not do_sample:
         return logits.argmax(dim=-1)
@@ -140,7 +173,10 @@ def _choose(
         if h:
             ids[row, -len(h) :] = torch.tensor(h, device=logits.device)
     probs = torch.softmax(warpers(ids, logits), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(1)
+    rows = zip(probs, generators, strict=True)
+    return torch.cat([torch.multinomial(p[None], 1, generator=g)[0] for p, g in rows])
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -39,7 +39,7 @@ from imprag.config import (
 from imprag.model.adapters import base_weights, has_adapters
 from imprag.model.backbone import Backbone, KVCache, Projection
 from imprag.model.embeddings import passage_embedding, query_embedding
-from imprag.model.generation import Generation, RetrievedPassage, decode
+from imprag.model.generation import Generation, GenerationObserver, RetrievedPassage, decode
 from imprag.model.query_pooling import QUERY_SCORER_FILE, token_scores
 from imprag.model.reader import InputError, TokenBatch, batch_tokens, pack_passages, passage_kv, tokenize
 from imprag.model.retrieval_key import RETRIEVAL_KEY_FILE, base_key_weight, key_inputs
@@ -478,12 +478,15 @@ class ImpRAG:
         index: Retriever | None = None,
         k: int | None = None,
         decode_config: DecodeConfig | None = None,
+        observer: GenerationObserver | None = None,
         **decode_kwargs: Any,
     ) -> list[Generation]:
         """Answer each prompt, reading `passages[i]` (given) or the top-k of `index` (retrieved at layer b).
 
         Decoding options are a `DecodeConfig` or its fields as keywords (max_new_tokens, do_sample,
         temperature, top_k, top_p, stop, seed). With neither passages nor index the model reads nothing.
+        `observer` sees the passages read, each token as it is chosen and each row as it ends, and may end
+        a row early (streaming; model/generation.py).
         """
         cfg = _decode_config(decode_config, decode_kwargs)
         if passages is not None and index is not None:
@@ -515,6 +518,8 @@ class ImpRAG:
             return self.passage_batch(contents, offsets, warn=index is None)
 
         pre = self._prefill(batch, passages_for, cache=True)
+        if observer is not None:
+            observer.read(read)
         last = torch.tensor(batch.lengths) - 1  # right padding: last valid column per row
         rows = torch.arange(len(ids))
         first = self.backbone.logits(pre.hidden[rows, last])  # (B, V)
@@ -537,7 +542,7 @@ class ImpRAG:
             next_pos = next_pos + 1
             return bb.logits(h[:, -1])
 
-        outputs = decode(first, next_logits, cfg, self._eos_ids(), self.tokenizer, self.pad_id)
+        outputs = decode(first, next_logits, cfg, self._eos_ids(), self.tokenizer, self.pad_id, observer)
         return [
             Generation(prompt=p, text=text, passages=read[i], token_ids=toks, finish_reason=reason)
             for i, (p, (toks, text, reason)) in enumerate(zip(prompts, outputs, strict=True))
