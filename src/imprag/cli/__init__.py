@@ -1,8 +1,8 @@
 """`imprag <command>`: a thin map from commands to library calls. Only this package reads argv and files
 of user input; errors the user can fix are printed as one line, without a traceback.
 
-One module per command group (`ask`, `index`, `model`, `data`, `evaluate`, `train`), each registering its
-subcommands with `register(sub)`; `_common` holds what they share."""
+One module per command group (`ask`, `index`, `model`, `data`, `evaluate`, `train`, `serve`), each
+registering its subcommands with `register(sub)`; `_common` holds what they share."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from imprag.cli import ask, data, evaluate, index, model, train
+from imprag.cli import ask, data, evaluate, index, model, serve, train
 from imprag.cli._common import UsageError, offline_by_default
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (ask, index, data, evaluate, train, model):
+    for group in (ask, index, data, evaluate, train, model, serve):
         group.register(sub)
     return parser
 
