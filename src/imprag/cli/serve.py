@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
 
 from imprag.cli._common import UsageError, add_model_args, open_index
@@ -56,7 +57,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and key is None:
         log.warning("listening on %s without an API key: anyone who can reach it can use it", args.host)
+    # uvicorn stops gracefully on SIGTERM/SIGINT (no new connections, requests in flight finish), then
+    # raises the signal again for the handler that was there before it; this one makes that a clean exit 0
+    # with a log line, not a kill by SIGTERM or a KeyboardInterrupt traceback.
+    stopped: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: stopped.append(number))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=60)
+    log.info("stopped%s", f" by {signal.Signals(stopped[0]).name}" if stopped else "")
     return 0
 
 
