@@ -5,18 +5,14 @@ requests in flight."""
 from __future__ import annotations
 
 import base64
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
-from tiny_server import NAME, OTHER, PASSAGES, PROMPT, make_app, tiny_parts
+from tiny_server import NAME, OTHER, PASSAGES, PROMPT, live, make_app, tiny_parts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,28 +22,6 @@ KEY = "live-key"
 @pytest.fixture(scope="module")
 def parts(tokenizer, tmp_path_factory):
     return tiny_parts(tokenizer, tmp_path_factory.mktemp("serve"))
-
-
-@contextmanager
-def live(app) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
-    """Serve `app` on a free loopback port; yields (base URL, server, its thread); stops it after."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(500):
-        if server.started:
-            break
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def test_the_openai_client_works_unchanged(parts) -> None:

@@ -3,8 +3,14 @@ over the same texts, and the app over them (limits small enough to hit)."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import uvicorn
 from conftest import tiny_model
 
 from imprag import ImpRAG, InMemoryRetriever, LayerSplit
@@ -42,3 +48,25 @@ def tiny_parts(tokenizer, directory: Path) -> tuple[ImpRAG, InMemoryRetriever, B
 
 def make_app(model, index, bm25, **settings):
     return create_app(model, index, ServeConfig(**{**LIMITS, **settings}), {"bm25": bm25}, model_id=NAME)
+
+
+@contextmanager
+def live(app) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+    """Serve `app` on a free loopback port; yields (base URL, server, its thread); stops it after."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
