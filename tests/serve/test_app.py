@@ -237,3 +237,22 @@ def test_models_health_metrics_and_the_playground(client, model) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "<title>imprag playground</title>" in page.text and NAME in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from elsewhere
+
+
+def test_a_failing_batch_is_a_500_in_the_same_shape_and_the_server_goes_on(
+    model, index, bm25, monkeypatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with TestClient(make_app(model, index, bm25), raise_server_exceptions=False) as c:
+        monkeypatch.setattr(model, "generate", broken)
+        r = c.post("/v1/completions", json={"prompt": PROMPT})
+        assert r.status_code == 500 and "server log" in r.json()["error"]["message"]
+        assert r.json()["error"]["type"] == "server_error"
+        chunks = events(c.post("/v1/completions", json={"prompt": PROMPT, "stream": True}))
+        assert (
+            "server log" in chunks[-2]["error"]["message"] and chunks[-1] == "[DONE]"
+        )  # an error event ends it
+        monkeypatch.undo()
+        assert c.post("/v1/completions", json={"prompt": PROMPT}).status_code == 200

@@ -115,6 +115,10 @@ def create_app(
     async def _imprag(request: Request, err: ImpragError) -> JSONResponse:
         return ApiError(400, str(err)).response()
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, err: Exception) -> JSONResponse:  # Starlette logs the traceback
+        return ApiError(500, "internal server error; the server log has the traceback").response()
+
     def require_key(request: Request) -> None:
         if config.api_key is None:
             return
@@ -206,7 +210,7 @@ def create_app(
         return total
 
     async def generate(
-        request: Request, body: CompletionRequest | ChatCompletionRequest, prompts: list[str], chat: bool
+        body: CompletionRequest | ChatCompletionRequest, prompts: list[str], chat: bool
     ) -> Response:
         check_model(body.model)
         cfg = decode_config(body)
@@ -258,12 +262,12 @@ def create_app(
         )
 
     @app.post("/v1/completions", dependencies=keyed)
-    async def completions(request: Request, body: CompletionRequest) -> Response:
-        return await generate(request, body, list(body.prompt), chat=False)
+    async def completions(body: CompletionRequest) -> Response:
+        return await generate(body, list(body.prompt), chat=False)
 
     @app.post("/v1/chat/completions", dependencies=keyed)
-    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
-        return await generate(request, body, [render_chat(body.messages)], chat=True)
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        return await generate(body, [render_chat(body.messages)], chat=True)
 
     def render_chat(messages: Sequence[Message]) -> str:
         turns = [
