@@ -176,25 +176,34 @@ def create_app(
                 )
             return 0, tuple(body.passages)
         k = body.k if body.k is not None else (min(model.config.reader.k, size) if index is not None else 0)
-        if k and index is None:
+        if k:
+            check_k(k)
+        return k, None
+
+    def check_k(k: int) -> None:
+        """400 unless the index exists and k is within the caps."""
+        if index is None:
             raise ApiError(
                 400, f"k={k}: this server has no index to retrieve from; use k=0 or give passages", "k"
             )
-        if k > min(config.max_k, size or config.max_k):
+        if k > min(config.max_k, size):
             raise ApiError(
                 400,
                 f"k={k} is above the cap of {min(config.max_k, size)} (the server's max_k "
                 f"{config.max_k}, the index's {size} passages); lower k",
                 "k",
             )
-        return k, None
+
+    def check_count(texts: Sequence[str], param: str) -> None:
+        if len(texts) > config.max_prompts:
+            raise ApiError(
+                400, f"{len(texts)} {param}s in one request; send at most {config.max_prompts}", param
+            )
 
     def prompt_tokens(prompts: Sequence[str], reads: int, max_tokens: int, param: str) -> int:
-        """Total prompt tokens; 400 when a prompt plus what it reads and generates overflows the model."""
-        if len(prompts) > config.max_prompts:
-            raise ApiError(
-                400, f"{len(prompts)} prompts in one request; send at most {config.max_prompts}", param
-            )
+        """Total prompt tokens; 400 when there are too many prompts, or a prompt plus what it reads and
+        generates overflows the model."""
+        check_count(prompts, param)
         total, limit = 0, model.backbone.max_positions
         for i, ids in enumerate(tokenize(tokenizer, list(prompts), "prompt")):
             need = model.config.reader.prompt_start(reads) + len(ids) + max_tokens
@@ -283,10 +292,7 @@ def create_app(
     async def embeddings(body: EmbeddingRequest) -> Response:
         check_model(body.model)
         texts = list(body.input)
-        if len(texts) > config.max_prompts:
-            raise ApiError(
-                400, f"{len(texts)} inputs in one request; send at most {config.max_prompts}", "input"
-            )
+        check_count(texts, "input")
         n_tokens = sum(len(ids) for ids in tokenize(tokenizer, texts, "input"))
         if body.input_type == "query":
             prompt_tokens(texts, model.config.reader.k, 0, "input")
@@ -318,19 +324,8 @@ def create_app(
     async def retrieve(body: RetrieveRequest) -> Response:
         check_model(body.model)
         texts = list(body.input)
-        if len(texts) > config.max_prompts:
-            raise ApiError(
-                400, f"{len(texts)} inputs in one request; send at most {config.max_prompts}", "input"
-            )
-        if index is None:
-            raise ApiError(400, "this server has no index to retrieve from", "retriever")
-        if body.k > min(config.max_k, size):
-            raise ApiError(
-                400,
-                f"k={body.k} is above the cap of {min(config.max_k, size)} (the server's max_k "
-                f"{config.max_k}, the index's {size} passages); lower k",
-                "k",
-            )
+        check_count(texts, "input")
+        check_k(body.k)
         if body.retriever == "implicit":
             prompt_tokens(texts, body.k, 0, "input")
 
