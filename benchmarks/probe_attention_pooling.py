@@ -26,9 +26,10 @@ Run:  .venv/bin/python benchmarks/probe_attention_pooling.py --index INDEX --mod
           [--save DIR]
       (INDEX: the base model's index with the trained retrieval key's f_p, e.g. `imprag index wiki-summaries
       --out INDEX --pooling mean --retrieval-key trained`; M: a model trained with frozen passages and mean
-      pooling, e.g. frozen-7 (`git show 98d3ddd:models/smollm2-135m-imprag/FILE`); writes
-      benchmarks/results/probe_attention_pooling.json; DIR: a copy of M that pools its query with the
-      trained `input` scorer, for `imprag eval`)
+      pooling, e.g. frozen-7 (`git show 98d3ddd:models/smollm2-135m-imprag/FILE`), or with attention
+      pooling and `--scorers input`, whose v it goes on training (a pooling-only stage after the recipe);
+      writes benchmarks/results/probe_attention_pooling.json; DIR: a copy of M that pools its query with
+      the trained `input` scorer, for `imprag eval`)
 """
 
 from __future__ import annotations
@@ -89,12 +90,18 @@ def main() -> None:
         raise SystemExit(
             f"{args.model}: this probe needs a model trained with frozen passages and a trained key"
         )
-    if model.config.embedding.query_side_pooling != "mean":
+    pooling = model.config.embedding.query_side_pooling
+    if pooling not in ("mean", "attention") or (pooling == "attention" and scorers != ["input"]):
         raise SystemExit(
-            f"{args.model} pools its query with {model.config.embedding.query_side_pooling!r}: this probe "
-            "trains a pooling on top of a mean-pooled model (e.g. frozen-7, the adapter committed before "
-            "frozen-9: `git show 98d3ddd:models/smollm2-135m-imprag/FILE` for each of its files)"
+            f"{args.model} pools its query with {pooling!r}: this probe trains a pooling on top of a "
+            "mean-pooled model (e.g. frozen-7: `git show 98d3ddd:models/smollm2-135m-imprag/FILE` for each "
+            "of its files), or goes on training the scorer v of an attention-pooled one (--scorers input)"
         )
+    trained = None  # the model's own pooling: the mean, or its scorer v
+    if pooling == "attention":
+        trained = make_scorer("input", model.dim, model.model.config.hidden_size)
+        with torch.no_grad():
+            trained.weight.copy_(model.query_scorer.detach().float()[None])
     index = PassageIndex.load(args.index, model)
     rows, f_p = index.vectors()
     f_p = f_p.float()
@@ -118,12 +125,14 @@ def main() -> None:
     gold_train = gold_columns(store, column, train)
     gold_dev = {task: gold_columns(store, column, items) for task, items in dev.items()}
 
-    # the mean of the cached states is the model's own E_q (its searched vector, against the index)
-    sample = dev[next(iter(dev))][:16]
-    own = model.index_query(model.embed_queries([it.prompt for it in sample]))
-    mine = searched(pad(q_dev[next(iter(dev))][:16]), None, w_ret, mu)
+    # the model's own pooling of the cached states is its E_q (its searched vector, against the index)
+    first = next(iter(dev))
+    own = model.index_query(model.embed_queries([it.prompt for it in dev[first][:16]]))
+    with torch.no_grad():
+        q16, x16 = pad(q_dev[first][:16]), pad(x_dev[first][:16])
+        mine = searched(q16, weights(trained, q16, x16), w_ret, mu)
     parity = torch.nn.functional.cosine_similarity(own.float(), mine, dim=1).min().item()
-    print(f"mean pooling of the cached states against embed_queries: cosine min {parity:.5f}")
+    print(f"{pooling} pooling of the cached states against embed_queries: cosine min {parity:.5f}")
     if parity < 0.999:
         raise SystemExit("the cached query states do not reproduce the model's E_q; the probe is wrong")
 
@@ -144,12 +153,15 @@ def main() -> None:
         "dev": {task: len(items) for task, items in dev.items()},
         "encode_seconds": round(encode_s, 1),
         "parity_cosine_min": round(parity, 6),
-        "mean_pooling": recall(None),
+        "model_pooling": pooling,
+        "as_trained": recall(trained),
         "curves": {},
     }
-    print(f"mean pooling (the model as trained): dev recall@10 {result['mean_pooling']}")
+    print(f"{pooling} pooling (the model as trained): dev recall@10 {result['as_trained']}")
     for name in scorers:
         scorer = make_scorer(name, model.dim, x_train[0].shape[1])
+        if trained is not None:  # go on from the model's own v
+            scorer.load_state_dict(trained.state_dict())
         optimizer = torch.optim.Adam(scorer.parameters(), lr=1e-2)
         curve = []
         for step in range(args.steps + 1):

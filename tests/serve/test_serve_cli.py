@@ -101,6 +101,8 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path, tokenizer) -> Non
                 time.sleep(0.1)
         health = httpx.get(f"{url}/health").json()
         assert health["index"]["passages"] == 4 and health["index"]["retrievers"] == ["implicit", "bm25"]
+        models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer k1"}).json()
+        assert [m["id"] for m in models["data"]] == ["model"]  # the model folder's name
         assert httpx.post(f"{url}/v1/retrieve", json={"input": "x"}).status_code == 401  # the env's key
         hits = httpx.post(
             f"{url}/v1/retrieve",

@@ -44,11 +44,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for name in BASELINES
         if baseline_dir(args.index, name).is_dir()
     }
-    app = create_app(model, index, config, baselines, model_id=args.served_name)
+    built = index.manifest["model"]
+    name = args.served_name or Path(str(args.model or built.get("source") or built["name"])).name
+    app = create_app(model, index, config, baselines, model_id=name)
     where = f"http://{args.host}:{args.port}"
     log.info(
-        "serving %s over %s (%d passages; retrievers: %s) at %s/v1 - playground at %s/",
-        args.served_name or model.model.config.name_or_path,
+        "serving %r over %s (%d passages; retrievers: %s) at %s/v1 - playground at %s/",
+        name,
         args.index,
         len(index),
         ", ".join(["implicit", *baselines]),
