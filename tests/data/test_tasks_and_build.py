@@ -23,7 +23,9 @@ from imprag.data import (
     Item,
     build_benchmark,
     builders,
+    built_tasks,
     get_task,
+    imported_tasks,
     tasks_of,
 )
 from imprag.data import build as build_module
@@ -35,24 +37,32 @@ from imprag.retrieval.corpus import CorpusError, Passage, read_corpus
 
 UNSEEN = ["slot-filling", "fact-check", "entity-linking"]
 NO_RETRIEVAL = ["denoise", "sentence", "reading", "verify", "title"]
+IMPORTED = ["nq", "hotpotqa", "triviaqa", "2wikimultihopqa", "fever", "aidayago2", "trex", "zsre"]
 
 # -- tasks ---------------------------------------------------------------------------------------------
 
 
 def test_registry_formats() -> None:
-    assert list(TASKS) == [
+    assert built_tasks() == [
         "describe", "about", "yesno", "span-qa", "span-yesno", "fanoutqa", "trivia", "slot-filling",
         "fact-check", "entity-linking", "denoise", "sentence", "reading", "verify", "title",
     ]  # fmt: skip
-    assert tasks_of("seen") == ["describe", "about", "yesno", "span-qa", "span-yesno", "fanoutqa", "trivia"]
-    assert tasks_of("unseen") == UNSEEN
+    assert imported_tasks() == IMPORTED  # `imprag data import`, after every built task
+    assert list(TASKS) == built_tasks() + IMPORTED
+    assert tasks_of("seen") == [
+        "describe", "about", "yesno", "span-qa", "span-yesno", "fanoutqa", "trivia",
+        "nq", "hotpotqa", "triviaqa", "2wikimultihopqa",
+    ]  # fmt: skip
+    assert tasks_of("unseen") == [*UNSEEN, "fever", "aidayago2", "trex", "zsre"]
     assert tasks_of("no-retrieval") == NO_RETRIEVAL
-    accuracy = {"fact-check", "verify", "yesno", "span-yesno"}
+    accuracy = {"fact-check", "verify", "yesno", "span-yesno", "fever"}
     assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == accuracy
     # answer-string recall is meaningless for True/False answers and for tasks that read no passages
     assert {n for n, t in TASKS.items() if t.answer_recall} == {
         "describe", "about", "span-qa", "fanoutqa", "trivia", "slot-filling", "entity-linking",
+        "nq", "hotpotqa", "triviaqa", "2wikimultihopqa", "aidayago2", "trex", "zsre",
     }  # fmt: skip
+    assert {n for n, t in TASKS.items() if t.splits == "imported"} == set(IMPORTED)
     assert all(get_task(name).name == name for name in TASKS)
 
 
@@ -279,12 +289,12 @@ def all_items(built: Benchmark) -> dict[str, list[Item]]:
 
 def test_manifest_matches_files(built: Benchmark, corpus: dict) -> None:
     m = built.manifest
-    assert built.tasks == list(TASKS)
+    assert built.tasks == built_tasks()  # every task but the imported ones (`imprag data import`)
     assert m["seed"] == 0 and m["corpus"]["name"] == "wiki-summaries"
     assert m["corpus"]["count"] == len(corpus)
-    assert m["formats"] == {t: TASKS[t].format for t in TASKS}
-    assert set(m["dropped"]) == set(TASKS) and all(n >= 0 for n in m["dropped"].values())
-    for task in TASKS:
+    assert m["formats"] == {t: TASKS[t].format for t in built_tasks()}
+    assert set(m["dropped"]) == set(built_tasks()) and all(n >= 0 for n in m["dropped"].values())
+    for task in built_tasks():
         assert set(m["counts"][task]) == set(SPLITS)
         for split in SPLITS:
             path = built.directory / split / f"{task}.jsonl"

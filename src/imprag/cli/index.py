@@ -97,10 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "corpus",
         nargs="?",
         metavar="CORPUS",
-        help="a .jsonl/.tsv/KILT file, a text file or folder, or 'wiki-summaries' (embedded)",
+        help="a .jsonl/.tsv/KILT/Atlas file, a text file or folder, or 'wiki-summaries' (embedded)",
     )
     index.add_argument("--out", required=True, help="index directory")
-    index.add_argument("--format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "text"])
+    index.add_argument("--format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "atlas", "text"])
     index.add_argument("--chunk-size", type=int, default=100, help="words per passage for text/KILT input")
     index.add_argument("--chunk-overlap", type=int, default=0, help="words shared by consecutive chunks")
     index.add_argument(
@@ -137,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--add", metavar="CORPUS", help="passages to add; same ids with new text are re-encoded"
     )
     update.add_argument("--delete", nargs="+", metavar="ID", help="passage ids to remove")
-    update.add_argument("--format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "text"])
+    update.add_argument("--format", default="auto", choices=["auto", "jsonl", "dpr", "kilt", "atlas", "text"])
     update.add_argument("--skip-bad-lines", action="store_true")
     add_model_args(update, from_index=True)
     update.set_defaults(func=cmd_update)

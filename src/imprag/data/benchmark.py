@@ -1,8 +1,11 @@
 """A built benchmark on disk, and its items.
 
     DIR/benchmark.json         written last: seed, corpus name and hash, counts per task and split, dropped
-                               counts, data package versions, build settings
+                               counts, data package versions, build settings (an imported benchmark:
+                               its source files and the items without evidence in the corpus instead)
     DIR/{split}/{task}.jsonl   one Item per line
+
+Written by `imprag data build` (`build.py`) or `imprag data import` (`importing.py`), in the same layout.
 
 Read with `Benchmark.load(DIR)`; `items(task, split)` gives the items (an unknown task or an empty split
 is an error that lists what exists).
@@ -97,6 +100,11 @@ class Benchmark:
     def items(self, task: str, split: str) -> list[Item]:
         if task not in TASKS:
             raise BenchmarkError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        if task not in self.counts and get_task(task).splits == "imported":
+            raise BenchmarkError(
+                f"task {task!r} was not imported into {self.directory}; it has: {', '.join(self.tasks)} "
+                "(import the task's files with `imprag data import FILE ... --out DIR`)"
+            )
         if task not in self.counts:
             raise BenchmarkError(
                 f"task {task!r} was not built into {self.directory}; it has: {', '.join(self.tasks)} (a "

