@@ -186,6 +186,7 @@ def test_metrics_are_exact(bench: Benchmark, tmp_path) -> None:
     assert rec["describe/d1"] == {
         "id": "describe/d1", "prompt": "Q: Which article is described by: d1? A:", "prediction": "wrong",
         "answers": ["Beta"], "read": ["X"], "em": 0.0, "f1": 0.0, "recall": 1.0, "article_recall": 0.0,
+        "retrieved": True,
     }  # fmt: skip
     assert rec["describe/d3"]["f1"] == pytest.approx(2 / 3) and rec["describe/d3"]["read"] == []
     assert (rec["fact-check/f0"]["em"], rec["fact-check/f0"]["f1"], rec["fact-check/f0"]["recall"]) == (
@@ -236,6 +237,23 @@ def test_score_item_applicability() -> None:
     assert (rec["em"], rec["f1"], rec["recall"], rec["article_recall"]) == (1.0, 1.0, None, 1.0)
     rec = score_item(item, get_task("denoise"), pred, retrieves=False)
     assert (rec["recall"], rec["article_recall"], rec["read"]) == (None, None, ["x"])
+
+
+def test_items_without_evidence_have_no_article_recall_but_their_hubness_counts() -> None:
+    """An imported item whose pages are not in the corpus (empty evidence) cannot be scored for gold-article
+    recall: it is left out of the mean (not counted as a miss), while what it read still counts."""
+    task = get_task("nq")
+    with_evidence = Item("nq/1", "nq", "dev", {"question": "q1"}, ["b"], ["x"])
+    without = Item("nq/2", "nq", "dev", {"question": "q2"}, ["b"], [])
+    recs = [
+        score_item(it, task, Prediction("b", [RP("b", id="x")]), retrieves=True)
+        for it in (with_evidence, without)
+    ]
+    assert [r["article_recall"] for r in recs] == [1.0, None]
+    row = summarize("s", "dev", {"nq": recs})["rows"][0]
+    assert row["article_recall"] == 1.0 and (row["hub_share"], row["distinct_top1"]) == (1.0, 1)
+    alone = summarize("s", "dev", {"nq": recs[1:]})["rows"][0]
+    assert alone["article_recall"] is None and alone["hub_share"] == 1.0
 
 
 def test_summarize_without_seen_or_unseen_tasks() -> None:

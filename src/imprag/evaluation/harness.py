@@ -64,7 +64,8 @@ def score_item(item: Item, task: Task, pred: Prediction, retrieves: bool) -> dic
         "recall": metrics.answer_recall(texts, golds) if retrieves and task.answer_recall else None,
         "article_recall": metrics.article_recall(
             [p.id for p in pred.passages], item.evidence
-        ) if retrieves else None,
+        ) if retrieves and item.evidence else None,  # no evidence (an imported item): not measurable
+        "retrieved": retrieves,
     }  # fmt: skip
 
 
@@ -81,7 +82,8 @@ def summarize(
         row["n"] = len(recs)
         for key in ("em", "recall", "f1", "article_recall"):
             row[key] = metrics.average(recs, key)
-        retrieved = any(r.get("article_recall") is not None for r in recs)  # a system that retrieves
+        # a system that retrieves (records written before "retrieved" existed: one with article recall)
+        retrieved = any(r.get("retrieved", r.get("article_recall") is not None) for r in recs)
         hub = metrics.hubness([r["read"][0] if r.get("read") else None for r in recs]) if retrieved else None
         row["hub_share"], row["distinct_top1"] = hub if hub else (None, None)
         rows.append(row)
