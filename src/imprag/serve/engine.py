@@ -7,8 +7,9 @@ come from (the index with the same k, given ones, or none) and the decoding sett
 as one batched prefill and decode. Other work (embeddings, retrieval) runs in arrival order between
 batches. A job joins a batch only at its start: rows do not enter a decode that is already running.
 
-Results travel back to the event loop as events on the request's `Channel`: ("read", passages), ("delta",
-text), ("end", Generation) per prompt, or ("error", exception). A client that goes away sets the channel's
+Results travel back to the event loop as events on the request's `Channel`, tagged with the prompt's
+index: ("delta", text) as tokens are chosen (streaming), ("end", Generation) the moment that prompt's row
+ends, or ("error", exception) for every row of a batch that failed. A client that goes away sets the channel's
 `cancelled` flag, and its rows end at the next token, freeing the batch (`GenerationObserver.token`).
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imprag.config import DecodeConfig
-from imprag.model.generation import FinishReason, GenerationObserver, RetrievedPassage
+from imprag.model.generation import FinishReason, Generation, GenerationObserver, RetrievedPassage
 from imprag.model.imprag import ImpRAG
 from imprag.model.retriever import Retriever
 from imprag.serve.config import ServeConfig
@@ -80,12 +81,15 @@ class CallJob:
 
 
 class _Observer(GenerationObserver):
+    """Sends each row's text deltas as its tokens are chosen, and ends each row's request the moment that
+    row ends -- not when the whole batch does."""
+
     def __init__(self, jobs: Sequence[GenerateJob]) -> None:
         self.jobs = jobs
+        self.passages: list[list[RetrievedPassage]] = [[] for _ in jobs]
 
     def read(self, passages: list[list[RetrievedPassage]]) -> None:
-        for job, row in zip(self.jobs, passages, strict=True):
-            job.channel.send(job.index, "read", row)
+        self.passages = passages
 
     def token(self, row: int, token_ids: list[int]) -> bool:
         job = self.jobs[row]
@@ -107,6 +111,8 @@ class _Observer(GenerationObserver):
                 rest = ""
             if rest:
                 job.channel.send(job.index, "delta", rest)
+        result = Generation(job.prompt, text, self.passages[row], list(token_ids), reason)
+        job.channel.send(job.index, "end", result)
 
 
 class Engine:
@@ -208,14 +214,9 @@ class Engine:
         elif first.k:
             kwargs.update(index=self.index, k=first.k)
         self.on_batch(len(jobs))
-        try:
-            results = self.model.generate(
-                prompts, decode_config=first.decode, observer=_Observer(jobs), **kwargs
-            )
+        try:  # each row's request hears of its end from the observer, as soon as it ends
+            self.model.generate(prompts, decode_config=first.decode, observer=_Observer(jobs), **kwargs)
         except Exception as err:  # every request of the batch hears of it
             log.exception("generation failed for a batch of %d", len(jobs))
             for job in jobs:
                 job.channel.send(job.index, "error", err)
-            return
-        for job, result in zip(jobs, results, strict=True):
-            job.channel.send(job.index, "end", result)
