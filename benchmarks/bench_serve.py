@@ -15,7 +15,8 @@ a ratio against a reference measured in the same run, with medians:
 3. Fuzz/soak: N requests, most malformed or hostile (broken and deeply nested JSON, wrong types, huge and
    negative numbers, unknown fields, over-long prompts, bodies over the cap, wrong methods and routes, bad
    keys, binary junk), every fifth one valid; each must get a 4xx in OpenAI's error shape, or a 200 with an
-   answer for the valid ones; never a 5xx or a dropped connection. The server's RSS before and after.
+   answer for the valid ones; never a 5xx or a dropped connection. The server's RSS at the start, after
+   the first half (the same mix: allocator pools have grown by then) and at the end.
 
 Run:  .venv/bin/python benchmarks/bench_serve.py --index INDEX [--model M] [--requests 16] [--fuzz 600]
       (INDEX: an index built by `imprag index`; M: a model for it, default the one that built it. Writes
@@ -254,7 +255,7 @@ def hostile(rng: random.Random, valid_prompt: str) -> tuple[str, str, bytes, dic
         lambda: ("POST", "/v1/completions", json.dumps({"prompt": "x", "temperature": "hot"}).encode(), auth),
         lambda: ("POST", "/v1/completions", json.dumps({"prompt": "x", "n": 4}).encode(), auth),
         lambda: ("POST", "/v1/completions", json.dumps({"prompt": "x", "bogus": junk_text}).encode(), auth),
-        lambda: ("POST", "/v1/completions", json.dumps({"prompt": "word " * 3000}).encode(), auth),
+        lambda: ("POST", "/v1/completions", json.dumps({"prompt": "word " * 9000}).encode(), auth),  # > 8,192
         lambda: ("POST", "/v1/completions", json.dumps({"prompt": "x" * 1_200_000}).encode(), auth),
         lambda: ("POST", "/v1/completions", json.dumps({"prompt": ["x"] * 50}).encode(), auth),
         lambda: ("POST", "/v1/completions", json.dumps({"prompt": "x", "stop": [""]}).encode(), auth),
@@ -302,10 +303,12 @@ def fuzz(server: Server, count: int, seed: int) -> dict[str, Any]:
     prompt = f"Q: {QUESTIONS[1]}\nA:"
     statuses: dict[str, int] = {}
     failures: list[str] = []
-    rss_before = server.rss_mb()
+    rss = [server.rss_mb()]
     start = time.perf_counter()
     with httpx.Client(base_url=server.url, timeout=120) as client:
         for i in range(count):
+            if i == count // 2:
+                rss.append(server.rss_mb())  # after a first half of the same mix: growth past here is a leak
             method, path, body, headers, valid = hostile(rng, prompt)
             try:
                 r = client.request(method, path, content=body, headers=headers)
@@ -333,8 +336,9 @@ def fuzz(server: Server, count: int, seed: int) -> dict[str, Any]:
         "failures": len(failures),
         "failure_examples": failures[:10],
         "server_alive_after": alive,
-        "rss_mb_before": round(rss_before, 1),
-        "rss_mb_after": round(server.rss_mb(), 1),
+        "rss_mb_start": round(rss[0], 1),
+        "rss_mb_half": round(rss[1], 1),
+        "rss_mb_end": round(server.rss_mb(), 1),
     }
 
 
@@ -420,7 +424,8 @@ def main() -> None:
     )
     print(
         f"fuzz: {soak['requests']} requests, statuses {soak['statuses']}, {soak['failures']} failures, "
-        f"alive {soak['server_alive_after']}, RSS {soak['rss_mb_before']} -> {soak['rss_mb_after']} MB"
+        f"alive {soak['server_alive_after']}, RSS {soak['rss_mb_start']} -> {soak['rss_mb_half']} (half) -> "
+        f"{soak['rss_mb_end']} MB"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 from tiny_server import OTHER, PROMPT, tiny_parts
 
 from imprag.config import DecodeConfig
@@ -51,3 +52,20 @@ def test_a_row_that_ends_early_is_answered_before_its_batch_ends(tokenizer, tmp_
     position = events.index(next(e for e in events if e[1] == "end"))
     assert any(events.index(d) > position for d in deltas)  # row 1 went on streaming after row 0 ended
     assert "".join(e[2] for e in events if e[1] == "delta" and e[0] == 0) == first.text
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_worker_runs_with_the_configured_thread_count(tokenizer, tmp_path, threads) -> None:
+    """`imprag serve` loads the model with one thread and gives the worker the machine's count, so one
+    OpenMP team exists (two on 2 cores made every op 2.5x slower): the count is the worker's own."""
+    model, index, _ = tiny_parts(tokenizer, tmp_path)
+    engine = Engine(model, index, ServeConfig(threads=threads))
+
+    async def ask() -> int:
+        return await engine.call(torch.get_num_threads)
+
+    engine.start()
+    try:
+        assert asyncio.run(ask()) == threads
+    finally:
+        engine.stop()

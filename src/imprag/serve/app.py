@@ -81,6 +81,7 @@ def create_app(
     metrics.watch_queue(lambda: engine.queue_depth)
     tokenizer = _copy(model.tokenizer)  # the event loop's own: the worker thread uses the model's
     size = len(index) if index is not None and hasattr(index, "__len__") else 0
+    fingerprint = model.model_fingerprint()  # here, not in the event loop: it reads every weight
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -367,7 +368,7 @@ def create_app(
         return {
             "status": "ok",
             "model": served,
-            "model_fingerprint": model.model_fingerprint(),
+            "model_fingerprint": fingerprint,
             "index": None
             if index is None
             else {

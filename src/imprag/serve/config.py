@@ -25,6 +25,9 @@ class ServeConfig:
     """Prompts decoded together in one batch at most."""
     api_key: str | None = None
     """When set, every /v1 route and /metrics need `Authorization: Bearer <api_key>`."""
+    threads: int = 0
+    """Intra-op threads of the model's worker thread (0: leave torch's setting). `imprag serve` sets it to
+    the machine's count after loading the model with one thread: see `Engine`."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -43,6 +46,8 @@ class ServeConfig:
                 f"ServeConfig.default_max_tokens={self.default_max_tokens} is above its cap "
                 f"max_tokens={self.max_tokens}"
             )
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
+            raise ConfigError(f"ServeConfig.threads must be an integer >= 0, got {self.threads!r}")
         if not self.batch_wait_ms >= 0:
             raise ConfigError(f"ServeConfig.batch_wait_ms must be >= 0, got {self.batch_wait_ms!r}")
         if self.api_key is not None and not self.api_key.strip():

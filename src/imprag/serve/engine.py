@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from imprag.config import DecodeConfig
 from imprag.model.generation import FinishReason, Generation, GenerationObserver, RetrievedPassage
 from imprag.model.imprag import ImpRAG
@@ -169,6 +171,11 @@ class Engine:
     # -- the worker -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.config.threads:
+            # OpenMP keeps a thread team per calling thread, and libgomp stops spin-waiting (every op gets
+            # slower, 2.5x for a batch-1 linear layer here) once its teams hold more threads than there are
+            # cores. `imprag serve` loads the model with one thread, so this thread's team is the only one.
+            torch.set_num_threads(self.config.threads)
         stopping = False
         while not stopping:
             first = self._queue.get()
