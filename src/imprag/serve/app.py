@@ -47,8 +47,9 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "lengt
 """Our finish reasons in OpenAI's words (a cancelled row has no client left to tell)."""
 
 
-class ApiError(Exception):
-    """A request the server refuses: an HTTP status and OpenAI's error fields."""
+class ApiError(ImpragError):
+    """A request the server refuses: an HTTP status and OpenAI's error fields (its handler, registered
+    before ImpragError's, answers with that status)."""
 
     def __init__(
         self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str = ""
@@ -520,7 +521,7 @@ def _type_tag(part: str) -> bool:
     return "[" in part or part in {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
-class _BodyTooLarge(StarletteHTTPException):
+class _BodyTooLarge(StarletteHTTPException, ImpragError):
     """Raised while the body streams in; an HTTPException so that FastAPI's body parsing lets it through
     to the handler that renders it (any other exception there becomes a 400 'error parsing the body')."""
 
