@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import signal
-from dataclasses import replace
 from pathlib import Path
 
 from imprag.cli._common import UsageError, add_model_args, open_index
@@ -26,6 +25,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{args.index!r} is not an index directory; build one with `imprag index CORPUS --out DIR`"
         )
     key = args.api_key if args.api_key is not None else os.environ.get("IMPRAG_API_KEY") or None
+    import torch
+
+    # The model is loaded here with one thread and run by the engine's worker thread with the machine's
+    # count: two OpenMP thread teams on a 2-core machine would make every op of the worker 2.5x slower
+    # (ServeConfig.threads, serve/engine.py).
+    threads = torch.get_num_threads()
     try:
         config = ServeConfig(
             max_tokens=args.max_tokens,
@@ -36,17 +41,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             batch_wait_ms=args.batch_wait_ms,
             max_batch=args.max_batch,
             api_key=key,
+            threads=threads,
         )
     except ConfigError as err:
         raise UsageError(str(err)) from err
-    import torch
-
-    # The model is loaded here with one thread and run by the engine's worker thread with the machine's
-    # count: two OpenMP thread teams on a 2-core machine would make every op of the worker 2.5x slower
-    # (ServeConfig.threads, serve/engine.py).
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    config = replace(config, threads=threads)
     model, index = open_index(args.index, args)
     baselines = {
         name: load_baseline(name, baseline_dir(args.index, name), index.store)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hmac
 import json
 import time
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imprag import __version__
 from imprag.config import DecodeConfig
 from imprag.errors import ImpragError
 from imprag.model.generation import Generation, RetrievedPassage
@@ -80,7 +82,7 @@ def create_app(
     metrics = Metrics(config.max_batch)
     engine = Engine(model, index, config, baselines, on_batch=metrics.batch_size.observe)
     metrics.watch_queue(lambda: engine.queue_depth)
-    tokenizer = _copy(model.tokenizer)  # the event loop's own: the worker thread uses the model's
+    tokenizer = copy.deepcopy(model.tokenizer)  # the event loop's own: the worker thread uses the model's
     size = len(index) if index is not None and hasattr(index, "__len__") else 0
     fingerprint = model.model_fingerprint()  # here, not in the event loop: it reads every weight
 
@@ -92,7 +94,7 @@ def create_app(
         finally:
             engine.stop()
 
-    app = FastAPI(title="imprag", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="imprag", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.add_middleware(_Limits, max_body=config.max_body_bytes, metrics=metrics)
 
@@ -572,15 +574,3 @@ class _Limits:
                 await too_large.response()(scope, receive, sending)
         finally:
             self.metrics.observe(route, status[0], time.perf_counter() - started)
-
-
-def _copy(tokenizer: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(tokenizer)
-
-
-def _version() -> str:
-    from imprag import __version__
-
-    return __version__

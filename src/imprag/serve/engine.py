@@ -184,7 +184,8 @@ class Engine:
             taken = [first]
             if isinstance(first, GenerateJob):
                 deadline = time.monotonic() + self.config.batch_wait_ms / 1000
-                while sum(isinstance(j, GenerateJob) for j in taken) < self.config.max_batch:
+                prompts = 1
+                while prompts < self.config.max_batch:
                     try:
                         more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
@@ -193,6 +194,7 @@ class Engine:
                         stopping = True
                         break
                     taken.append(more)
+                    prompts += isinstance(more, GenerateJob)
             for job in taken:
                 if isinstance(job, CallJob):
                     self._call(job)
@@ -200,9 +202,8 @@ class Engine:
             for job in taken:
                 if isinstance(job, GenerateJob) and not job.channel.cancelled.is_set():
                     groups.setdefault(job.batch_key(), []).append(job)
-            for jobs in groups.values():
-                for start in range(0, len(jobs), self.config.max_batch):
-                    self._generate(jobs[start : start + self.config.max_batch])
+            for jobs in groups.values():  # the window took at most max_batch prompts
+                self._generate(jobs)
 
     def _call(self, job: CallJob) -> None:
         try:
