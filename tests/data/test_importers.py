@@ -197,6 +197,34 @@ def test_nq_open_file(tmp_path) -> None:
     assert [it.task for it in items_of(path, task="triviaqa")] == ["triviaqa", "triviaqa"]
 
 
+def test_instructions_file_for_the_training_mix(tmp_path, kilt_corpus) -> None:
+    """{prompt, answer} lines: the user's instruction data, prompts as written, one answer each; a line
+    without an answer or with a non-string answer is an error naming its field."""
+    prompt = "Rewrite in the passive voice: The cat chased the mouse.\nAnswer:"
+    path = write_jsonl(
+        tmp_path / "my-instructions.train.jsonl",
+        [{"prompt": prompt, "answer": "The mouse was chased by the cat."},
+         {"id": 7, "prompt": "Translate 'chat' to English:", "answer": " cat "}],
+    )  # fmt: skip
+    source = open_task_file(path)
+    assert (source.format, source.task, source.split) == ("instructions", "instructions", "train")
+    first, second = items_of(path)
+    assert (first.prompt, first.answers, first.id) == (
+        prompt, ["The mouse was chased by the cat."], "instructions/my-instructions.train-1"
+    )  # fmt: skip
+    assert (second.id, second.answers) == ("instructions/7", ["cat"])
+    config = ImportConfig(corpus=CorpusSpec(str(kilt_corpus), chunk_size=3))
+    bench = import_benchmark([path], tmp_path / "b", config, progress=False)
+    assert bench.counts["instructions"]["train"] == 2
+    assert bench.manifest["formats"]["instructions"] == "no-retrieval"
+    bad = write_jsonl(tmp_path / "bad.train.jsonl", [{"prompt": "p"}])
+    with pytest.raises(TaskFileError, match=re.escape(f'{bad}:1: field "answer": missing')):
+        items_of(bad)
+    bad = write_jsonl(tmp_path / "bad2.train.jsonl", [{"prompt": "p", "answer": ["a"]}])
+    with pytest.raises(TaskFileError, match=re.escape(f'{bad}:1: field "answer": expected a string')):
+        items_of(bad)
+
+
 def test_flashrag_file_task_from_folder_or_name(tmp_path) -> None:
     rows = [{"id": "test_0", "question": "who got the first nobel prize in physics",
              "golden_answers": ["Wilhelm Conrad Röntgen"]}]  # fmt: skip
@@ -390,10 +418,10 @@ def kilt_corpus(tmp_path) -> Path:
 )
 def test_evidence_in_a_kilt_corpus(kilt_corpus, entry, ids) -> None:
     spec = CorpusSpec(str(kilt_corpus), chunk_size=3)
-    evidence = EvidenceMap()
-    evidence.want([entry])
-    assert evidence.scan(spec.passages())[1] == 4
-    assert evidence.resolve([entry]) == ids
+    with EvidenceMap() as evidence:
+        evidence.want([entry])
+        assert evidence.scan(spec.passages())[1] == 4
+        assert evidence.resolve([entry]) == ids
 
 
 def test_kilt_chunks_keep_ids_text_and_hash_of_read_corpus(kilt_corpus, tmp_path) -> None:
@@ -405,7 +433,8 @@ def test_kilt_chunks_keep_ids_text_and_hash_of_read_corpus(kilt_corpus, tmp_path
     ]  # fmt: skip
     assert [p for p, _ in chunks] == list(read_corpus(kilt_corpus, chunk_size=3))
     store = PassageStore.build(tmp_path / "passages.sqlite", read_corpus(kilt_corpus, chunk_size=3))
-    assert EvidenceMap().scan(spec.passages()) == (store.corpus_hash, 4)  # what eval and train compare
+    with EvidenceMap() as evidence:
+        assert evidence.scan(spec.passages()) == (store.corpus_hash, 4)  # what eval and train compare
 
 
 def test_evidence_in_an_atlas_corpus_is_the_whole_article(tmp_path) -> None:
@@ -415,11 +444,34 @@ def test_evidence_in_an_atlas_corpus_is_the_whole_article(tmp_path) -> None:
          {"id": "1", "title": "Zeno of Elea", "section": "Paradoxes", "text": "Achilles and the tortoise."},
          {"id": "2", "title": "Elea", "section": "History", "text": "Elea was a colony."}],
     )  # fmt: skip
-    evidence = EvidenceMap()
     entries = [Provenance("5000", "Zeno_of_Elea", 3, 3), Provenance(None, "Elea"), Provenance(None, "Zeno")]
-    evidence.want(entries)
-    assert evidence.scan(CorpusSpec(str(path)).passages())[1] == 3
-    assert [evidence.resolve([e]) for e in entries] == [["0", "1"], ["2"], []]
+    with EvidenceMap() as evidence:
+        evidence.want(entries)
+        assert evidence.scan(CorpusSpec(str(path)).passages())[1] == 3
+        assert [evidence.resolve([e]) for e in entries] == [["0", "1"], ["2"], []]
+
+
+def test_the_evidence_map_keeps_corpus_order_past_a_batch_and_is_deleted_on_close() -> None:
+    """More passages than one batch of the corpus scan, interleaved pages: each page's passages come back
+    in corpus order, paragraph spans narrow them, and closing deletes the temporary file."""
+    from imprag.retrieval.corpus import Passage
+
+    corpus = [
+        (Passage(id=f"{n % 7}-{n}", title=f"Page {n % 7}", text="x", meta={"wikipedia_id": str(n % 7)}),
+         (n // 7, n // 7))
+        for n in range(3000)
+    ]  # fmt: skip
+    wanted = [Provenance("3", None), Provenance(None, "page 5", 10, 11), Provenance("99", "Nowhere")]
+    evidence = EvidenceMap()
+    folder = Path(evidence._folder.name)
+    evidence.want(wanted)
+    assert evidence.pages_wanted == 4  # i:3, i:99, t:Page 5, t:Nowhere
+    assert evidence.scan(corpus)[1] == 3000
+    assert evidence.resolve([wanted[0]]) == [f"3-{n}" for n in range(3, 3000, 7)]
+    assert evidence.resolve([wanted[1]]) == ["5-75", "5-82"]
+    assert evidence.resolve([wanted[2]]) == []
+    evidence.close()
+    assert not folder.exists()
 
 
 def test_page_key() -> None:
@@ -508,6 +560,29 @@ def test_a_bad_line_stops_the_import_before_the_corpus_is_read(tmp_path, monkeyp
     with pytest.raises(TaskFileError, match=re.escape(f'{path}:2: field "input"')):
         import_benchmark([path], tmp_path / "bench", progress=False)
     assert not (tmp_path / "bench").exists()
+
+
+def test_a_repeated_id_is_named_across_files_of_one_task_and_split(tmp_path, kilt_corpus) -> None:
+    config = ImportConfig(corpus=CorpusSpec(str(kilt_corpus), chunk_size=3), task="nq", split="dev")
+    first = write_jsonl(tmp_path / "a.jsonl", [NQ, {**NQ, "id": "other"}])
+    second = write_jsonl(tmp_path / "b.jsonl", [{**NQ, "id": "third"}, {**NQ, "id": "other"}])
+    with pytest.raises(TaskFileError, match=re.escape(f"{second}:2: field \"id\": 'nq/other' repeats")):
+        import_benchmark([first, second], tmp_path / "b", config, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_hash_collision_of_different_ids_is_not_a_repeat(tmp_path, kilt_corpus, monkeypatch) -> None:
+    """The uniqueness check keeps 8-byte hashes, not ids; ids whose hashes collide are compared as text."""
+    from imprag.data import importing
+
+    monkeypatch.setattr(importing, "_id_hash", lambda item_id: 7)  # every id collides
+    config = ImportConfig(corpus=CorpusSpec(str(kilt_corpus), chunk_size=3))
+    path = write_jsonl(tmp_path / "nq-dev-kilt.jsonl", [NQ, {**NQ, "id": "b"}, {**NQ, "id": "c"}])
+    bench = import_benchmark([path], tmp_path / "b", config, progress=False)
+    assert [it.id for it in bench.items("nq", "dev")] == ["nq/-2982", "nq/b", "nq/c"]
+    again = write_jsonl(tmp_path / "nq-train-kilt.jsonl", [NQ, {**NQ, "id": "b"}, {**NQ, "id": "b"}])
+    with pytest.raises(TaskFileError, match=re.escape(f"{again}:3: field \"id\": 'nq/b' repeats")):
+        import_benchmark([again], tmp_path / "c", config, progress=False)
 
 
 def test_import_refusals(tmp_path, kilt_corpus) -> None:

@@ -37,7 +37,17 @@ from imprag.retrieval.corpus import CorpusError, Passage, read_corpus
 
 UNSEEN = ["slot-filling", "fact-check", "entity-linking"]
 NO_RETRIEVAL = ["denoise", "sentence", "reading", "verify", "title"]
-IMPORTED = ["nq", "hotpotqa", "triviaqa", "2wikimultihopqa", "fever", "aidayago2", "trex", "zsre"]
+IMPORTED = [
+    "nq",
+    "hotpotqa",
+    "triviaqa",
+    "2wikimultihopqa",
+    "fever",
+    "aidayago2",
+    "trex",
+    "zsre",
+    "instructions",
+]
 
 # -- tasks ---------------------------------------------------------------------------------------------
 
@@ -54,7 +64,7 @@ def test_registry_formats() -> None:
         "nq", "hotpotqa", "triviaqa", "2wikimultihopqa",
     ]  # fmt: skip
     assert tasks_of("unseen") == [*UNSEEN, "fever", "aidayago2", "trex", "zsre"]
-    assert tasks_of("no-retrieval") == NO_RETRIEVAL
+    assert tasks_of("no-retrieval") == [*NO_RETRIEVAL, "instructions"]
     accuracy = {"fact-check", "verify", "yesno", "span-yesno", "fever"}
     assert {n for n, t in TASKS.items() if t.scoring == "accuracy"} == accuracy
     # answer-string recall is meaningless for True/False answers and for tasks that read no passages

@@ -18,17 +18,21 @@ Rules, in order:
   3. an item's evidence is the union over its provenance entries, deduplicated in corpus order per entry.
 An item whose provenance matches nothing keeps empty evidence (counted by the importer).
 
-Two passes keep memory bounded by the pages the task files cite, never by the corpus: `want` collects the
-page keys of every provenance entry (the first pass over the task files), `scan` streams the corpus once,
-keeping (id, paragraphs) of the passages on wanted pages only and hashing every passage in order (the
-corpus hash an index of the same corpus records, which `imprag eval` and `imprag train` compare).
+Two passes, in flat memory: `want` collects the page keys of every provenance entry (the first pass over
+the task files), `scan` streams the corpus once, keeping (id, paragraphs) of the passages on wanted pages
+only and hashing every passage in order (the corpus hash an index of the same corpus records, which
+`imprag eval` and `imprag train` compare). Keys and kept passages go to a temporary SQLite file, so neither
+the task files' size nor the corpus' grows the process.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from imprag.data.importers import Provenance
 from imprag.retrieval.corpus import (
@@ -87,56 +91,130 @@ def page_key(title: str) -> str:
 
 
 class EvidenceMap:
-    """Provenance -> passage ids: `want` every entry, `scan` the corpus once, then `resolve` items."""
+    """Provenance -> passage ids: `want` every entry, `scan` the corpus once, then `resolve` items.
+
+    The wanted page keys and the passages kept for them live in a temporary SQLite file, not in Python
+    objects, so memory stays flat however many lines and pages a task file has (a 1M-line file cites up
+    to a million pages; `benchmarks/bench_import.py` measures the peak). Use it as a context manager or
+    `close()` it: the file is deleted then."""
+
+    _BATCH = 900  # keys per `IN (...)` query, under SQLite's oldest limit of 999 variables
 
     def __init__(self) -> None:
-        self._by_id: dict[str, list[tuple[str, Span]]] = {}
-        self._by_title: dict[str, list[tuple[str, Span]]] = {}
+        self._folder = tempfile.TemporaryDirectory(prefix="imprag-evidence-")
+        self._db = sqlite3.connect(Path(self._folder.name) / "evidence.sqlite")
+        self._db.executescript(
+            """
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            PRAGMA cache_size = -32000;
+            CREATE TABLE wanted (key TEXT PRIMARY KEY) WITHOUT ROWID;
+            CREATE TABLE chunks (key TEXT, seq INTEGER, id TEXT, first INTEGER, last INTEGER);
+            """
+        )
+        self._pending: list[tuple[str]] = []
+        self._indexed = False
+
+    def close(self) -> None:
+        self._db.close()
+        self._folder.cleanup()
+
+    def __enter__(self) -> EvidenceMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def want(self, provenance: Iterable[Provenance]) -> None:
         for entry in provenance:
             if entry.wikipedia_id:
-                self._by_id.setdefault(entry.wikipedia_id, [])
+                self._pending.append((_id_key(entry.wikipedia_id),))
             if entry.title:
-                self._by_title.setdefault(page_key(entry.title), [])
+                self._pending.append((_title_key(entry.title),))
+        if len(self._pending) >= 10_000:
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", self._pending)
+        self._pending.clear()
 
     @property
     def pages_wanted(self) -> int:
-        return len(self._by_id) + len(self._by_title)
+        self._flush()
+        return int(self._db.execute("SELECT COUNT(*) FROM wanted").fetchone()[0])
 
     def scan(
         self, passages: Iterable[tuple[Passage, Span]], progress: Callable[[int], None] | None = None
     ) -> tuple[str, int]:
         """Keep the passages of wanted pages; return the corpus hash and the number of passages."""
+        self._flush()
         hasher, count = CorpusHash(), 0
+        batch: list[tuple[str, int, str, Span]] = []
         for passage, span in passages:
             hasher.add(passage.id, passage.digest)
+            page_id = passage.meta.get("wikipedia_id")
+            if page_id is not None:
+                batch.append((_id_key(str(page_id)), count, passage.id, span))
+            title = passage.meta.get("page_title") or passage.title
+            if title:
+                batch.append((_title_key(title), count, passage.id, span))
             count += 1
             if progress is not None and count % 1000 == 0:
                 progress(1000)
-            page_id = passage.meta.get("wikipedia_id")
-            if page_id is not None and (chunks := self._by_id.get(str(page_id))) is not None:
-                chunks.append((passage.id, span))
-            title = passage.meta.get("page_title") or passage.title
-            if self._by_title and title and (chunks := self._by_title.get(page_key(title))) is not None:
-                chunks.append((passage.id, span))
+            if len(batch) >= self._BATCH:
+                self._keep(batch)
+        self._keep(batch)
         if progress is not None:
             progress(count % 1000)
+        self._db.execute("CREATE INDEX IF NOT EXISTS by_key ON chunks (key, seq)")
+        self._indexed = True
         return hasher.value, count
+
+    def _keep(self, batch: list[tuple[str, int, str, Span]]) -> None:
+        """Store the rows of `batch` whose key is wanted; empty `batch`."""
+        if not batch:
+            return
+        keys = list({key for key, *_ in batch})
+        marks = ",".join("?" * len(keys))
+        wanted = {k for (k,) in self._db.execute(f"SELECT key FROM wanted WHERE key IN ({marks})", keys)}
+        rows = [
+            (key, seq, pid, *(span if span is not None else (None, None)))
+            for key, seq, pid, span in batch
+            if key in wanted
+        ]
+        if rows:
+            with self._db:
+                self._db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
+        batch.clear()
 
     def resolve(self, provenance: Iterable[Provenance]) -> list[str]:
         """The passage ids of an item's provenance (empty: none of its pages is in the corpus)."""
+        if not self._indexed:
+            raise RuntimeError("EvidenceMap.resolve before scan: scan the corpus first")
         ids: list[str] = []
         for entry in provenance:
             ids += self._passages(entry)
         return list(dict.fromkeys(ids))
 
+    def _chunks(self, key: str) -> list[tuple[str, Span]]:
+        rows = self._db.execute("SELECT id, first, last FROM chunks WHERE key = ? ORDER BY seq", (key,))
+        return [(pid, None if first is None else (first, last)) for pid, first, last in rows]
+
     def _passages(self, entry: Provenance) -> list[str]:
-        chunks = self._by_id.get(entry.wikipedia_id or "") or []
+        chunks = self._chunks(_id_key(entry.wikipedia_id)) if entry.wikipedia_id else []
         if not chunks and entry.title:
-            chunks = self._by_title.get(page_key(entry.title)) or []
+            chunks = self._chunks(_title_key(entry.title))
         if not chunks or entry.start is None or entry.end is None:
             return [pid for pid, _ in chunks]
         start, end = entry.start, entry.end
         hits = [pid for pid, span in chunks if span is None or (span[0] <= end and start <= span[1])]
         return hits or [chunks[0][0]]
+
+
+def _id_key(wikipedia_id: str) -> str:
+    return f"i:{wikipedia_id}"
+
+
+def _title_key(title: str) -> str:
+    return f"t:{page_key(title)}"

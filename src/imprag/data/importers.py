@@ -1,4 +1,5 @@
-"""Readers of the paper's task files: each line of a KILT, NQ-open or FlashRAG file becomes one `Item`.
+"""Readers of the paper's task files: each line of a KILT, NQ-open, FlashRAG or instructions file becomes one
+`Item`.
 
 Formats, told apart by the keys of a file's first non-empty line:
   kilt      {id, input, output: [{answer, provenance: [{wikipedia_id, title, start_paragraph_id,
@@ -6,6 +7,8 @@ Formats, told apart by the keys of a file's first non-empty line:
             nq, hotpotqa, triviaqa, fever, aidayago2, trex, structured_zeroshot -> zsre)
   nq-open   {question, answer: [..]}; the task is nq
   flashrag  {id, question, golden_answers: [..]}; the task from the folder or the name (`.../nq/test.jsonl`)
+  instructions  {prompt, answer, id?}: the user's own instruction data; the task is `instructions`, for
+            the training mix (data.instruction_tasks), the prompt taken as written
 The task and the split can always be given instead (`--task`, `--split`); the split is read from the
 name otherwise (`-dev-`, `.dev.`, `dev.jsonl`, ...).
 
@@ -15,6 +18,7 @@ makes the fields:
   fact checking (fever)       statement = input; answers SUPPORTS / REFUTES -> "True" / "False"
   entity linking (aidayago2)  context = input, its [START_ENT] mention [END_ENT] written [START] .. [END]
   slot filling (trex, zsre)   input "subject [SEP] relation" -> entity, relation
+  instructions                prompt = input, the one answer as given
 
 Answers are every non-empty answer string, deduplicated in order. A line without one is dropped and
 counted (`Row.item` is None): KILT's test files carry no outputs, and an item without a gold answer can be
@@ -39,6 +43,7 @@ from imprag.data.benchmark import SPLITS, Item
 from imprag.data.tasks import (
     FACT_TEMPLATE,
     LINK_TEMPLATE,
+    PROMPT_TEMPLATE,
     QA_TEMPLATE,
     SLOT_TEMPLATE,
     TASKS,
@@ -59,7 +64,7 @@ __all__ = [
     "read_task_file",
 ]
 
-FileFormat = Literal["kilt", "nq-open", "flashrag"]
+FileFormat = Literal["kilt", "nq-open", "flashrag", "instructions"]
 
 KILT_NAMES = {
     "nq": "nq", "hotpotqa": "hotpotqa", "triviaqa": "triviaqa", "fever": "fever", "aidayago2": "aidayago2",
@@ -150,6 +155,8 @@ def open_task_file(path: str | Path, task: str | None = None, split: str | None 
 
 
 def _detect(path: Path, number: int, row: dict[str, Any]) -> FileFormat:
+    if "prompt" in row:
+        return "instructions"
     if "golden_answers" in row:
         return "flashrag"
     if "question" in row and "answer" in row:
@@ -158,7 +165,8 @@ def _detect(path: Path, number: int, row: dict[str, Any]) -> FileFormat:
         return "kilt"
     raise TaskFileError(
         f"{path}:{number}: cannot tell the format from the keys {sorted(row)}: expected a KILT line "
-        "{id, input, output}, NQ-open {question, answer} or FlashRAG {id, question, golden_answers}"
+        "{id, input, output}, NQ-open {question, answer}, FlashRAG {id, question, golden_answers} or "
+        "instructions {prompt, answer}"
     )
 
 
@@ -170,6 +178,8 @@ def _task(path: Path, fmt: FileFormat, task: str | None) -> str:
         return task
     if fmt == "nq-open":
         return "nq"
+    if fmt == "instructions":
+        return "instructions"
     if fmt == "kilt":
         match = _KILT_FILE.match(path.name)
         if match and match["task"] in KILT_NAMES:
@@ -358,6 +368,14 @@ def _flashrag(row: dict[str, Any], path: Path, number: int) -> _Raw:
     return raw
 
 
+def _instructions(row: dict[str, Any], path: Path, number: int) -> _Raw:
+    raw = _Raw(_id(row, "id", f"{path.stem}-{number}"), row.get("prompt"), "prompt")
+    if "answer" not in row:
+        raise _FieldError("answer", "missing (the answer string the prompt should produce)")
+    raw.answers = [("answer", row["answer"])]
+    return raw
+
+
 def _id(row: dict[str, Any], key: str, default: str | None) -> str:
     """The line's id as a string; `default` when the format has none (NQ-open: the file and line)."""
     value = row.get(key)
@@ -381,6 +399,7 @@ _READERS: dict[FileFormat, Callable[[dict[str, Any], Path, int], _Raw]] = {
     "kilt": _kilt,
     "nq-open": _nq_open,
     "flashrag": _flashrag,
+    "instructions": _instructions,
 }
 
 
@@ -428,6 +447,16 @@ def _slot(text: str, where: str, answers: Answers) -> tuple[dict[str, str], list
     return {"entity": entity, "relation": relation}, _dedupe([a for _, a in answers]), f"{entity} {relation}"
 
 
-_FIELDS = {QA_TEMPLATE: _qa, FACT_TEMPLATE: _fact, LINK_TEMPLATE: _link, SLOT_TEMPLATE: _slot}
+def _prompt(text: str, where: str, answers: Answers) -> tuple[dict[str, str], list[str], str]:
+    return {"prompt": text}, [a for _, a in answers], text
+
+
+_FIELDS = {
+    QA_TEMPLATE: _qa,
+    FACT_TEMPLATE: _fact,
+    LINK_TEMPLATE: _link,
+    SLOT_TEMPLATE: _slot,
+    PROMPT_TEMPLATE: _prompt,
+}
 """Template -> how a line's input and answers become the template's fields, the gold answers and the
-oracle query. Every imported task uses one of these four templates."""
+oracle query. Every imported task uses one of these five templates."""

@@ -8,7 +8,10 @@ ever held whole:
   2. the corpus, once: the passages of cited pages are kept, every passage is hashed (`EvidenceMap.scan`);
   3. every task file again: each item gets its evidence (`EvidenceMap.resolve`) and is appended to
      `{split}/{task}.jsonl` of a temporary directory that replaces `out` in one step when all is written.
-Memory: the ids of one task and split (the uniqueness check), the cited page keys and their passages.
+Memory: 8 bytes a line for the uniqueness check (a 64-bit hash of each id of one task and split, sorted at
+the end of the pass; only on a collision are the files read again to name the repeating line). The cited
+page keys and their passages go to a temporary SQLite file (`EvidenceMap`). Nothing else grows with the
+files (`benchmarks/bench_import.py` measures peak RSS at 100k and 1M lines).
 
 Splits are the files' own (`Task.splits == "imported"`): nothing is re-split, sampled or held out.
 Items whose provenance is not in the corpus, and items of formats without provenance (NQ-open, FlashRAG),
@@ -22,6 +25,7 @@ import collections
 import hashlib
 import importlib.metadata
 import json
+from array import array
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -106,7 +110,13 @@ def import_benchmark(
 
 
 def _import_locked(out: Path, sources: list[_Source], config: ImportConfig, progress: bool) -> Benchmark:
-    evidence = EvidenceMap()
+    with EvidenceMap() as evidence:
+        return _import_with(out, sources, config, evidence, progress)
+
+
+def _import_with(
+    out: Path, sources: list[_Source], config: ImportConfig, evidence: EvidenceMap, progress: bool
+) -> Benchmark:
     _first_pass(sources, evidence, progress)
     if not any(s.items for s in sources):
         raise TaskFileError(
@@ -155,13 +165,44 @@ def _first_pass(sources: list[_Source], evidence: EvidenceMap, progress: bool) -
     total = sum(s.file.path.stat().st_size for s in sources)
     with tqdm(total=total, desc="reading task files", unit="B", unit_scale=True, disable=not progress) as bar:
         for group in _by_task_split(sources):
-            seen: set[str] = set()  # the ids of one task and split at a time
+            hashes = array("Q")  # one 64-bit hash per id of this task and split
             for source in group:
-                _scan_source(source, seen, evidence, bar.update)
+                _scan_source(source, hashes, evidence, bar.update)
+            _check_unique(group, hashes)
+
+
+def _id_hash(item_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
+
+
+def _check_unique(group: list[_Source], hashes: array) -> None:
+    """Refuse an id that repeats within a task and split, naming the line that repeats it. Sorting the
+    hashes finds whether any repeats; only then are the group's files read again, remembering the ids
+    whose hash repeats (a 64-bit hash collision of two different ids is told apart there, not refused)."""
+    import numpy as np
+
+    values = np.frombuffer(hashes, dtype=np.uint64) if len(hashes) else np.zeros(0, np.uint64)
+    values = np.sort(values)
+    repeated = set(values[1:][values[1:] == values[:-1]].tolist())
+    if not repeated:
+        return
+    seen: set[str] = set()
+    for source in group:
+        f = source.file
+        for row in read_task_file(f):
+            if row.item is None or _id_hash(row.item.id) not in repeated:
+                continue
+            if row.item.id in seen:
+                raise TaskFileError(
+                    f'{f.path}:{row.number}: field "id": {row.item.id!r} repeats an earlier line\'s '
+                    f"({f.task} {f.split}); ids must be unique per task and split: remove the duplicate "
+                    "line, or import each file once"
+                )
+            seen.add(row.item.id)
 
 
 def _scan_source(
-    source: _Source, seen: set[str], evidence: EvidenceMap, advance: Callable[[int], Any]
+    source: _Source, hashes: array, evidence: EvidenceMap, advance: Callable[[int], Any]
 ) -> None:
     stat = source.file.path.stat()
     source.stat = (stat.st_size, stat.st_mtime_ns)
@@ -176,14 +217,7 @@ def _scan_source(
         if row.item is None:
             source.dropped += 1
             continue
-        if row.item.id in seen:
-            f = source.file
-            raise TaskFileError(
-                f'{f.path}:{row.number}: field "id": {row.item.id!r} repeats an earlier line\'s ({f.task} '
-                f"{f.split}); ids must be unique per task and split: remove the duplicate line, or import "
-                "each file once"
-            )
-        seen.add(row.item.id)
+        hashes.append(_id_hash(row.item.id))
         source.items += 1
         evidence.want(row.provenance)
     source.sha256 = digest.hexdigest()

@@ -65,6 +65,8 @@ VERIFY_TEMPLATE = (
     "Answer True or False A:"
 )
 TITLE_TEMPLATE = "{context} Q: What is the title of the article this text comes from? A:"
+PROMPT_TEMPLATE = "{prompt}"
+"""The user's own instruction data, imported as written."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,11 @@ TASKS: dict[str, Task] = {
         Task(
             "zsre", "unseen", SLOT_TEMPLATE, "em", True, 16,
             "Zero-shot RE slot filling, subject [SEP] relation (KILT structured_zeroshot files)",
+            "imported",
+        ),
+        Task(
+            "instructions", "no-retrieval", PROMPT_TEMPLATE, "em", False, 64,
+            "the user's instruction data, {prompt, answer} lines (data.instruction_tasks)",
             "imported",
         ),
     ]
