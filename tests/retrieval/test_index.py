@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -223,15 +224,22 @@ def test_add_change_and_delete_in_place(model: ImpRAG, tmp_path: Path) -> None:
     assert_close(torch.from_numpy(index.faiss.reconstruct(row)), model.embed_passages([twice[1].content])[0])
 
 
-@pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8", "PQ4x4"])
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8", "PQ4x4", "PQ4x4,Refine(Flat)"])
 def test_other_faiss_factories(model: ImpRAG, tmp_path: Path, factory: str) -> None:
-    index = build_index(model, tmp_path / "idx", PASSAGES, small(factory=factory, nprobe=4), progress=False)
+    config = small(factory=factory, nprobe=4, rerank=5)
+    index = build_index(model, tmp_path / "idx", PASSAGES, config, progress=False)
     assert len(index) == 22 and index.manifest["index"]["factory"] == factory
     ids, _ = index.search(model.embed_queries(PROMPTS), 5)
     assert ids.shape == (2, 5) and bool((ids >= 0).all())
+    exact = (model.embed_queries(PROMPTS) @ model.embed_passages([p.content for p in PASSAGES]).T).topk(5)
     if factory == "IVF4,Flat":  # probing every list makes IVF exact
-        exact = (model.embed_queries(PROMPTS) @ model.embed_passages([p.content for p in PASSAGES]).T).topk(5)
         assert ids.tolist() == exact.indices.tolist()
+    if factory.endswith("Refine(Flat)"):  # re-scoring 5 * 5 of 22 candidates exactly
+        assert index.manifest["index"]["rerank"] == 5
+        refine = faiss.downcast_index(index.faiss.index)
+        assert isinstance(refine, faiss.IndexRefine) and refine.k_factor == 5
+        _, scores = index.search(model.embed_queries(PROMPTS), 5)
+        assert_close(scores, exact.values, rtol=1e-4, atol=1e-4)  # exact scores from the refine codes
     if factory == "HNSW8":  # no vector removal: refused before the store changes, the index stays whole
         writable = PassageIndex.load(tmp_path / "idx", model, writable=True)
         with pytest.raises(InvalidIndexError, match=r"cannot remove vectors.*nothing was changed"):
@@ -243,6 +251,53 @@ def test_other_faiss_factories(model: ImpRAG, tmp_path: Path, factory: str) -> N
         # Adding new passages needs no removal and works.
         assert writable.add(model, [Passage(id="new", title="N", text="a new one")])["added"] == 1
         assert len(PassageIndex.load(tmp_path / "idx", model)) == 23
+
+
+def test_approximate_indexes_store_centred_vectors_and_report_uncentred_scores(
+    model: ImpRAG, tmp_path: Path
+) -> None:
+    """IndexConfig.center: every stored vector is E_p minus the mean, the search adds E_q . mean back, so
+    the ids and scores are those of exact search over the uncentred E_p (ranking is invariant to
+    subtracting one vector from every passage); Flat stays uncentred unless asked; `add` centres too."""
+    queries = model.embed_queries(PROMPTS)
+    e_p = model.embed_passages([p.content for p in PASSAGES])
+    exact = (queries @ e_p.T).topk(6)
+    hnsw = build_index(
+        model, tmp_path / "hnsw", PASSAGES, small(factory="HNSW8", ef_search=64), progress=False
+    )
+    mean = np.asarray(hnsw.manifest["index"]["mean"], dtype=np.float32)
+    assert hnsw.manifest["index"]["center"] == "auto" and mean.shape == (e_p.shape[1],)
+    stored = np.stack([hnsw.faiss.reconstruct(i) for i in range(len(PASSAGES))])
+    assert_close(torch.from_numpy(stored + mean), e_p, rtol=1e-5, atol=1e-5)
+    assert float(np.abs(stored.mean(0)).max()) < 0.05 * float(np.abs(mean).max())  # centred
+    ids, scores = hnsw.search(queries, 6)
+    assert ids.tolist() == exact.indices.tolist()
+    assert_close(scores, exact.values, rtol=1e-4, atol=1e-4)
+
+    flat = build_index(model, tmp_path / "flat", PASSAGES, small(), progress=False)
+    assert flat.manifest["index"]["mean"] is None and flat.mean is None
+    forced = build_index(model, tmp_path / "forced", PASSAGES, small(center=True), progress=False)
+    assert forced.mean is not None
+    assert_close(forced.vectors()[1], flat.vectors()[1], rtol=1e-5, atol=1e-5)  # exact vectors come back
+    for index in (flat, forced):
+        ids, scores = index.search(queries, 6)
+        assert ids.tolist() == exact.indices.tolist()
+        assert_close(scores, exact.values, rtol=1e-4, atol=1e-4)
+
+    ivf = build_index(model, tmp_path / "ivf", PASSAGES, small(factory="IVF2,Flat", nprobe=2), progress=False)
+    ivf.close()
+    new = Passage(id="new", title="New", text="The capital number 8 is new.")
+    with PassageIndex.load(tmp_path / "ivf", model, writable=True) as writable:
+        writable.add(model, [new])
+    ivf = PassageIndex.load(tmp_path / "ivf", model)
+    row = ivf.store.rows_of(["new"])[0]
+    faiss.extract_index_ivf(ivf.faiss).make_direct_map()  # for reconstruct
+    added = ivf.faiss.reconstruct(row) + ivf.mean
+    assert_close(torch.from_numpy(added), model.embed_passages([new.content])[0], rtol=1e-5, atol=1e-5)
+    everything = torch.cat([e_p, model.embed_passages([new.content])])
+    ids, scores = ivf.search(queries, 6)
+    assert ids.tolist() == (queries @ everything.T).topk(6).indices.tolist()
+    assert_close(scores, (queries @ everything.T).topk(6).values, rtol=1e-4, atol=1e-4)
 
 
 def test_untrainable_factory_is_explained(model: ImpRAG, tmp_path: Path) -> None:

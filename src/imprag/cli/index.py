@@ -26,6 +26,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
+        rerank=args.rerank,
+        center={"auto": "auto", "yes": True, "no": False}[args.center],
         batch_size=args.batch_size,
         shard_size=args.shard_size,
     )
@@ -41,12 +43,16 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         if unknown := [n for n in baselines if n not in BASELINES]:
             raise UsageError(f"--baselines: unknown {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+    if args.passages is not None and not args.estimate:
+        raise UsageError("--passages sizes an --estimate; a build counts the corpus itself")
     dist = init_from_env()
     model = load_model(args)
     if args.pooling or args.retrieval_key:  # the base's E_p (or layer-b inputs) as frozen runs train on
         own = model.config.embedding
         set_embedding(model, replace(own, pooling=args.pooling or own.pooling,
                                      retrieval_key=args.retrieval_key or own.retrieval_key))  # fmt: skip
+    if args.estimate:
+        return _estimate(model, args, config, options)
     corpus = None if args.refresh else args.corpus
     index = build_index(
         model, args.out, corpus, config, options, args.overwrite, progress=not args.no_progress, dist=dist
@@ -63,6 +69,51 @@ def cmd_index(args: argparse.Namespace) -> int:
         f"{m['build']['seconds']} s)"
     )
     return 0
+
+
+def _estimate(model, args: argparse.Namespace, config, options: dict) -> int:
+    """Print what the build would need, from the corpus (all of it, or its first passages scaled to
+    --passages) and the model; writes nothing."""
+    from itertools import islice
+
+    from tqdm.auto import tqdm
+
+    from imprag.retrieval.corpus import read_corpus
+    from imprag.retrieval.index import check_factory, describe_plan, plan_build
+
+    check_factory(config.factory, model.index_dim)
+    if args.refresh:
+        from imprag.retrieval.index import PassageIndex
+
+        with PassageIndex.load(args.out) as index:
+            count, text = len(index.store), index.store.text_bytes()
+    else:
+        passages = read_corpus(args.corpus, **options)
+        if args.passages is not None:
+            passages = islice(passages, ESTIMATE_SAMPLE)
+        count = text = 0
+        for p in tqdm(passages, desc="reading the corpus", unit=" passages", disable=args.no_progress):
+            count += 1
+            text += len(p.title.encode()) + len(p.text.encode())
+        if args.passages is not None and count:
+            text, count = round(text / count * args.passages), args.passages
+    plan = plan_build(model, count, text, config, processes=1)
+    print(f"imprag index {config.factory}: {describe_plan(plan)}")
+    sampled = f" (mean passage size from the first {ESTIMATE_SAMPLE:,})" if args.passages is not None else ""
+    print(f"  passages            {plan['passages']:>16,}{sampled}")
+    for key, what in (
+        ("store_bytes", "passage store (disk)"),
+        ("shards_bytes", "shards (disk, build only)"),
+        ("index_bytes", "FAISS index (disk and RAM)"),
+        ("encode_peak_bytes", "RAM per encoding process"),
+        ("assemble_peak_bytes", "RAM of rank 0 assembling"),
+    ):
+        print(f"  {what:<28}{plan[key] / 1e9:>10.2f} GB")
+    return 0
+
+
+ESTIMATE_SAMPLE = 10_000
+"""Passages `--estimate --passages N` reads to measure the corpus' mean passage size."""
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -112,6 +163,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     index.add_argument("--train-size", type=int, default=100_000, help="vectors used to train IVF/PQ")
     index.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query")
     index.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
+    index.add_argument(
+        "--center",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="store E_p minus its mean (rankings and scores unchanged; HNSW and IVF need it); auto: all "
+        "but Flat",
+    )
+    index.add_argument(
+        "--rerank",
+        type=int,
+        default=4,
+        help="with a ',Refine(...)' factory: candidates re-scored per hit (k * RERANK)",
+    )
     index.add_argument("--batch-size", type=int, default=32, help="passages per forward pass")
     index.add_argument("--shard-size", type=int, default=2048, help="passages per resumable shard")
     mode = index.add_mutually_exclusive_group()
@@ -120,6 +184,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--refresh", action="store_true", help="re-encode the passages in --out with this model"
     )
     index.add_argument("--baselines", help="also build baseline retrievers: bm25, minilm or bm25,minilm")
+    index.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the disk and memory the build needs (reading the corpus, not encoding it) and exit",
+    )
+    index.add_argument(
+        "--passages",
+        type=int,
+        metavar="N",
+        help="with --estimate: size for N passages, measuring the mean passage on the corpus' first 10,000",
+    )
     index.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_args(index)
     index.add_argument("--pooling", choices=["last", "mean"], default=None,

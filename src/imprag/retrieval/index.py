@@ -40,7 +40,15 @@ from imprag.retrieval.corpus import Passage, check_corpus, corpus_signature, rea
 from imprag.retrieval.encode import encode_shards, read_shards, shard_count, shards_done
 from imprag.retrieval.store import PassageStore
 
-__all__ = ["InvalidIndexError", "PassageIndex", "StaleIndexError", "build_index", "estimate"]
+__all__ = [
+    "InvalidIndexError",
+    "PassageIndex",
+    "StaleIndexError",
+    "build_index",
+    "describe_plan",
+    "estimate",
+    "plan_build",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +87,78 @@ def _model_record(model: ImpRAG) -> dict[str, Any]:
     }
 
 
+def vector_bytes(dim: int, factory: str) -> int:
+    """Bytes one vector takes in the assembled FAISS index (in memory and in its file): the factory's
+    code size (FAISS knows it before training), 8 bytes of id in imprag's ID map, 8 more in an IVF's
+    inverted lists, ~8.5*M bytes of graph links for HNSW{M} (2M level-0 links of 4 bytes, plus the upper
+    levels), and a Refine's own codes. tests/retrieval/test_estimate.py checks it against serialized
+    indexes."""
+    index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    return 8 + _code_bytes(faiss.downcast_index(index.index))  # 8: IDMap2's id
+
+
+def _code_bytes(index: faiss.Index) -> int:
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexRefine):
+        base = faiss.downcast_index(index.base_index)
+        return _code_bytes(base) + _code_bytes(faiss.downcast_index(index.refine_index))
+    if isinstance(index, faiss.IndexHNSW):
+        storage = faiss.downcast_index(index.storage)
+        return int(storage.code_size) + round(8.5 * index.hnsw.nb_neighbors(1))
+    ivf_ids = 8 if isinstance(index, faiss.IndexIVF) else 0  # ids beside the codes in inverted lists
+    return int(index.code_size) + ivf_ids
+
+
 def estimate(count: int, dim: int, factory: str) -> dict[str, int]:
-    """Rough bytes for shards on disk and the index in memory/disk (printed before a build starts)."""
-    vectors = count * dim * 4
-    index = vectors
-    if "PQ" in factory:
-        m = int("".join(c for c in factory.split("PQ")[1].split(",")[0].split("x")[0] if c.isdigit()) or 8)
-        index = count * (m + 8)
-    elif "HNSW" in factory:
-        index = vectors + count * 2 * 32 * 4
-    return {"shards_bytes": vectors + count * 8, "index_bytes": index + count * 8}
+    """Bytes of the encoded shards on disk and of the FAISS index (printed before a build starts)."""
+    return {"shards_bytes": count * (dim * 4 + 8), "index_bytes": count * vector_bytes(dim, factory)}
+
+
+def plan_build(
+    model: ImpRAG, passages: int, text_bytes: int, cfg: IndexConfig, processes: int = 1
+) -> dict[str, int]:
+    """What building an index of `passages` passages (`text_bytes` of title and text in all) with `model`
+    and `cfg` needs, in bytes: the passage store and the shards on disk, the index (memory and disk), and
+    the peak memory of an encoding process and of rank 0 assembling the index. `imprag index --estimate`
+    prints it; every build logs it first."""
+    dim = model.index_dim
+    est = estimate(passages, dim, cfg.factory)
+    weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    hidden = model.model.config.hidden_size * model.backbone.dtype.itemsize
+    # One batch's activations: a few hidden-size tensors per token plus the attention scores.
+    batch = cfg.batch_size * model.config.reader.l_max
+    working = batch * (16 * hidden + 4 * model.backbone.num_heads * model.config.reader.l_max)
+    shard = cfg.shard_size * dim * 4
+    trained = not faiss.index_factory(dim, cfg.factory, faiss.METRIC_INNER_PRODUCT).is_trained
+    sample = min(cfg.train_size, passages) * dim * 4 if trained else 0
+    return {
+        "passages": passages,
+        "dim": dim,
+        "processes": processes,
+        # SQLite: the text, the id twice (row and unique index), the 64-hex digest, ~40 bytes of row
+        # overhead, the meta JSON; measured 7.35 MB for the embedded corpus (10,033 passages, 5.1 MB of text)
+        "store_bytes": int(text_bytes * 1.05) + passages * 200,
+        "shards_bytes": est["shards_bytes"],
+        "index_bytes": est["index_bytes"],
+        "encode_peak_bytes": weights + working + shard,
+        "assemble_peak_bytes": est["index_bytes"] + sample + shard,
+        "weights_bytes": weights,
+    }
+
+
+def describe_plan(plan: dict[str, int]) -> str:
+    """One line of `plan_build`'s numbers, in MB/GB."""
+
+    def size(n: int) -> str:
+        return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+    return (
+        f"{plan['passages']:,} passages, dim {plan['dim']}: disk {size(plan['store_bytes'])} store + "
+        f"{size(plan['shards_bytes'])} shards while building + {size(plan['index_bytes'])} index; memory "
+        f"~{size(plan['encode_peak_bytes'])} per encoding process (weights {size(plan['weights_bytes'])}), "
+        f"~{size(plan['assemble_peak_bytes'])} for rank 0 assembling the index"
+    )
 
 
 class PassageIndex:
@@ -107,7 +177,11 @@ class PassageIndex:
         self.faiss = vectors
         self.store = store
         self._writer = writer  # holds the directory's write lock while open writable
-        self.set_search_params(manifest["index"].get("nprobe"), manifest["index"].get("ef_search"))
+        mean = manifest["index"].get("mean")
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)
+        """What every stored vector had subtracted (IndexConfig.center), or None."""
+        settings = manifest["index"]
+        self.set_search_params(settings.get("nprobe"), settings.get("ef_search"), settings.get("rerank"))
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -193,6 +267,8 @@ class PassageIndex:
             raise InvalidIndexError(f"k={k} passages requested but the index holds only {len(self)}")
         q = np.ascontiguousarray(queries.detach().float().cpu().numpy())
         scores, ids = self.faiss.search(q, k)
+        if self.mean is not None:  # E_q . (E_p - mean) + E_q . mean: the uncentred score
+            scores = np.where(ids >= 0, scores + (q @ self.mean)[:, None], scores)
         return torch.from_numpy(ids), torch.from_numpy(scores)
 
     def fetch(self, ids: Sequence[int]) -> list[Passage]:
@@ -211,16 +287,21 @@ class PassageIndex:
         inner = faiss.downcast_index(self.faiss.index)
         n = int(inner.ntotal)
         vectors = inner.reconstruct_n(0, n) if n else np.zeros((0, self.dim), dtype=np.float32)
+        if self.mean is not None:
+            vectors = vectors + self.mean
         rows = faiss.vector_to_array(self.faiss.id_map).astype(np.int64)
         return torch.from_numpy(rows), torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def check_model(self, model: ImpRAG) -> None:
         check_model(self.manifest, model, self.directory)
 
-    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Set IVF `nprobe` / HNSW `efSearch` (ignored by index types without them)."""
+    def set_search_params(
+        self, nprobe: int | None = None, ef_search: int | None = None, rerank: int | None = None
+    ) -> None:
+        """Set IVF `nprobe` / HNSW `efSearch` / a Refine's candidates per hit `rerank` (each ignored by
+        index types without it)."""
         space = faiss.ParameterSpace()
-        for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+        for name, value in (("nprobe", nprobe), ("efSearch", ef_search), ("k_factor_rf", rerank)):
             if value is None:
                 continue
             with contextlib.suppress(RuntimeError):  # this index type has no such parameter
@@ -247,7 +328,10 @@ class PassageIndex:
             self._remove(result.changed)
         if vectors is not None:
             rows = self.store.rows_of([p.id for p in todo])
-            self.faiss.add_with_ids(vectors.numpy().astype(np.float32), np.asarray(rows, dtype=np.int64))
+            added = vectors.numpy().astype(np.float32)
+            if self.mean is not None:
+                added = added - self.mean
+            self.faiss.add_with_ids(added, np.asarray(rows, dtype=np.int64))
         self._commit()
         return {"added": len(result.added), "changed": len(result.changed), "unchanged": result.unchanged}
 
@@ -476,25 +560,13 @@ def _build(
     store = PassageStore(out / STORE)
     count = shard_count(store, cfg.shard_size)
     if dist.is_main:
-        est = estimate(len(store), model.index_dim, cfg.factory)
-        weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
-        hidden = model.model.config.hidden_size * model.backbone.dtype.itemsize
-        # Per process: the weights, one batch's activations (a few hidden-size tensors per token plus
-        # the attention scores), one shard of vectors. It does not grow with the corpus.
-        batch = cfg.batch_size * model.config.reader.l_max
-        working = batch * (16 * hidden + 4 * model.backbone.num_heads * model.config.reader.l_max)
+        texts = store.text_bytes()
         log.info(
-            "encoding %d passages with layers 0..%d (dim %d, %s) in %d process(es): ~%.0f MB memory per "
-            "process (weights %.0f MB), shards ~%.1f MB on disk, the index ~%.1f MB",
-            len(store),
+            "encoding with layers 0..%d (%s) in %d process(es): %s",
             model.split.b,
-            model.index_dim,
             settings["model"]["dtype"],
             dist.world,
-            (weights + working + cfg.shard_size * model.index_dim * 4) / 1e6,
-            weights / 1e6,
-            est["shards_bytes"] / 1e6,
-            est["index_bytes"] / 1e6,
+            describe_plan(plan_build(model, len(store), texts, cfg, dist.world)),
         )
     error = None
     try:
@@ -535,7 +607,7 @@ def _finish(
         raise InvalidIndexError(
             f"shards {missing[:5]} were not encoded; run the same command again to resume"
         )
-    vectors = _assemble(out / SHARDS, count, dim, len(store), cfg, progress)
+    vectors, mean = _assemble(out / SHARDS, count, dim, len(store), cfg, progress)
     if vectors.ntotal != len(store):
         raise InvalidIndexError(
             f"{out}: the shards hold {vectors.ntotal} vectors for {len(store)} stored passages (left by "
@@ -557,6 +629,9 @@ def _finish(
             "train_size": cfg.train_size,
             "nprobe": cfg.nprobe,
             "ef_search": cfg.ef_search,
+            "rerank": cfg.rerank,
+            "center": cfg.center,
+            "mean": None if mean is None else [float(v) for v in mean],
         },
         "build": {
             "shard_size": cfg.shard_size,
@@ -696,23 +771,38 @@ def check_factory(factory: str, dim: int) -> None:
         ) from None
 
 
+def skip_polysemous_training(index: faiss.Index) -> None:
+    """Turn off the polysemous PQ training FAISS's factory turns on (for IVF-PQ and plain PQ, also under a
+    transform or a Refine): search never uses it (polysemous_ht = 0), and it was ~90% of IVF-PQ training
+    time in benchmarks/bench_index.py."""
+    index = faiss.downcast_index(index)
+    for inner in ("index", "base_index"):  # IDMap2, IndexPreTransform / IndexRefine
+        if hasattr(index, inner) and isinstance(getattr(index, inner), faiss.Index):
+            skip_polysemous_training(getattr(index, inner))
+    if getattr(index, "do_polysemous_training", False):
+        index.do_polysemous_training = False
+
+
 def _assemble(
     shards: Path, count: int, dim: int, total: int, cfg: IndexConfig, progress: bool
-) -> faiss.Index:
-    """Stream the shards into a FAISS index (training it on a sample spread over the corpus if needed)."""
+) -> tuple[faiss.Index, np.ndarray | None]:
+    """Stream the shards into a FAISS index (training it on a sample spread over the corpus if needed);
+    returns it and the mean subtracted from every vector (IndexConfig.center), or None."""
     index = faiss.index_factory(dim, f"IDMap2,{cfg.factory}", faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.try_extract_index_ivf(index)
-    ivf = faiss.downcast_index(ivf) if ivf is not None else None
-    if getattr(ivf, "do_polysemous_training", False):
-        # The factory turns on polysemous PQ training, which search never uses (polysemous_ht = 0); it
-        # was ~90% of IVF-PQ training time in benchmarks/bench_index.py.
-        ivf.do_polysemous_training = False
-    if not index.is_trained:
+    skip_polysemous_training(index)
+    center = cfg.factory != "Flat" if cfg.center == "auto" else cfg.center
+    mean = None
+    if center or not index.is_trained:
         per_shard = max(1, cfg.train_size // max(1, count))
         sample = np.concatenate([np.asarray(v[:per_shard]) for _, v in read_shards(shards, count)])
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if center:  # any fixed vector would keep every ranking; the mean makes the rest informative
+            mean = sample.mean(0).astype(np.float32)
+            sample -= mean
+    if not index.is_trained:
         log.info("training %s on %d vectors", cfg.factory, len(sample))
         try:
-            index.train(np.ascontiguousarray(sample, dtype=np.float32))
+            index.train(sample)
         except RuntimeError as err:
             raise InvalidIndexError(
                 f"FAISS could not train {cfg.factory!r} on {len(sample)} vectors "
@@ -721,6 +811,7 @@ def _assemble(
             ) from err
     with tqdm(total=total, unit="vector", desc="indexing", disable=not progress, dynamic_ncols=True) as bar:
         for rows, vectors in read_shards(shards, count):
-            index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), rows)
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            index.add_with_ids(vectors - mean if mean is not None else vectors, rows)
             bar.update(len(rows))
-    return index
+    return index, mean

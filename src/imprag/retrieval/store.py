@@ -109,6 +109,13 @@ class PassageStore:
     def __len__(self) -> int:
         return self._db.execute("SELECT count(*) FROM passages").fetchone()[0]
 
+    def text_bytes(self) -> int:
+        """Bytes of title and text over every passage (what `plan_build` sizes the store by)."""
+        sql = (
+            "SELECT coalesce(sum(length(CAST(title AS BLOB)) + length(CAST(text AS BLOB))), 0) FROM passages"
+        )
+        return int(self._db.execute(sql).fetchone()[0])
+
     @property
     def corpus_hash(self) -> str:
         """Hash of (id, content hash) of every passage in row order; changes when any passage does."""

@@ -1,0 +1,223 @@
+"""Approximate search on real implicit queries: which FAISS index keeps recall@10 at 10k and 1M passages.
+
+Queries are real: the E_q of every dev and test prompt of the benchmark (1,825 prompts of six tasks) from
+the committed adapter (`--model`). Passages:
+  * 10k real: the embedded corpus' 10,033 passages as the index built for that adapter holds them
+    (`--index`: the base model's mean layer-7 inputs f_p, 576-d, which the adapter's query
+    W_ret^T (E_q - mu_q) is searched against), and the same passages' E_p = W_ret f_p (192-d: the
+    method's mean-pooled layer-7 keys, the vectors an index of a shared-passage model holds), searched
+    with E_q - mu_q. Both give the same scores (checked: the same exact top-10s).
+  * 1M fitted: 1,000,000 vectors drawn from a Gaussian mixture (1,000 centres) whose mean and covariance
+    are fitted to the real 192-d E_p (benchmarks/bench_index.py `Mixture`), searched with the same real
+    queries. The mixture is an assumption; the 10k rows also run on 10,033 mixture vectors so the gap
+    between real and fitted vectors is in the table.
+Per index: recall@10 against exact search over the same vectors, single-query latency p50/p99 with one
+FAISS thread (200 one-query calls) and as a ratio to exact search's p50 in the same run, bytes per
+passage of the serialized index (ids included), build seconds. Indexes are built as `imprag index` builds
+them: `IDMap2,{factory}`, inner product, trained on <= 100,000 vectors, polysemous training off, search
+parameters set through `PassageIndex.set_search_params`.
+
+Centred rows store every passage minus the passages' mean (`IndexConfig.center`, on by default for every
+factory but Flat): each query's scores change by one constant, so the exact top-10 is the same; the
+uncentred rows are what `imprag index` built before it.
+
+Run:  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_ann.py --index indexes/base-keyin \
+          [--model models/smollm2-135m-imprag] [--data data/benchmark] [--million 1000000] [--quick]
+      (the index: `imprag index wiki-summaries --out indexes/base-keyin --pooling mean --retrieval-key
+      trained`; writes benchmarks/results/bench_ann.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+
+import faiss
+import numpy as np
+from bench_index import Mixture
+
+from imprag.retrieval.index import PassageIndex, skip_polysemous_training
+
+RESULTS = Path(__file__).parent / "results" / "bench_ann.json"
+K = 10
+TRAIN_SIZE = 100_000  # IndexConfig.train_size's default
+
+
+def real_vectors(index_dir: str, model_dir: str, data: str) -> dict[str, Any]:
+    """The real queries and passages of both spaces (see the module docstring)."""
+    import torch
+
+    from imprag import ImpRAG
+    from imprag.data.benchmark import Benchmark
+
+    torch.set_num_threads(2)
+    model = ImpRAG.from_pretrained(model_dir)
+    index = PassageIndex.load(index_dir, model)
+    _, f_p = index.vectors()
+    bench = Benchmark.load(data)
+    prompts = [
+        it.prompt
+        for task in bench.tasks
+        for split in ("dev", "test")
+        if bench.counts[task].get(split)
+        for it in bench.items(task, split)
+    ]
+    e_q = model.embed_queries(prompts).float()  # centred by mu_q
+    key = model.retrieval_key
+    if key is None:
+        raise SystemExit(f"{model_dir} has no trained retrieval key; pass the committed adapter")
+    key = key.float()
+    return {
+        "prompts": len(prompts),
+        "f_p": (f_p.numpy(), (e_q @ key).numpy()),
+        "E_p": ((f_p @ key.T).numpy(), e_q.numpy()),
+    }
+
+
+def build(factory: str, x: np.ndarray) -> tuple[faiss.Index, float]:
+    start = time.perf_counter()
+    index = faiss.index_factory(x.shape[1], f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    skip_polysemous_training(index)
+    if not index.is_trained:
+        step = max(1, len(x) // TRAIN_SIZE)
+        index.train(np.ascontiguousarray(x[::step][:TRAIN_SIZE]))
+    for s in range(0, len(x), 100_000):
+        index.add_with_ids(x[s : s + 100_000], np.arange(s, min(s + 100_000, len(x)), dtype=np.int64))
+    return index, time.perf_counter() - start
+
+
+def latencies(index: faiss.Index, queries: np.ndarray, count: int) -> list[float]:
+    for i in range(10):  # warm-up
+        index.search(queries[i : i + 1], K)
+    out = []
+    for i in range(count):
+        start = time.perf_counter()
+        index.search(queries[i : i + 1], K)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def recall(ids: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, truth, strict=True)]))
+
+
+CONFIGS: list[tuple[str, bool, list[dict[str, int]]]] = [  # factory, centred, search settings
+    ("Flat", False, [{}]),
+    ("IVF{lists},PQ48", False, [{"nprobe": 64}]),
+    ("IVF{lists},PQ48", True, [{"nprobe": 16}, {"nprobe": 64}]),
+    ("IVF{lists},PQ48,Refine(SQ8)", False, [{"nprobe": 64, "rerank": 8}]),
+    ("IVF{lists},PQ48,Refine(SQ8)", True, [{"nprobe": 16, "rerank": 8}, {"nprobe": 64, "rerank": 8},
+                                           {"nprobe": 128, "rerank": 16}]),
+    ("HNSW32", False, [{"ef_search": 128}]),
+    ("HNSW32", True, [{"ef_search": 32}, {"ef_search": 64}, {"ef_search": 128}]),
+    ("HNSW32,SQ8", True, [{"ef_search": 64}, {"ef_search": 128}]),
+]  # fmt: skip
+
+
+def run(name: str, x: np.ndarray, queries: np.ndarray, single: int) -> dict[str, Any]:
+    """Every config over `x` (n, d) with `queries`: recall against exact, latency, bytes, build time."""
+    x, queries = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(queries, dtype=np.float32)
+    lists = 256 if len(x) <= 20_000 else 4096
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    truth = exact.search(queries, K)[1]
+    flat_p50 = float(np.median(latencies(exact, queries, single))) * 1e3
+    rows = []
+    mean = x.mean(0)
+    for template, centred, settings in CONFIGS:
+        factory = template.format(lists=lists)
+        index, seconds = build(factory, x - mean if centred else x)
+        size = faiss.serialize_index(index).nbytes / len(x)
+        for params in settings:
+            PassageIndex.set_search_params(SimpleNamespace(faiss=index), **params)  # type: ignore[arg-type]
+            lat = latencies(index, queries, single)
+            row = {
+                "space": name,
+                "vectors": len(x),
+                "dim": x.shape[1],
+                "factory": factory,
+                "centred": centred,
+                **params,
+                "recall_at_10": round(recall(index.search(queries, K)[1], truth), 4),
+                "p50_ms": round(float(np.median(lat)) * 1e3, 3),
+                "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 3),
+                "p50_over_exact": round(float(np.median(lat)) * 1e3 / flat_p50, 3),
+                "bytes_per_passage": round(size, 1),
+                "build_s": round(seconds, 1),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del index
+    return {"space": name, "exact_p50_ms": round(flat_p50, 3), "rows": rows}
+
+
+def main() -> None:
+    from imprag.hardware import describe_machine
+    from imprag.io import atomic_write_text
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--index", required=True, help="the base model's index with --retrieval-key trained")
+    parser.add_argument("--model", default="models/smollm2-135m-imprag", help="an adapter with W_ret")
+    parser.add_argument("--data", default="data/benchmark", help="benchmark directory (its prompts)")
+    parser.add_argument("--million", type=int, default=1_000_000, help="size of the fitted set")
+    parser.add_argument("--single", type=int, default=200, help="one-query calls timed per index")
+    parser.add_argument("--quick", action="store_true", help="10k only (no fitted million)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(1)  # a server answering one query at a time; also keeps the run comparable
+    real = real_vectors(args.index, args.model, args.data)
+    f_p, q576 = real["f_p"]
+    e_p, q192 = real["E_p"]
+    same = recall(
+        faiss.knn(q576, f_p, K, metric=faiss.METRIC_INNER_PRODUCT)[1],
+        faiss.knn(q192, e_p, K, metric=faiss.METRIC_INNER_PRODUCT)[1],
+    )
+    print(f"{real['prompts']} prompts; the two spaces' exact top-10s agree on {same:.4f}", flush=True)
+    mixture = Mixture(e_p)
+    result: dict[str, Any] = {
+        "machine": describe_machine(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "queries": real["prompts"],
+        "spaces_agree_top10": same,
+        "mixture": mixture.stats,
+        "runs": [],
+    }
+    plans = [
+        ("E_p 192-d, real 10k", e_p, q192),
+        ("f_p 576-d (the adapter-independent index), real 10k", f_p, q576),
+        ("E_p 192-d, mixture 10k", mixture.sample(len(e_p)), q192),
+    ]
+    if not args.quick:
+        plans.append((f"E_p 192-d, mixture {args.million:,}", mixture.sample(args.million), q192))
+    for name, x, queries in plans:
+        result["runs"].append(run(name, x, queries, args.single))
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(
+        "\n| vectors | index | centred | params | recall@10 | p50/p99 ms | p50/exact | B/passage | build s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run_ in result["runs"]:
+        for r in run_["rows"]:
+            params = ", ".join(f"{k} {r[k]}" for k in ("nprobe", "rerank", "ef_search") if k in r)
+            print(
+                f"| {r['space']} | {r['factory']} | {'yes' if r['centred'] else 'no'} | {params or '-'} | "
+                f"{r['recall_at_10']:.3f} | "
+                f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {r['p50_over_exact']:.3f} | "
+                f"{r['bytes_per_passage']:,.0f} | {r['build_s']} |"
+            )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
