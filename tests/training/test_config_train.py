@@ -210,6 +210,18 @@ def test_the_cpu_recipe_in_the_repository_loads() -> None:
     assert (cfg.data.benchmark, cfg.data.index) == ("BENCH", "INDEX")
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_recipe_in_the_repository_loads_and_names_real_tasks(name: str) -> None:
+    from imprag.data.tasks import TASKS
+
+    cfg = load_train_config(REPO / "configs" / name, ["data.benchmark=BENCH", "data.index=INDEX"])
+    named = [*cfg.data.retrieval_tasks, *cfg.data.instruction_tasks, *cfg.data.read_tasks, *cfg.eval.tasks]
+    assert set(named) <= set(TASKS), f"{name} names tasks that do not exist: {set(named) - set(TASKS)}"
+    if name.startswith("paper-"):  # the paper's data, imported by the user: nothing from the embedded build
+        assert all(TASKS[t].splits == "imported" for t in named)
+        assert cfg.data.retrieval_tasks == ("nq", "hotpotqa") and cfg.model.passages == "shared"
+
+
 def test_dtype_and_autocast_auto_follow_the_machine(monkeypatch) -> None:
     from imprag.training import loop
 

@@ -5,6 +5,7 @@ not the library's loss functions). Training moves the prompt side only: every E_
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -379,3 +380,66 @@ def test_the_query_scorer_steps_at_its_own_learning_rate(tokenizer, store, tmp_p
     params = dict(model.model.named_parameters())
     steps = [(params[n].detach() - before).abs().max().item() for n, before in lora.items()]
     assert max(steps) == pytest.approx(0.05, rel=1e-3)
+
+
+def test_the_pooling_stage_trains_the_scorer_alone_after_the_schedule(tokenizer, store, tmp_path) -> None:
+    """objective.pooling_steps: after the 4-step schedule, 3 retrieval steps move v and nothing else (every
+    LoRA weight and W_ret equal the model exported before the stage); the first stage step's J_ret is the
+    warmup NCE of the finished model over the next retrieval batch; a finished run given the stage later
+    (the same command with it set) resumes from its last checkpoint and does it, the same way."""
+    from dataclasses import replace
+
+    from imprag.training.loop import Trainer
+
+    overrides = ["model.pooling=mean", "model.query_pooling=attention", "model.retrieval_key=trained"]
+
+    def trainer(out, *more: str) -> tuple[Trainer, ImpRAG]:
+        model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
+        embedding = replace(
+            model.config.embedding, pooling="mean", query_pooling="attention", retrieval_key="trained"
+        )
+        model.config = replace(model.config, embedding=embedding)
+        cfg = config(*overrides, *more)
+        data = TrainingData({"retrieval": batch()}, store, cfg.data.mix, seed=0)
+        return Trainer(model, data, cfg, out), model
+
+    t, _ = trainer(tmp_path / "run", "objective.pooling_steps=3", "optim.pooling_lr=0.1")
+    t.run(progress=False)
+    before, after = (
+        weights_in(tmp_path / "run" / "model-before-pooling"),
+        weights_in(tmp_path / "run" / "model"),
+    )
+    assert (
+        set(before) == set(after) and any("lora_" in n for n in after) and "retrieval_key" in str(list(after))
+    )
+    scorer = [n for n in after if n.startswith("query_scorer")]
+    assert len(scorer) == 1 and (after[scorer[0]] - before[scorer[0]]).abs().max().item() > 1e-3  # v moved
+    assert all(torch.equal(after[n], before[n]) for n in after if n not in scorer)  # nothing else did
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    stage = [r for r in log if r.get("stage") == "pooling"]
+    assert [r["step"] for r in stage] == [5, 6, 7] and all(math.isfinite(r["j_ret"]) for r in stage)
+
+    # the same run without the stage, then given it: the same model
+    plain, _ = trainer(tmp_path / "late")
+    plain.run(progress=False)
+    assert not (tmp_path / "late" / "model-before-pooling").exists()
+    late, _ = trainer(tmp_path / "late", "objective.pooling_steps=3", "optim.pooling_lr=0.1")
+    assert late.step == 4  # resumed at the end of the schedule
+    late.run(progress=False)
+    assert all(torch.equal(w, after[n]) for n, w in weights_in(tmp_path / "late" / "model").items())
+
+
+def weights_in(directory) -> dict[str, torch.Tensor]:
+    """Every tensor of every safetensors file an export wrote, named file/tensor."""
+    from safetensors.torch import load_file
+
+    return {
+        f"{f.stem}/{n}": w for f in sorted(directory.glob("*.safetensors")) for n, w in load_file(f).items()
+    }
+
+
+def test_the_pooling_stage_needs_attention_pooling() -> None:
+    with pytest.raises(ConfigError, match=r"objective\.pooling_steps trains the attention pooling"):
+        config("objective.pooling_steps=5")
+    with pytest.raises(ConfigError, match=r"optim\.pooling_lr > 0"):
+        config("model.query_pooling=attention", "objective.pooling_steps=5", "optim.pooling_lr=0")

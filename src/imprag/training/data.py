@@ -157,12 +157,17 @@ class TrainingData:
         ordinal = sum(1 for s in range(step) if self.kind_of(s) == kind)  # batches of this kind before
         if kind == "lm":
             return kind, self._lm(ordinal, size)
+        return kind, self.nth(kind, ordinal, size)
+
+    def nth(self, kind: Kind, ordinal: int, size: int) -> list[Example]:
+        """The `ordinal`-th batch of `size` examples of `kind` (retrieval or instruction), walking seeded
+        passes over them: what `batch` gives at the step with that many batches of the kind before it."""
         items = self.examples[kind]
         out = []
         for n in range(ordinal * size, (ordinal + 1) * size):
             epoch, pos = divmod(n, len(items))
             out.append(items[self._order(kind, epoch)[pos]])
-        return kind, out
+        return out
 
     def _order(self, kind: Kind, epoch: int) -> list[int]:
         """The seeded permutation of a kind's items for one pass over them."""

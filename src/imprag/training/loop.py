@@ -235,7 +235,49 @@ class Trainer:
             if epoch_end or self.step % cfg.engine.checkpoint_every == 0 or self.step == total:
                 self._checkpoint()
         bar.close()
+        if cfg.objective.pooling_steps:
+            self._export(self.out / "model-before-pooling")
+            self._pooling_stage(progress)
         return self._export(self.out / "model")
+
+    def _pooling_stage(self, progress: bool) -> None:
+        """objective.pooling_steps: retrieval steps that train the query scorer v alone (module docstring of
+        the config field). It starts from the last checkpoint's weights every time, so a run killed here
+        does it again, the same way (seeded batches, deterministic data order), when resumed."""
+        cfg, model, o = self.config, self.model, self.config.objective
+        scorer = model.query_scorer
+        if scorer is None:
+            raise TrainingError("objective.pooling_steps needs the attention pooling's scorer v")
+        was = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(p is scorer)
+        optimizer = torch.optim.Adam([scorer], lr=cfg.optim.pooling_lr)
+        size = cfg.retrieval_batch_size
+        before = sum(1 for s in range(cfg.total_steps) if self.data.kind_of(s) == "retrieval")
+        start = model.config.reader.prompt_start(o.read_k)
+        for i in tqdm(range(o.pooling_steps), desc="pooling", disable=not (progress and self.dist.is_main)):
+            started, step = time.perf_counter(), cfg.total_steps + i
+            examples = self.data.nth("retrieval", before + i, size)[self.dist.rank :: self.dist.world]
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], start)).float()
+                scored = self.candidates.score(examples, model.index_query(e_q), step, "warmup")
+                j_ret, metrics = retrieval_loss(scored, examples, "warmup", o, self._candidate_logprobs)
+            j_ret.backward()
+            self._average_gradients()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            numeric = [
+                k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            ]
+            means = self.dist.mean([float(metrics[k]) for k in numeric])
+            metrics.update({k: round(v, 4) for k, v in zip(numeric, means, strict=True)})
+            self._log(
+                {"stage": "pooling", "kind": "retrieval", "step": step + 1, "lr": cfg.optim.pooling_lr,
+                 "scorer_norm": round(float(scorer.detach().norm()), 4), **metrics,
+                 "sec": round(time.perf_counter() - started, 3)}
+            )  # fmt: skip
+        for p, flag in zip(self.params, was, strict=True):
+            p.requires_grad_(flag)
 
     def _calibrate(self) -> None:
         """Re-estimate mu_q from the current bottom layers (identical on every process: same prompts, same
@@ -486,14 +528,19 @@ def _normalized(saved: dict[str, Any]) -> dict[str, Any] | None:
 RUNTIME_ONLY = ("gradient_checkpointing", "log_every", "checkpoint_every", "keep_checkpoints")
 """Engine fields that change how a run executes, not what it computes: a resume may change them (say,
 turning gradient checkpointing on after running out of memory)."""
+AFTER_SCHEDULE = {"objective": ("pooling_steps",), "optim": ("pooling_lr",)}
+"""Fields of the stage after the schedule (objective.pooling_steps): a finished run may be given it."""
 
 
 def _comparable(config: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A config dict without the `RUNTIME_ONLY` engine fields."""
+    """A config dict without the `RUNTIME_ONLY` engine fields and the `AFTER_SCHEDULE` ones."""
     if config is None:
         return None
     engine = {k: v for k, v in config.get("engine", {}).items() if k not in RUNTIME_ONLY}
-    return {**config, "engine": engine}
+    out = {**config, "engine": engine}
+    for section, names in AFTER_SCHEDULE.items():
+        out[section] = {k: v for k, v in config.get(section, {}).items() if k not in names}
+    return out
 
 
 def _step_of(line: str) -> int:
