@@ -182,7 +182,7 @@ def _check_unique(group: list[_Source], hashes: array) -> None:
     import numpy as np
 
     values = np.frombuffer(hashes, dtype=np.uint64) if len(hashes) else np.zeros(0, np.uint64)
-    values = np.sort(values)
+    values.sort()  # in place: the hashes are not needed in line order any more
     repeated = set(values[1:][values[1:] == values[:-1]].tolist())
     if not repeated:
         return
