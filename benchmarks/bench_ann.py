@@ -116,10 +116,11 @@ CONFIGS: list[tuple[str, bool, list[dict[str, int]]]] = [  # factory, centred, s
     ("IVF{lists},PQ48", True, [{"nprobe": 16}, {"nprobe": 64}]),
     ("IVF{lists},PQ48,Refine(SQ8)", False, [{"nprobe": 64, "rerank": 8}]),
     ("IVF{lists},PQ48,Refine(SQ8)", True, [{"nprobe": 16, "rerank": 8}, {"nprobe": 64, "rerank": 8},
-                                           {"nprobe": 128, "rerank": 16}]),
+                                           {"nprobe": 128, "rerank": 16}, {"nprobe": 256, "rerank": 16},
+                                           {"nprobe": 512, "rerank": 16}]),
     ("HNSW32", False, [{"ef_search": 128}]),
-    ("HNSW32", True, [{"ef_search": 32}, {"ef_search": 64}, {"ef_search": 128}]),
-    ("HNSW32,SQ8", True, [{"ef_search": 64}, {"ef_search": 128}]),
+    ("HNSW32", True, [{"ef_search": 64}, {"ef_search": 128}, {"ef_search": 256}, {"ef_search": 512}]),
+    ("HNSW32,SQ8", True, [{"ef_search": 128}, {"ef_search": 512}]),
 ]  # fmt: skip
 
 
