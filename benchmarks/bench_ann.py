@@ -41,9 +41,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 
+import bench_index
 import faiss
 import numpy as np
-from bench_index import Mixture
+from bench_index import Mixture, recall
 
 from imprag.retrieval.index import PassageIndex, skip_polysemous_training
 
@@ -96,18 +97,8 @@ def build(factory: str, x: np.ndarray) -> tuple[faiss.Index, float]:
 
 
 def latencies(index: faiss.Index, queries: np.ndarray, count: int) -> list[float]:
-    for i in range(10):  # warm-up
-        index.search(queries[i : i + 1], K)
-    out = []
-    for i in range(count):
-        start = time.perf_counter()
-        index.search(queries[i : i + 1], K)
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def recall(ids: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, truth, strict=True)]))
+    """Seconds per one-query call with one FAISS thread (bench_index's timing loop)."""
+    return bench_index.latencies(index, queries, count, threads=1)
 
 
 CONFIGS: list[tuple[str, bool, list[dict[str, int]]]] = [  # factory, centred, search settings
