@@ -443,3 +443,33 @@ def test_the_pooling_stage_needs_attention_pooling() -> None:
         config("objective.pooling_steps=5")
     with pytest.raises(ConfigError, match=r"optim\.pooling_lr > 0"):
         config("model.query_pooling=attention", "objective.pooling_steps=5", "optim.pooling_lr=0")
+
+
+def test_gold_positives_replace_the_teachers_where_an_item_has_gold_articles(
+    tokenizer, store, tmp_path
+) -> None:
+    """objective.pooling_positives=gold: the gold articles become the positives (a gold article among the
+    hard negatives leaves them), an item without one keeps its teacher's; the stage trains on them."""
+    from dataclasses import replace
+
+    from imprag.training.loop import gold_positives
+
+    first, second, _ = batch()
+    assert gold_positives(first).positives == (1, 5) and gold_positives(first).negatives == (20,)
+    with_gold_negative = replace(second, negatives=(21, 12))
+    assert gold_positives(with_gold_negative).negatives == (21,)
+    assert gold_positives(replace(second, evidence=())) == replace(second, evidence=())
+
+    model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
+    embedding = replace(model.config.embedding, pooling="mean", query_pooling="attention")
+    model.config = replace(model.config, embedding=embedding)
+    cfg = config(
+        "model.pooling=mean", "model.query_pooling=attention", "objective.pooling_steps=2",
+        "objective.pooling_positives=gold", "objective.teacher_kl_weight=0.5", "data.teacher_top_m=4",
+    )  # fmt: skip
+    t = Trainer(model, TrainingData({"retrieval": batch()}, store, cfg.data.mix, seed=0), cfg, tmp_path)
+    t.run(progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    stage = [r for r in log if r.get("stage") == "pooling"]
+    assert len(stage) == 2 and all("j_teacher" not in r for r in stage)  # the NCE alone
+    assert any("j_teacher" in r for r in log if r.get("stage") == "warmup")  # the schedule kept its KL

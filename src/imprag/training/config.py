@@ -159,6 +159,10 @@ class ObjectiveConfig:
     stay as trained), then the export. A probe doing this on finished adapters added 2-5 points of test
     gold-article recall in 1.5 min (docs/results.md). OUT/model-before-pooling keeps the model before
     it. A finished run may be given the stage afterwards: run the same command with this set. 0 = off."""
+    pooling_positives: Literal["teacher", "gold"] = "teacher"
+    """The stage's positives: the teacher's (the warmup's J_ret, teacher KL included), or 'gold', each
+    item's gold articles where it has them (its teacher positives where it has none) with the NCE alone,
+    as the probe that found the stage's gain trained (docs/results.md, stop 29)."""
 
 
 @dataclass(frozen=True)

@@ -253,11 +253,15 @@ class Trainer:
             p.requires_grad_(p is scorer)
         optimizer = torch.optim.Adam([scorer], lr=cfg.optim.pooling_lr)
         size = cfg.retrieval_batch_size
+        if o.pooling_positives == "gold":
+            o = replace(o, teacher_kl_weight=0.0)
         before = sum(1 for s in range(cfg.total_steps) if self.data.kind_of(s) == "retrieval")
         start = model.config.reader.prompt_start(o.read_k)
         for i in tqdm(range(o.pooling_steps), desc="pooling", disable=not (progress and self.dist.is_main)):
             started, step = time.perf_counter(), cfg.total_steps + i
             examples = self.data.nth("retrieval", before + i, size)[self.dist.rank :: self.dist.world]
+            if o.pooling_positives == "gold":
+                examples = [gold_positives(e) for e in examples]
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], start)).float()
                 scored = self.candidates.score(examples, model.index_query(e_q), step, "warmup")
@@ -511,6 +515,15 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
 
+def gold_positives(example: Example) -> Example:
+    """`example` with its gold articles as the positives (objective.pooling_positives=gold), its teacher
+    positives kept where it has no gold article; hard negatives that are gold articles dropped."""
+    if not example.evidence:
+        return example
+    negatives = tuple(n for n in example.negatives if n not in example.evidence)
+    return replace(example, positives=example.evidence, negatives=negatives)
+
+
 def _contents(store: PassageStore, rows: Sequence[int]) -> dict[int, str]:
     """Store row -> the passage content the model reads (title, newline, text)."""
     unique = list(dict.fromkeys(rows))
@@ -528,7 +541,7 @@ def _normalized(saved: dict[str, Any]) -> dict[str, Any] | None:
 RUNTIME_ONLY = ("gradient_checkpointing", "log_every", "checkpoint_every", "keep_checkpoints")
 """Engine fields that change how a run executes, not what it computes: a resume may change them (say,
 turning gradient checkpointing on after running out of memory)."""
-AFTER_SCHEDULE = {"objective": ("pooling_steps",), "optim": ("pooling_lr",)}
+AFTER_SCHEDULE = {"objective": ("pooling_steps", "pooling_positives"), "optim": ("pooling_lr",)}
 """Fields of the stage after the schedule (objective.pooling_steps): a finished run may be given it."""
 
 
