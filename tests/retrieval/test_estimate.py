@@ -88,9 +88,14 @@ def test_index_estimate_writes_nothing_and_sizes_the_corpus(tmp_path: Path, toke
     assert not out.exists()
     assert main([*args, "--estimate", "--passages", "1000000", "--factory", "IVF256,PQ8"]) == 0
     printed = capsys.readouterr().out
-    assert "1,000,000 passages" in printed and "first 10,000" in printed
+    assert "1,000,000 passages" in printed and "mean passage size from the first 50)" in printed
     assert not out.exists()
     assert main([*args, "--passages", "10"]) == 2  # sizes an estimate only
     assert "--passages sizes an --estimate" in capsys.readouterr().err
     assert main([*args, "--estimate", "--factory", "IVF7,PQ5"]) == 2  # FAISS cannot build it for this dim
     assert not out.exists()
+    assert main(args) == 0  # a real build, then the estimate of refreshing it at 1,000x the size
+    capsys.readouterr()
+    refresh = ["index", "--refresh", "--out", str(out), "--model", str(saved), "--no-progress"]
+    assert main([*refresh, "--estimate", "--passages", "50000"]) == 0
+    assert "50,000 passages" in (printed := capsys.readouterr().out) and "from the 50 stored" in printed

@@ -87,6 +87,7 @@ def _estimate(model, args: argparse.Namespace, config, options: dict) -> int:
 
         with PassageIndex.load(args.out) as index:
             count, text = len(index.store), index.store.text_bytes()
+        source = f"the {count:,} stored"
     else:
         passages = read_corpus(args.corpus, **options)
         if args.passages is not None:
@@ -95,11 +96,12 @@ def _estimate(model, args: argparse.Namespace, config, options: dict) -> int:
         for p in tqdm(passages, desc="reading the corpus", unit=" passages", disable=args.no_progress):
             count += 1
             text += len(p.title.encode()) + len(p.text.encode())
-        if args.passages is not None and count:
-            text, count = round(text / count * args.passages), args.passages
+        source = f"the first {count:,}"
+    if args.passages is not None and count:
+        text, count = round(text / count * args.passages), args.passages
     plan = plan_build(model, count, text, config, processes=1)
     print(f"imprag index {config.factory}: {describe_plan(plan)}")
-    sampled = f" (mean passage size from the first {ESTIMATE_SAMPLE:,})" if args.passages is not None else ""
+    sampled = f" (mean passage size from {source})" if args.passages is not None else ""
     print(f"  passages            {plan['passages']:>16,}{sampled}")
     for key, what in (
         ("store_bytes", "passage store (disk)"),
