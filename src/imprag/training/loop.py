@@ -241,9 +241,9 @@ class Trainer:
         return self._export(self.out / "model")
 
     def _pooling_stage(self, progress: bool) -> None:
-        """objective.pooling_steps: retrieval steps that train the query scorer v alone (module docstring of
-        the config field). It starts from the last checkpoint's weights every time, so a run killed here
-        does it again, the same way (seeded batches, deterministic data order), when resumed."""
+        """objective.pooling_steps: retrieval steps that train the query scorer v alone (the config field
+        says why). Nothing of it is checkpointed: a run killed here resumes from the schedule's last
+        checkpoint and does the whole stage again, the same way (deterministic batches)."""
         cfg, model, o = self.config, self.model, self.config.objective
         scorer = model.query_scorer
         if scorer is None:
