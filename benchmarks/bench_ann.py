@@ -14,8 +14,10 @@ the committed adapter (`--model`). Passages:
 Per index: recall@10 against exact search over the same vectors, single-query latency p50/p99 with one
 FAISS thread (200 one-query calls) and as a ratio to exact search's p50 in the same run, bytes per
 passage of the serialized index (ids included), build seconds. Indexes are built as `imprag index` builds
-them: `IDMap2,{factory}`, inner product, trained on <= 100,000 vectors, polysemous training off, search
-parameters set through `PassageIndex.set_search_params`.
+them: `IDMap2,{factory}`, inner product, trained on <= 100,000 vectors (an even stride here, the first
+vectors of each shard there), polysemous training off, search parameters set through
+`PassageIndex.set_search_params`; centred rows subtract the mean of all vectors (`imprag index`: of its
+training sample; any fixed vector keeps the rankings).
 
 Centred rows store every passage minus the passages' mean (`IndexConfig.center`, on by default for every
 factory but Flat): each query's scores change by one constant, so the exact top-10 is the same; the

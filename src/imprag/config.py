@@ -246,8 +246,9 @@ class IndexConfig:
     each query's scores then change by a constant, so no ranking and no reported score changes, but the
     vectors FAISS organises no longer share one large direction (E_p's mean is ~5x its spread). That is
     what HNSW's graph and IVF's clusters need under inner product: on the committed adapter's real
-    queries HNSW32 finds 0.31 of the exact top-10 uncentred and 0.99 centred (README "Approximate search
-    that keeps its recall"). "auto": on for every factory but Flat (exact either way)."""
+    queries HNSW32 finds 0.39 of the exact top-10 uncentred (efSearch 128) and 0.99 centred (efSearch 64)
+    (README "Approximate search that keeps its recall"). "auto": on for every factory but Flat (exact
+    either way)."""
     rerank: int = 4
     """With a factory ending in ',Refine(...)' (say 'IVF4096,PQ48,Refine(SQ8)'): the compressed index
     proposes k * rerank candidates and the refine codes re-score them (FAISS `k_factor_rf`); ignored

@@ -85,7 +85,7 @@ def _estimate(model, args: argparse.Namespace, config, options: dict) -> int:
     if args.refresh:
         from imprag.retrieval.index import PassageIndex
 
-        with PassageIndex.load(args.out) as index:
+        with PassageIndex.load(args.out) as index:  # reads every stored text once: an estimate's cost
             count, text = len(index.store), index.store.text_bytes()
         source = f"the {count:,} stored"
     else:
@@ -99,7 +99,7 @@ def _estimate(model, args: argparse.Namespace, config, options: dict) -> int:
         source = f"the first {count:,}"
     if args.passages is not None and count:
         text, count = round(text / count * args.passages), args.passages
-    plan = plan_build(model, count, text, config, processes=1)
+    plan = plan_build(model, count, text, config)
     print(f"imprag index {config.factory}: {describe_plan(plan)}")
     sampled = f" (mean passage size from {source})" if args.passages is not None else ""
     print(f"  passages            {plan['passages']:>16,}{sampled}")

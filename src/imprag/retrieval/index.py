@@ -116,12 +116,13 @@ def estimate(count: int, dim: int, factory: str) -> dict[str, int]:
 
 
 def plan_build(
-    model: ImpRAG, passages: int, text_bytes: int, cfg: IndexConfig, processes: int = 1
+    model: ImpRAG, passages: int, text_bytes: int, cfg: IndexConfig, store_bytes: int | None = None
 ) -> dict[str, int]:
     """What building an index of `passages` passages (`text_bytes` of title and text in all) with `model`
     and `cfg` needs, in bytes: the passage store and the shards on disk, the index (memory and disk), and
-    the peak memory of an encoding process and of rank 0 assembling the index. `imprag index --estimate`
-    prints it; every build logs it first."""
+    the peak memory of an encoding process and of rank 0 assembling the index. `store_bytes`: the store's
+    size when it is already written (a build logs the plan after storing the corpus), else estimated from
+    `text_bytes`. `imprag index --estimate` prints it; every build logs it first."""
     dim = model.index_dim
     est = estimate(passages, dim, cfg.factory)
     weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
@@ -135,10 +136,9 @@ def plan_build(
     return {
         "passages": passages,
         "dim": dim,
-        "processes": processes,
         # SQLite: the text, the id twice (row and unique index), the 64-hex digest, ~40 bytes of row
         # overhead, the meta JSON; measured 7.35 MB for the embedded corpus (10,033 passages, 5.1 MB of text)
-        "store_bytes": int(text_bytes * 1.05) + passages * 200,
+        "store_bytes": int(text_bytes * 1.05) + passages * 200 if store_bytes is None else store_bytes,
         "shards_bytes": est["shards_bytes"],
         "index_bytes": est["index_bytes"],
         "encode_peak_bytes": weights + working + shard,
@@ -560,13 +560,13 @@ def _build(
     store = PassageStore(out / STORE)
     count = shard_count(store, cfg.shard_size)
     if dist.is_main:
-        texts = store.text_bytes()
+        written = (out / STORE).stat().st_size
         log.info(
             "encoding with layers 0..%d (%s) in %d process(es): %s",
             model.split.b,
             settings["model"]["dtype"],
             dist.world,
-            describe_plan(plan_build(model, len(store), texts, cfg, dist.world)),
+            describe_plan(plan_build(model, len(store), 0, cfg, store_bytes=written)),
         )
     error = None
     try:

@@ -110,7 +110,8 @@ class PassageStore:
         return self._db.execute("SELECT count(*) FROM passages").fetchone()[0]
 
     def text_bytes(self) -> int:
-        """Bytes of title and text over every passage (what `plan_build` sizes the store by)."""
+        """Bytes of title and text over every passage (`imprag index --refresh --estimate` scales the store by
+        it); one pass over the whole table."""
         sql = (
             "SELECT coalesce(sum(length(CAST(title AS BLOB)) + length(CAST(text AS BLOB))), 0) FROM passages"
         )
