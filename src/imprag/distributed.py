@@ -45,6 +45,14 @@ class Dist:
         dist.all_reduce(total)
         return (total / self.world).tolist()
 
+    def max_(self, value: int) -> int:
+        """The largest of each process's `value` (identity with one)."""
+        if self.world == 1:
+            return value
+        top = torch.tensor([value], dtype=torch.int64, device=self._device())
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        return int(top.item())
+
     def sum_(self, tensor: Tensor) -> Tensor:
         """Sum `tensor` over the processes in place (and return it); identity with one."""
         if self.world > 1:

@@ -90,11 +90,11 @@ def hand_scores(t: Trainer, base: ImpRAG) -> list[list[float]]:
     return (e_q @ e_p.T).tolist()
 
 
-def hand_nce(scores: list[list[float]], tau: float) -> float:
+def hand_nce(scores: list[list[float]], tau: float, labels=LABELS) -> float:
     """Mean over queries of sum over positives p of -log(e^{s_p} / (e^{s_p} + sum_n e^{s_n})), n over
     every corpus row that is neither a positive nor a gold article of the query."""
     total = 0.0
-    for i, (pos, _, gold) in enumerate(LABELS):
+    for i, (pos, _, gold) in enumerate(labels):
         negatives = [r for r in range(N) if r not in pos and r not in gold]
         neg = sum(math.exp(scores[i][r] / tau) for r in negatives)
         for p in pos:
@@ -134,6 +134,21 @@ def test_whole_corpus_nce_equals_a_hand_computation(tokenizer, store, tmp_path) 
     top10 = [sorted(range(N), key=lambda r: -scores[i][r])[:10] for i in range(len(LABELS))]
     gold = sum(bool(set(top) & set(g)) for top, (_, _, g) in zip(top10, LABELS, strict=True))
     assert metrics["gold_top10"] == round(gold / len(LABELS), 3)
+
+
+@pytest.mark.parametrize("source", ["gold", "both"])
+def test_gold_positives_in_the_schedule_equal_a_hand_computation(tokenizer, store, tmp_path, source) -> None:
+    """data.positives_from: the NCE takes each item's gold articles (and, with 'both', the teacher's
+    positives after them) as its positives against the rest of the corpus."""
+    t, base = frozen_trainer(tokenizer, store, tmp_path, f"data.positives_from={source}")
+    scores = hand_scores(t, base)
+    _, metrics = t._retrieval(batch(), 0, "warmup")
+    labels = [
+        (gold if source == "gold" else (*gold, *(p for p in pos if p not in gold)), neg, gold)
+        for pos, neg, gold in LABELS
+    ]
+    assert metrics["j_nce"] == pytest.approx(hand_nce(scores, 0.5, labels), abs=2e-4)
+    assert abs(hand_nce(scores, 0.5) - metrics["j_nce"]) > 1e-3  # the teacher's positives give another
 
 
 def test_the_dense_teacher_kl_equals_a_hand_computation(tokenizer, store, tmp_path) -> None:
@@ -445,20 +460,23 @@ def test_the_pooling_stage_needs_attention_pooling() -> None:
         config("model.query_pooling=attention", "objective.pooling_steps=5", "optim.pooling_lr=0")
 
 
-def test_gold_positives_replace_the_teachers_where_an_item_has_gold_articles(
-    tokenizer, store, tmp_path
-) -> None:
-    """objective.pooling_positives=gold: the gold articles become the positives (a gold article among the
-    hard negatives leaves them), an item without one keeps its teacher's; the stage trains on them."""
+def test_labelled_takes_the_gold_articles_the_teachers_or_both(tokenizer, store, tmp_path) -> None:
+    """data.positives_from / objective.pooling_positives: the gold articles become the positives (a gold
+    article among the hard negatives leaves them), 'both' adds the teacher's others after them, an item
+    without a gold article keeps its teacher's; the pooling stage trains on them."""
     from dataclasses import replace
 
-    from imprag.training.loop import gold_positives
+    from imprag.training.data import labelled
 
     first, second, _ = batch()
-    assert gold_positives(first).positives == (1, 5) and gold_positives(first).negatives == (20,)
+    assert labelled(first, "teacher") == first
+    assert labelled(first, "gold").positives == (1, 5) and labelled(first, "gold").negatives == (20,)
+    assert labelled(first, "both").positives == (1, 5, 2)
     with_gold_negative = replace(second, negatives=(21, 12))
-    assert gold_positives(with_gold_negative).negatives == (21,)
-    assert gold_positives(replace(second, evidence=())) == replace(second, evidence=())
+    assert labelled(with_gold_negative, "gold").negatives == (21,)
+    assert labelled(with_gold_negative, "both").negatives == (21,)
+    for source in ("gold", "both"):
+        assert labelled(replace(second, evidence=()), source) == replace(second, evidence=())
 
     model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
     embedding = replace(model.config.embedding, pooling="mean", query_pooling="attention")

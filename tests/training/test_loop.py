@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,41 @@ def naive_answer_logprobs(model, prompts, answers, passages, reduce):
         tokens.append(lp)
         per_row.append(lp.sum() if reduce == "sum" else lp.mean())
     return torch.stack(per_row), -torch.cat(tokens).mean()
+
+
+def test_gold_and_teacher_positives_together_score_every_candidate(tokenizer, store, tmp_path) -> None:
+    """data.positives_from=both: each query's gold article joins its teacher positives, so an item has
+    more candidates than data.positives + data.hard_negatives; every one is scored (none cropped) and the
+    NCE takes the gold article and the teacher's as positives; ra-it still reads the teacher's."""
+    cfg = config("data.mix=[1, 0, 0]", "data.positives_from=both")
+    batch = [replace(e, evidence=(e.positives[0] + 20,)) for e in examples()["retrieval"][::2][:4]]
+    model = tiny(tokenizer)
+    trainer = Trainer(model, training_data(store, mix=cfg.data.mix), cfg, tmp_path)
+    _, metrics = trainer._retrieval(batch, 0, "warmup")
+    candidates = [(*e.evidence, *e.positives, *e.negatives) for e in batch]
+    assert all(len(c) > cfg.data.positives + cfg.data.hard_negatives for c in candidates)
+    rows = list(dict.fromkeys([r for c in candidates for r in c] + trainer.data.random_rows(0, 0, 3)))
+    with torch.no_grad():
+        e_p = model.embed_passages([p.content for p in store.get(rows)])
+        e_q = model.embed_queries([e.prompt for e in batch], k=cfg.objective.read_k)
+    positives = torch.tensor([[r in e.evidence or r in e.positives for r in rows] for e in batch])
+    expected = multi_label_nce(e_q @ e_p.T, positives, temperature=cfg.objective.tau_r)
+    assert metrics["j_ret"] == pytest.approx(expected.item(), abs=2e-4)
+    teacher_only = multi_label_nce(
+        e_q @ e_p.T, torch.tensor([[r in e.positives for r in rows] for e in batch]), temperature=1.0
+    )
+    assert abs(teacher_only.item() - expected.item()) > 1e-3
+
+    pasted = []
+    ra_it = Trainer(
+        tiny(tokenizer),
+        training_data(store, mix=cfg.data.mix),
+        config("data.mix=[1, 0, 0]", "data.positives_from=gold", "objective.system=ra-it"),
+        tmp_path / "ra-it",
+    )
+    ra_it._pasted = lambda readers: pasted.extend(readers) or (torch.zeros(()), {})
+    ra_it._retrieval(batch, 0, "warmup")
+    assert [e.positives for e in pasted] == [e.positives for e in batch]  # the teacher's, not the gold
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean"])

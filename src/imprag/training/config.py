@@ -28,11 +28,14 @@ __all__ = [
     "ModelSpec",
     "ObjectiveConfig",
     "OptimConfig",
+    "PositivesFrom",
     "TrainConfig",
     "load_train_config",
 ]
 
 Group = Literal["bottom", "middle", "top"]
+PositivesFrom = Literal["teacher", "gold", "both"]
+"""Where a retrieval query's positives come from (DataConfig.positives_from)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ class DataConfig:
     """Teacher retriever for the warmup pseudo labels [P: Contriever; here MiniLM]."""
     positives: int = 5
     """Teacher top-n passages taken as positives [P]."""
+    positives_from: PositivesFrom = "teacher"
+    """What the retrieval steps' J_ret takes as each query's positives: the teacher's top data.positives
+    ([P]: pseudo labels), the item's gold articles ('gold' [D]: the articles the benchmark built the
+    training item from, train split only), or both (the gold first). An item without a gold article keeps
+    the teacher's; gold articles leave the hard negatives. The teacher's top-m (objective.teacher_kl_weight)
+    stays the dense signal either way. RA-IT reads the teacher's positives whatever this says (as it reads
+    the teacher's at evaluation). Stop 29 found gold labels lift the query where the teacher's did not
+    (docs/results.md)."""
     hard_negatives: int = 4
     """Hard negatives per item, sampled from teacher ranks 10-50 [P: a few, < 10]."""
     random_negatives: int = 8
@@ -159,10 +170,10 @@ class ObjectiveConfig:
     stay as trained), then the export. A probe doing this on finished adapters added 2-5 points of test
     gold-article recall in 1.5 min (docs/results.md). OUT/model-before-pooling keeps the model before
     it. A finished run may be given the stage afterwards: run the same command with this set. 0 = off."""
-    pooling_positives: Literal["teacher", "gold"] = "teacher"
-    """The stage's positives: the teacher's (the warmup's J_ret, teacher KL included), or 'gold', each
-    item's gold articles where it has them (its teacher positives where it has none) with the NCE alone,
-    as the probe that found the stage's gain trained (docs/results.md, stop 29)."""
+    pooling_positives: Literal["", "teacher", "gold", "both"] = ""
+    """The stage's positives (data.positives_from's choices; '' = the schedule's, data.positives_from),
+    with the warmup's J_ret; 'gold' drops the teacher KL (the NCE alone), as the probe that found the
+    stage's gain trained (docs/results.md, stop 29)."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Three kinds of batches, each step one kind, drawn by `DataConfig.mix`:
 
-    retrieval    a seen-format task's train items with teacher pseudo labels (positives, hard negatives);
+    retrieval    a seen-format task's train items with teacher pseudo labels (positives, hard negatives;
+                 the positives may be the items' gold articles instead: DataConfig.positives_from);
                  trained with J_gen + lambda * J_ret, the generator reading passages
     instruction  retrieval-free tasks (phrase denoising, next/previous sentence, reading comprehension),
                  trained with J_gen only, reading nothing
@@ -18,7 +19,7 @@ import logging
 import math
 import random
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import zip_longest
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ from imprag.data.benchmark import Benchmark, Item
 from imprag.errors import ImpragError
 from imprag.retrieval.memory import TextRetriever
 from imprag.retrieval.store import PassageStore
-from imprag.training.config import DataConfig
+from imprag.training.config import DataConfig, PositivesFrom
 from imprag.training.targets import PseudoLabel, PseudoLabelConfig, cached_pseudo_labels
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Example",
     "TrainingData",
     "TrainingDataError",
+    "labelled",
     "load_training_data",
     "readers_first",
     "spread",
@@ -62,7 +64,8 @@ class Example:
     negatives: tuple[int, ...] = ()
     """Passage-store rows of the hard negatives."""
     evidence: tuple[int, ...] = ()
-    """Rows of the gold articles (logged as training recall, never used as labels)."""
+    """Rows of the gold articles (logged as training recall; the positives only where data.positives_from
+    or objective.pooling_positives says so: `labelled`)."""
     teacher_rows: tuple[int, ...] = ()
     """Rows of the teacher's top-m passages, best first (data.teacher_top_m; the dense teacher signal)."""
     teacher_scores: tuple[float, ...] = ()
@@ -73,6 +76,20 @@ class Example:
     @property
     def candidates(self) -> tuple[int, ...]:
         return self.positives + self.negatives
+
+
+def labelled(example: Example, source: PositivesFrom) -> Example:
+    """`example` with the positives `source` names: the teacher's top data.positives ('teacher', as the
+    example is built), its gold articles ('gold'), or both ('both': the gold articles first, then the
+    teacher's others). An example without a gold article keeps the teacher's; hard negatives that are gold
+    articles are dropped whenever gold articles are positives."""
+    if source == "teacher" or not example.evidence:
+        return example
+    negatives = tuple(n for n in example.negatives if n not in example.evidence)
+    positives = example.evidence
+    if source == "both":
+        positives += tuple(p for p in example.positives if p not in example.evidence)
+    return replace(example, positives=positives, negatives=negatives)
 
 
 def spread(pools: Sequence[Sequence[str]], n: int) -> list[str]:

@@ -55,7 +55,7 @@ from imprag.training.checkpoint import (
     set_rng_state,
 )
 from imprag.training.config import TrainConfig
-from imprag.training.data import Example, TrainingData, readers_first
+from imprag.training.data import Example, TrainingData, labelled, readers_first
 from imprag.training.losses import answer_log_likelihood
 from imprag.training.retrieval import (
     CorpusCandidates,
@@ -253,15 +253,15 @@ class Trainer:
             p.requires_grad_(p is scorer)
         optimizer = torch.optim.Adam([scorer], lr=cfg.optim.pooling_lr)
         size = cfg.retrieval_batch_size
-        if o.pooling_positives == "gold":
+        positives = o.pooling_positives or cfg.data.positives_from
+        if positives == "gold":
             o = replace(o, teacher_kl_weight=0.0)
         before = sum(1 for s in range(cfg.total_steps) if self.data.kind_of(s) == "retrieval")
         start = model.config.reader.prompt_start(o.read_k)
         for i in tqdm(range(o.pooling_steps), desc="pooling", disable=not (progress and self.dist.is_main)):
             started, step = time.perf_counter(), cfg.total_steps + i
             examples = self.data.nth("retrieval", before + i, size)[self.dist.rank :: self.dist.world]
-            if o.pooling_positives == "gold":
-                examples = [gold_positives(e) for e in examples]
+            examples = [labelled(e, positives) for e in examples]
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], start)).float()
                 scored = self.candidates.score(examples, model.index_query(e_q), step, "warmup")
@@ -370,9 +370,11 @@ class Trainer:
         share, each reading what the retriever ranks first."""
         model, o = self.model, self.config.objective
         examples = readers_first(examples, self.config.data.read_tasks)
-        readers = examples[: self.config.optim.batch_size // self.dist.world]
-        if o.system == "ra-it":
-            return self._pasted(readers)
+        n_readers = self.config.optim.batch_size // self.dist.world
+        if o.system == "ra-it":  # the teacher's positives, pasted as at evaluation
+            return self._pasted(examples[:n_readers])
+        examples = [labelled(e, self.config.data.positives_from) for e in examples]
+        readers = examples[:n_readers]
         start = model.config.reader.prompt_start(o.read_k)  # where training reads E_q (as calibration does)
         e_q = model.encode_queries(model.prompt_batch([e.prompt for e in examples], start)).float()  # (m, D)
         e_q = model.index_query(e_q)  # in the space of the vectors scored against: (m, D), or (m, hidden)
@@ -513,15 +515,6 @@ class Trainer:
             return
         with (self.out / "log.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def gold_positives(example: Example) -> Example:
-    """`example` with its gold articles as the positives (objective.pooling_positives=gold), its teacher
-    positives kept where it has no gold article; hard negatives that are gold articles dropped."""
-    if not example.evidence:
-        return example
-    negatives = tuple(n for n in example.negatives if n not in example.evidence)
-    return replace(example, positives=example.evidence, negatives=negatives)
 
 
 def _contents(store: PassageStore, rows: Sequence[int]) -> dict[int, str]:

@@ -95,9 +95,9 @@ class SampledCandidates:
         model, d = self.model, self.config.data
         # stage 1 only: the stage-2 KL is over each item's own candidates [D], see ObjectiveConfig
         n_random = d.random_negatives if stage == "warmup" else 0
-        width = len(examples) * (d.positives + d.hard_negatives) + n_random
         rows = [r for e in examples for r in e.candidates]
         rows = list(dict.fromkeys(rows + self.data.random_rows(step, self.dist.rank, n_random)))
+        width = self.dist.max_(len(rows))  # gold positives vary in number: the processes agree on a width
         texts = [p.content for p in self.data.store.get(rows)]
         ids = model.passage_tokens(texts)
         e_p = model.encode_passages(batch_tokens(ids, [0] * len(ids), model.pad_id)).float()  # (n, D)
