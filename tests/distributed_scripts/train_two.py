@@ -3,9 +3,10 @@ test) for 3 steps of a global batch of 4 (2 examples per rank), calling Trainer.
 writes its exact per-step losses, answer-token counts, averaged gradients, grad norms and final LoRA weights
 to OUT/rank{r}.pt.
 
-Two configs: "joint" (J_gen + J_ret) and "gen-gradients" (ret_weight=0: the same steps, but only J_gen's
-gradients, which are exact across processes because nothing they depend on is gathered). The test runs
-`train` in one process too and compares."""
+Three configs: "joint" (J_gen + J_ret), "gen-gradients" (ret_weight=0: the same steps, but only J_gen's
+gradients, which are exact across processes because nothing they depend on is gathered) and "gold-both"
+(the joint objective with data.positives_from=both: candidate counts that differ between the ranks).
+The test runs `train` in one process too and compares."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ EXAMPLES: dict[str, list[Example]] = {
             f" thing{' more' * (i % 3)} {i}\n",
             (i, i + 1),
             (i - 10,),
-            (i,),
+            (i + 10,) if i % 2 else (i,),  # odd items' gold articles are not among their teacher's
         )
         for i in range(10, 18)
     ],
@@ -65,6 +66,9 @@ OVERRIDES = [
 CONFIGS: dict[str, TrainConfig] = {
     "joint": load_train_config(None, OVERRIDES),
     "gen-gradients": load_train_config(None, [*OVERRIDES, "objective.ret_weight=0.0"]),
+    # gold articles join the teacher's positives: the ranks hold different numbers of candidates, more
+    # than data.positives + data.hard_negatives, and must agree on one gather width
+    "gold-both": load_train_config(None, [*OVERRIDES, "data.positives_from=both"]),
 }
 
 

@@ -478,16 +478,46 @@ def test_labelled_takes_the_gold_articles_the_teachers_or_both(tokenizer, store,
     for source in ("gold", "both"):
         assert labelled(replace(second, evidence=()), source) == replace(second, evidence=())
 
+
+@pytest.mark.parametrize(
+    ("schedule", "stage", "want"),
+    [("teacher", "gold", "gold"), ("gold", "", "gold"), ("both", "", "both"), ("gold", "teacher", "teacher")],
+)
+def test_each_step_trains_on_the_positives_its_config_names(
+    tokenizer, store, tmp_path, monkeypatch, schedule, stage, want
+) -> None:
+    """data.positives_from labels the schedule's steps; the pooling stage takes objective.pooling_positives,
+    or the schedule's when it is empty; a stage towards gold articles drops the teacher KL (the NCE alone),
+    set there or inherited, while the schedule keeps it."""
+    from dataclasses import replace
+
+    import imprag.training.loop as loop
+    from imprag.training.data import labelled
+
+    calls: list[tuple[float, list[tuple[str, tuple[int, ...]]]]] = []
+    original = loop.retrieval_loss
+
+    def spy(scored, examples, stage_name, objective, *args, **kwargs):
+        calls.append((objective.teacher_kl_weight, [(e.id, e.positives) for e in examples]))
+        return original(scored, examples, stage_name, objective, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "retrieval_loss", spy)
     model = ImpRAG(tiny_model("llama"), tokenizer, SPLIT, passages="frozen")
     embedding = replace(model.config.embedding, pooling="mean", query_pooling="attention")
     model.config = replace(model.config, embedding=embedding)
     cfg = config(
         "model.pooling=mean", "model.query_pooling=attention", "objective.pooling_steps=2",
-        "objective.pooling_positives=gold", "objective.teacher_kl_weight=0.5", "data.teacher_top_m=4",
+        f"data.positives_from={schedule}", f"objective.pooling_positives='{stage}'",
+        "objective.teacher_kl_weight=0.5", "data.teacher_top_m=4",
     )  # fmt: skip
     t = Trainer(model, TrainingData({"retrieval": batch()}, store, cfg.data.mix, seed=0), cfg, tmp_path)
     t.run(progress=False)
+    by_id = {e.id: e for e in batch()}
+    assert len(calls) == cfg.total_steps + 2
+    for n, (kl, seen) in enumerate(calls):
+        source = schedule if n < cfg.total_steps else want
+        assert all(positives == labelled(by_id[i], source).positives for i, positives in seen), (n, seen)
+        assert kl == (0.0 if n >= cfg.total_steps and want == "gold" else 0.5)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    stage = [r for r in log if r.get("stage") == "pooling"]
-    assert len(stage) == 2 and all("j_teacher" not in r for r in stage)  # the NCE alone
-    assert any("j_teacher" in r for r in log if r.get("stage") == "warmup")  # the schedule kept its KL
+    assert (want == "gold") == all("j_teacher" not in r for r in log if r.get("stage") == "pooling")
+    assert all("j_teacher" in r for r in log if r.get("stage") == "warmup")  # the schedule kept its KL

@@ -166,6 +166,8 @@ def test_gold_and_teacher_positives_together_score_every_candidate(tokenizer, st
     candidates = [(*e.evidence, *e.positives, *e.negatives) for e in batch]
     assert all(len(c) > cfg.data.positives + cfg.data.hard_negatives for c in candidates)
     rows = list(dict.fromkeys([r for c in candidates for r in c] + trainer.data.random_rows(0, 0, 3)))
+    # more than a width of len(batch) * (positives + hard negatives) + random rows would have kept
+    assert len(rows) > len(batch) * (cfg.data.positives + cfg.data.hard_negatives) + 3
     with torch.no_grad():
         e_p = model.embed_passages([p.content for p in store.get(rows)])
         e_q = model.embed_queries([e.prompt for e in batch], k=cfg.objective.read_k)
@@ -173,7 +175,9 @@ def test_gold_and_teacher_positives_together_score_every_candidate(tokenizer, st
     expected = multi_label_nce(e_q @ e_p.T, positives, temperature=cfg.objective.tau_r)
     assert metrics["j_ret"] == pytest.approx(expected.item(), abs=2e-4)
     teacher_only = multi_label_nce(
-        e_q @ e_p.T, torch.tensor([[r in e.positives for r in rows] for e in batch]), temperature=1.0
+        e_q @ e_p.T,
+        torch.tensor([[r in e.positives for r in rows] for e in batch]),
+        temperature=cfg.objective.tau_r,
     )
     assert abs(teacher_only.item() - expected.item()) > 1e-3
 

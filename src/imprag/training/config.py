@@ -107,8 +107,11 @@ class DataConfig:
     training item from, train split only), or both (the gold first). An item without a gold article keeps
     the teacher's; gold articles leave the hard negatives. The teacher's top-m (objective.teacher_kl_weight)
     stays the dense signal either way. RA-IT reads the teacher's positives whatever this says (as it reads
-    the teacher's at evaluation). Stop 29 found gold labels lift the query where the teacher's did not
-    (docs/results.md)."""
+    the teacher's at evaluation). The choice is the item's positives everywhere: its candidates (the
+    stage-2 KL's, the sampled negatives') are these positives and its hard negatives, and
+    objective.read=positives reads them; the NCE sums over positives, so one gold article weighs about a
+    fifth of the teacher's five (objective.ret_weight may want raising). Stop 29 found gold labels lift
+    the query where the teacher's did not (docs/results.md)."""
     hard_negatives: int = 4
     """Hard negatives per item, sampled from teacher ranks 10-50 [P: a few, < 10]."""
     random_negatives: int = 8
@@ -142,8 +145,8 @@ class ObjectiveConfig:
     """Passages the generator reads per retrieval example during training [D; the paper reads 10]."""
     read: Literal["retrieved", "positives"] = "retrieved"
     """What it reads: the retriever's current top read_k among the item's candidates (default; with
-    negatives=corpus, among the whole corpus but the articles dev/test items are about), or the teacher's
-    top positives."""
+    negatives=corpus, among the whole corpus but the articles dev/test items are about), or its top
+    positives (the teacher's, or its gold articles: data.positives_from)."""
     negatives: Literal["sampled", "corpus"] = "sampled"
     """What each query's positives are normalised against in the NCE. 'sampled' [P-like]: the step's
     candidates (positives, hard negatives, data.random_negatives, all gathered over processes), encoded
@@ -172,8 +175,8 @@ class ObjectiveConfig:
     it. A finished run may be given the stage afterwards: run the same command with this set. 0 = off."""
     pooling_positives: Literal["", "teacher", "gold", "both"] = ""
     """The stage's positives (data.positives_from's choices; '' = the schedule's, data.positives_from),
-    with the warmup's J_ret; 'gold' drops the teacher KL (the NCE alone), as the probe that found the
-    stage's gain trained (docs/results.md, stop 29)."""
+    with the warmup's J_ret; a stage towards gold articles (set here or inherited) drops the teacher KL
+    (the NCE alone), as the probe that found the stage's gain trained (docs/results.md, stop 29)."""
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 Every step is one kind of global batch (`training/data.py`); each process takes its equal slice.
 
-    retrieval step   E_p of the slice's candidates (teacher positives + hard negatives + a few random corpus
+    retrieval step   E_p of the slice's candidates (positives + hard negatives + a few random corpus
                      passages), gathered from every process as in-batch negatives; E_q of the prompts;
-                     s = E_q . E_p.
-                     stage 1 (warmup):  J_ret = multi-label NCE against the pseudo labels
+                     s = E_q . E_p. The positives are the teacher's pseudo labels, or the items' gold
+                     articles (data.positives_from, `training/data.py` `labelled`).
+                     stage 1 (warmup):  J_ret = multi-label NCE against the positives
                      stage 2 (distill): J_ret = KL(P_T || P_R) over the item's own candidates, P_T from the
                                         answer's log-likelihood reading each single candidate (no grad)
                      J_gen: the answer, reading the retriever's current top read_k own candidates

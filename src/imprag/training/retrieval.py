@@ -57,7 +57,7 @@ class Scored:
     scores: Tensor  # (m, C) E_q . E_p in fp32; gradients flow to E_q (and to E_p encoded with gradient)
     ids: Tensor  # (C,) store row of each column (-1: padding)
     valid: Tensor  # (m, C) bool: may enter query i's softmax
-    positives: Tensor  # (m, C) bool: the teacher's positives of query i (valid ones)
+    positives: Tensor  # (m, C) bool: query i's positives (valid ones; data.positives_from's labels)
     column_of: Callable[[Sequence[int]], list[int]]  # store rows -> their columns (this process's copy)
 
     def columns(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
@@ -279,8 +279,9 @@ def choose_reads(
     corpus: bool,
     exclude: Collection[int] = (),
 ) -> list[list[int]]:
-    """The store rows each example's generator reads: the teacher's positives, or the retriever's current
-    top read_k -- among the item's own candidates (sampled), or the whole corpus but `exclude` (corpus)."""
+    """The store rows each example's generator reads: its positives (data.positives_from's), or the
+    retriever's current top read_k -- among the item's own candidates (sampled), or the whole corpus but
+    `exclude` (corpus)."""
     if read == "positives":
         return [list(e.positives[:read_k]) for e in examples]
     m = len(examples)
