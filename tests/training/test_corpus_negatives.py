@@ -460,10 +460,10 @@ def test_the_pooling_stage_needs_attention_pooling() -> None:
         config("model.query_pooling=attention", "objective.pooling_steps=5", "optim.pooling_lr=0")
 
 
-def test_labelled_takes_the_gold_articles_the_teachers_or_both(tokenizer, store, tmp_path) -> None:
+def test_labelled_takes_the_gold_articles_the_teachers_or_both() -> None:
     """data.positives_from / objective.pooling_positives: the gold articles become the positives (a gold
     article among the hard negatives leaves them), 'both' adds the teacher's others after them, an item
-    without a gold article keeps its teacher's; the pooling stage trains on them."""
+    without a gold article keeps its teacher's."""
     from dataclasses import replace
 
     from imprag.training.data import labelled

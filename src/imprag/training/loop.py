@@ -271,11 +271,7 @@ class Trainer:
             self._average_gradients()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            numeric = [
-                k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-            ]
-            means = self.dist.mean([float(metrics[k]) for k in numeric])
-            metrics.update({k: round(v, 4) for k, v in zip(numeric, means, strict=True)})
+            self._mean_over_processes(metrics)
             self._log(
                 {"stage": "pooling", "kind": "retrieval", "step": step + 1, "lr": cfg.optim.pooling_lr,
                  "scorer_norm": round(float(scorer.detach().norm()), 4), **metrics,
@@ -283,6 +279,14 @@ class Trainer:
             )  # fmt: skip
         for p, flag in zip(self.params, was, strict=True):
             p.requires_grad_(flag)
+
+    def _mean_over_processes(self, metrics: dict[str, Any], loss: float = 0.0) -> float:
+        """Replace each numeric metric by its mean over the processes (rounded to 4 places), in one
+        collective with `loss`; returns the mean of `loss`."""
+        numeric = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        means = self.dist.mean([loss, *(float(metrics[k]) for k in numeric)])
+        metrics.update({k: round(v, 4) for k, v in zip(numeric, means[1:], strict=True)})
+        return means[0]
 
     def _calibrate(self) -> None:
         """Re-estimate mu_q from the current bottom layers (identical on every process: same prompts, same
@@ -333,13 +337,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # Logged values are means over the processes: for `loss` that is the global loss exactly (J_gen is
         # scaled by each process's share of the answer tokens); for the components, the ranks' mean.
-        numeric = [k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        means = self.dist.mean([loss.item(), *(float(metrics[k]) for k in numeric)])
-        metrics.update({k: round(v, 4) for k, v in zip(numeric, means[1:], strict=True)})
+        global_loss = self._mean_over_processes(metrics, loss.item())
         return {
             "stage": stage,
             "kind": kind,
-            "loss": round(means[0], 4),
+            "loss": round(global_loss, 4),
             "grad_norm": round(float(grad_norm), 4),
             **metrics,
         }
