@@ -278,6 +278,72 @@ def test_a_frozen_adapter_retrieves_from_the_base_index_without_a_refresh(
     assert built in err and trained.retrieval_fingerprint() in err
 
 
+def test_a_frozen_separate_retriever_serves_ra_dit_llama_from_the_base_index(
+    setup: dict[str, str], tmp_path: Path, capsys
+) -> None:
+    """RA-DIT-Llama at the frozen recipe's budget: a retriever trained with frozen passages reads the base
+    model's index as it is (`imprag eval --retriever`), and ra-dit-llama's passages are its top k there;
+    the run record names the retriever, and --retriever without ra-dit-llama is refused."""
+    from imprag.config import DecodeConfig
+    from imprag.evaluation.systems import separate_retriever
+    from imprag.retrieval.index import PassageIndex
+
+    out = tmp_path / "retriever"
+    retriever_args = [
+        "objective.system=retriever", "data.mix=[1,0,0]", "objective.warmup_epochs=2",
+        "engine.train_groups=[bottom]",
+    ]  # fmt: skip
+    assert (
+        main(["train", "--out", str(out), "--no-progress", *overrides(setup), *FROZEN, *retriever_args]) == 0
+    )
+    retriever = ImpRAG.from_pretrained(out / "model")
+    assert retriever.config.passages == "frozen"
+    generator = tmp_path / "ra-it"  # the base model's weights standing for an ra-it run's
+    ImpRAG.from_pretrained(setup["model"]).save_pretrained(generator)
+    (generator / "train_config.json").write_text('{"objective": {"system": "ra-it"}}')
+    model = ImpRAG.from_pretrained(generator)
+    index = Path(setup["index"])  # built with the base model, not refreshed
+    system = separate_retriever(model, index, 2, retriever=out / "model")
+    prompts = ["Q: Which is topic 3?\nA:", "Q: Which is topic 9?\nA:"]
+    answers = system.answer(prompts, ["", ""], DecodeConfig(max_new_tokens=2))
+    expected = retriever.retrieve(prompts, PassageIndex.load(index, retriever), 2)
+    assert [[p.id for p in a.passages] for a in answers] == [[p.id for p in e] for e in expected]
+    base = ImpRAG.from_pretrained(setup["model"]).retrieve(prompts, PassageIndex.load(index), 2)
+    assert [[p.id for p in e] for e in expected] != [[p.id for p in e] for e in base]  # its own query
+    described = system.describe()
+    assert described["retriever_fingerprint"] == retriever.retrieval_fingerprint()
+    argv = ["eval", "--data", setup["bench"], "--index", setup["index"], "--model", str(generator),
+            "--split", "dev", "--tasks", "describe", "--k", "2", "--no-progress"]  # fmt: skip
+    capsys.readouterr()
+    assert (
+        main([*argv, "--system", "ra-it", "--retriever", str(out / "model"), "--out", str(tmp_path / "e")])
+        == 2
+    )
+    assert "add --system ra-dit-llama" in capsys.readouterr().err
+    assert main([*argv, "--system", "ra-dit-llama", "--out", str(tmp_path / "e")]) == 2
+    assert "pass --retriever" in capsys.readouterr().err  # the index's own model is the base
+    evaluated = tmp_path / "e" / "ra-dit-llama"
+    assert (
+        main(
+            [
+                *argv,
+                "--system",
+                "ra-dit-llama",
+                "--retriever",
+                str(out / "model"),
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
+    run = json.loads((evaluated / "run.json").read_text())
+    assert run["system"]["retriever_model"] == str((out / "model").resolve())
+    predictions = [json.loads(line) for line in (evaluated / "predictions" / "describe.jsonl").open()]
+    found = retriever.retrieve([r["prompt"] for r in predictions], PassageIndex.load(index, retriever), 2)
+    assert len(predictions) == 4 and [r["read"] for r in predictions] == [[p.id for p in f] for f in found]
+
+
 @pytest.mark.parametrize("bad", ["nan", "empty"])
 def test_a_broken_teacher_distribution_is_refused_before_step_1(
     setup: dict[str, str], monkeypatch, capsys, bad: str

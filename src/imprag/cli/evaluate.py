@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 from imprag.cli._common import (
@@ -28,12 +29,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from imprag.data import Benchmark, tasks_of
     from imprag.evaluation.harness import evaluate
     from imprag.evaluation.report import write_report
-    from imprag.evaluation.systems import SYSTEMS
+    from imprag.evaluation.systems import SYSTEMS, separate_retriever
     from imprag.io import check_output
     from imprag.retrieval.index import read_manifest
 
     bench = Benchmark.load(args.data)
     systems = names(args.system, SYSTEMS, "system")
+    factories = dict(SYSTEMS)
+    if args.retriever:
+        if "ra-dit-llama" not in systems:
+            raise UsageError("--retriever names ra-dit-llama's separate retriever: add --system ra-dit-llama")
+        if not Path(args.retriever).is_dir():
+            raise UsageError(f"--retriever {args.retriever}: no such directory (pass RUN/model of the run)")
+        factories["ra-dit-llama"] = partial(separate_retriever, retriever=Path(args.retriever).resolve())
     if args.tasks:
         tasks = names(args.tasks, bench.tasks)
     else:  # the seen and unseen tasks that have this split (fanoutqa and trivia are test only)
@@ -63,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     index_dir = Path(args.index) if args.index else Path()
     # Every system is made (and every refusal raised: a stale index, an untrained model under a trained
     # name) before the first one runs for hours.
-    made = {name: SYSTEMS[name](model, index_dir, args.k) for name in systems}
+    made = {name: factories[name](model, index_dir, args.k) for name in systems}
     for name, system in made.items():
         evaluate(
             system, bench, tasks, args.split, out / name, limit=args.limit, batch_size=args.batch_size,
@@ -96,6 +104,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated: closed-book, bm25, minilm, minilm-oracle, imprag-zero-shot; trained "
         "(--model RUN/model): imprag, imprag-warmup, imprag-frozen, imprag-frozen-warmup, ra-it, "
         "ra-dit-llama (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--retriever",
+        metavar="DIR",
+        help="ra-dit-llama's separate retriever (RUN/model of `imprag train ... objective.system=retriever`; "
+        "trained with frozen passages it reads its base model's index). Default: the model --index was "
+        "built with",
     )
     ev.add_argument("--tasks", help="comma-separated task names (default: the seen and unseen tasks)")
     ev.add_argument(

@@ -37,6 +37,7 @@ __all__ = [
     "RetrieveThenRead",
     "System",
     "paste_passages",
+    "separate_retriever",
 ]
 
 
@@ -91,15 +92,18 @@ class RetrieveThenRead:
     retrieves = True
 
     def __init__(
-        self, model: ImpRAG, retriever: TextRetriever, name: str, k: int = 5, oracle_query: bool = False
+        self,
+        model: ImpRAG,
+        retriever: TextRetriever,
+        name: str,
+        k: int = 5,
+        oracle_query: bool = False,
+        details: dict[str, Any] | None = None,
     ) -> None:
-        self.model, self.retriever, self.name, self.k, self.oracle_query = (
-            model,
-            retriever,
-            name,
-            k,
-            oracle_query,
-        )
+        """`details`: what else identifies the retriever in the run record (a resumed evaluation with
+        another retriever is refused)."""
+        self.model, self.retriever, self.name, self.k = model, retriever, name, k
+        self.oracle_query, self.details = oracle_query, dict(details or {})
 
     def answer(
         self, prompts: Sequence[str], queries: Sequence[str], decode: DecodeConfig, demos: str = ""
@@ -116,6 +120,7 @@ class RetrieveThenRead:
             "query": "oracle" if self.oracle_query else "prompt",
             "k": self.k,
             "reads": "passages pasted before the prompt",
+            **self.details,
         }
 
 
@@ -220,26 +225,31 @@ def _implicit(name: str, trained: bool, passages: str | None = None) -> Factory:
     return make
 
 
-def _separate_retriever(model: ImpRAG, index_dir: Path, k: int) -> System:
-    """RA-DIT-Llama: the generator `model` (an `ra-it` run) reads, pasted, what a separate retriever finds;
-    the retriever is the model the index was built with (`imprag train ... objective.system=retriever`,
-    then `imprag index --refresh --model RUN/model`)."""
+def separate_retriever(model: ImpRAG, index_dir: Path, k: int, retriever: str | Path | None = None) -> System:
+    """RA-DIT-Llama: the generator `model` (an `ra-it` run) reads, pasted, what a separate retriever finds
+    (`imprag train ... objective.system=retriever`). The retriever is `retriever` (its RUN/model), or by
+    default the model the index was built with (`imprag index --refresh --model RUN/model`). One trained
+    with frozen passages reads the index of its base model, as `imprag-frozen` does; one with shared
+    passages needs an index built with it (the index's staleness check says so)."""
     from imprag.model.reader import InputError
     from imprag.retrieval.index import PassageIndex, read_manifest
 
     _require_trained(model, "ra-dit-llama", "ra-it")  # the generator
     built = read_manifest(index_dir)["model"]
-    source = built["source"]
+    source = str(retriever) if retriever is not None else built["source"]
     if trained_as(source) != "retriever":
+        named = "--retriever" if retriever is not None else f"the model {index_dir} was built with"
         raise InputError(
-            f"ra-dit-llama retrieves with the model {index_dir} was built with ({source!r}), which is not a "
-            "retriever trained with `imprag train ... objective.system=retriever`; refresh the index with "
-            f"one: imprag index --refresh --out {index_dir} --model /abs/path/to/RUN/model"
+            f"ra-dit-llama retrieves with {named} ({source!r}), which is not a retriever trained with "
+            "`imprag train ... objective.system=retriever`; pass --retriever /abs/path/to/RUN/model (trained "
+            "with frozen passages: it reads its base model's index), or refresh the index with one: "
+            f"imprag index --refresh --out {index_dir} --model /abs/path/to/RUN/model"
         )
     # the dtype it was built in is not reused: "auto" is this machine's fast one (the fingerprint ignores it)
-    retriever = ImpRAG.from_pretrained(source, b=built["b"], t=built.get("t"))
-    index = PassageIndex.load(index_dir, retriever)
-    return RetrieveThenRead(model, ImplicitTextRetriever(retriever, index), "ra-dit-llama", k)
+    found = ImpRAG.from_pretrained(source, b=built["b"], t=built.get("t"))
+    index = PassageIndex.load(index_dir, found)
+    about = {"retriever_model": found.source, "retriever_fingerprint": found.retrieval_fingerprint()}
+    return RetrieveThenRead(model, ImplicitTextRetriever(found, index), "ra-dit-llama", k, details=about)
 
 
 SYSTEMS: dict[str, Factory] = {
@@ -257,5 +267,5 @@ SYSTEMS: dict[str, Factory] = {
     "ra-it": _text("minilm", "ra-it", trained="ra-it"),
     # RA-DIT-Llama: a separately trained copy of layers 0..b as the retriever (the index's model), the
     # ra-it generator (--model) reading its passages pasted.
-    "ra-dit-llama": _separate_retriever,
+    "ra-dit-llama": separate_retriever,
 }
