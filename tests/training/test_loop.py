@@ -707,3 +707,46 @@ def test_query_lora_r_raises_the_rank_of_layer_bs_query_projection_alone(tokeniz
     assert_close(ImpRAG.from_pretrained(tmp_path / "adapter", dtype="float32").embed_queries(prompts), want)
     with pytest.raises(ConfigError, match=r"needs engine\.lora_r > 0"):
         load_train_config(None, ["engine.query_lora_r=16", "engine.lora_r=0", "model.dtype=float32"])
+
+
+def test_bottom_losses_retrieval_trains_layers_0_to_b_with_the_retrieval_loss_alone(
+    tokenizer, store, tmp_path, monkeypatch
+) -> None:
+    """engine.bottom_losses=retrieval: an instruction step leaves layers 0..b as they were, and in a
+    retrieval step they get exactly J_ret's gradient, not the readers' J_gen (which they get without it)."""
+    import imprag.training.loop as loop_module
+
+    cfg = config("engine.bottom_losses=retrieval")
+    model = tiny(tokenizer)
+    trainer = Trainer(model, training_data(store), cfg, tmp_path)
+    assert model.backbone.grad_floor == model.split.b + 1
+    trained = dict((n, p) for n, p in model.model.named_parameters() if p.requires_grad)
+    bottom = [n for n in trained if int(n.split(".layers.")[1].split(".")[0]) <= model.split.b]
+    assert bottom and len(bottom) < len(trained)
+    kinds = [trainer.data.kind_of(s) for s in range(cfg.total_steps)]
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    trainer.train_step(kinds.index("instruction"))
+    assert all(torch.equal(trained[n], before[n]) for n in bottom)
+    assert any(not torch.equal(p, before[n]) for n, p in trained.items() if n not in bottom)
+
+    captured: list = []
+    real = loop_module.retrieval_loss
+
+    def spy(*args, **kwargs):
+        captured.append(real(*args, **kwargs))
+        return captured[-1]
+
+    monkeypatch.setattr(loop_module, "retrieval_loss", spy)
+    step = kinds.index("retrieval")
+    _, batch = trainer.data.batch(step, cfg.retrieval_batch_size)
+    params = [trained[n] for n in bottom]
+    for floor in (model.split.b + 1, 0):
+        model.backbone.grad_floor = floor
+        loss, metrics = trainer._retrieval(batch, step, "warmup")
+        assert metrics["j_gen"] > 0  # the readers' answer loss is in this step's loss
+        j_ret = cfg.objective.ret_weight * captured[-1][0]
+        # layer b's K/V/O/MLP adapters get nothing from J_ret (E_q reads its query projection alone)
+        want = torch.autograd.grad(j_ret, params, retain_graph=True, materialize_grads=True)
+        got = torch.autograd.grad(loss, params, materialize_grads=True)
+        same = all(torch.allclose(g, w, atol=1e-7, rtol=1e-5) for g, w in zip(got, want, strict=True))
+        assert same == (floor > 0)  # with the cut J_ret alone; without it J_gen reaches layers 0..b too
