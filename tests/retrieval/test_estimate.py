@@ -74,9 +74,41 @@ def test_the_plan_matches_a_real_build(tokenizer, tmp_path: Path) -> None:
     index.close()
 
 
-def test_index_estimate_writes_nothing_and_sizes_the_corpus(tmp_path: Path, tokenizer, capsys) -> None:
+def test_a_model_without_weights_plans_what_the_loaded_one_does(tmp_path: Path, tokenizer) -> None:
+    """`from_pretrained(weights=False)`: the structure on the meta device, for a saved model and for an
+    adapter of it, with the same plan (dims, weight bytes, peaks) as the model loaded with its weights."""
+    from imprag.training.checkpoint import export_model, prepare_model
+    from imprag.training.config import EngineConfig
+
+    base = tmp_path / "base"
+    ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3)).save_pretrained(base)
+    trained = ImpRAG.from_pretrained(base, dtype="float32")
+    prepare_model(trained, EngineConfig(lora_r=4))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    export_model(trained, adapter)
+    config = IndexConfig(factory="IVF16,PQ8")
+    for source in (base, adapter):
+        real = ImpRAG.from_pretrained(source, dtype="float32")
+        shape = ImpRAG.from_pretrained(source, dtype="float32", weights=False)
+        assert {p.device.type for p in shape.model.parameters()} == {"meta"}
+        assert (shape.split, shape.config, shape.source) == (real.split, real.config, real.source)
+        assert plan_build(shape, 10_000, 10**6, config) == plan_build(real, 10_000, 10**6, config)
+
+
+def test_index_estimate_writes_nothing_and_sizes_the_corpus(
+    tmp_path: Path, tokenizer, capsys, monkeypatch
+) -> None:
     saved = tmp_path / "model"
     ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3)).save_pretrained(saved)
+    import imprag.model.loading as loading
+
+    real_load = loading.AutoModelForCausalLM.from_pretrained
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("an estimate read the model's weights")
+
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", no_weights)
     corpus = tmp_path / "corpus.jsonl"
     rows = [{"id": f"p{i}", "title": f"T{i}", "text": "x" * 98} for i in range(50)]
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -94,7 +126,9 @@ def test_index_estimate_writes_nothing_and_sizes_the_corpus(tmp_path: Path, toke
     assert "--passages sizes an --estimate" in capsys.readouterr().err
     assert main([*args, "--estimate", "--factory", "IVF7,PQ5"]) == 2  # FAISS cannot build it for this dim
     assert not out.exists()
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", real_load)
     assert main(args) == 0  # a real build, then the estimate of refreshing it at 1,000x the size
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", no_weights)
     capsys.readouterr()
     refresh = ["index", "--refresh", "--out", str(out), "--model", str(saved), "--no-progress"]
     assert main([*refresh, "--estimate", "--passages", "50000"]) == 0

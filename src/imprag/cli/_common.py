@@ -42,8 +42,9 @@ def add_model_args(p: argparse.ArgumentParser, from_index: bool = False) -> None
     )
 
 
-def load_model(args: argparse.Namespace, manifest: dict | None = None):
-    """The model named on the command line, or else the one recorded in an index manifest."""
+def load_model(args: argparse.Namespace, manifest: dict | None = None, weights: bool = True):
+    """The model named on the command line, or else the one recorded in an index manifest (`weights=False`:
+    its structure only, for sizing)."""
     from imprag import ImpRAG
 
     name, b, t = args.model, args.b, args.t
@@ -52,7 +53,7 @@ def load_model(args: argparse.Namespace, manifest: dict | None = None):
         name = built.get("source") or built["name"]
         b = built["b"] if b is None else b
         t = built.get("t") if t is None else t
-    model = ImpRAG.from_pretrained(name or "smollm2-135m", b=b, t=t, dtype=args.dtype)
+    model = ImpRAG.from_pretrained(name or "smollm2-135m", b=b, t=t, dtype=args.dtype, weights=weights)
     if built is not None and isinstance(built.get("embedding"), dict):
         # The index's E_p settings (say `imprag index --pooling mean` over a base model) come back with it.
         set_embedding(model, replace(model.config.embedding, **built["embedding"]))

@@ -46,7 +46,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.passages is not None and not args.estimate:
         raise UsageError("--passages sizes an --estimate; a build counts the corpus itself")
     dist = init_from_env()
-    model = load_model(args)
+    model = load_model(args, weights=not args.estimate)  # an estimate reads no weight
     if args.pooling or args.retrieval_key:  # the base's E_p (or layer-b inputs) as frozen runs train on
         own = model.config.embedding
         set_embedding(model, replace(own, pooling=args.pooling or own.pooling,

@@ -114,6 +114,7 @@ class ImpRAG:
         embedding: EmbeddingConfig | None = None,
         reader: ReaderConfig | None = None,
         passages: str | None = None,
+        weights: bool = True,
         **hf_kwargs: Any,
     ) -> ImpRAG:
         """Load an ImpRAG model.
@@ -125,11 +126,13 @@ class ImpRAG:
         dtype this machine's CPU runs fast (bf16 only with native bf16 kernels; `imprag.hardware`), whatever
         the checkpoint's own. For a GPU pass `dtype=imprag.hardware.auto_dtype("cuda")`, then `.to("cuda")`.
         `passages` ("shared" or "frozen", `ImpRAGConfig.passages`) defaults to the saved value, else shared.
-        Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
+        `weights=False` reads the config alone and builds the model on the meta device: its shapes,
+        dimensions and byte counts without reading or holding a weight (`imprag index --estimate` sizes a
+        build this way); it cannot run. Other keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
         """
         from imprag.model.loading import load
 
-        return load(cls, name_or_path, b, t, dtype, embedding, reader, passages, **hf_kwargs)
+        return load(cls, name_or_path, b, t, dtype, embedding, reader, passages, weights, **hf_kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save model, tokenizer and `imprag_config.json`; the folder loads in stock transformers too."""

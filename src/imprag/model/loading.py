@@ -39,12 +39,15 @@ def load(
     embedding: EmbeddingConfig | None,
     reader: ReaderConfig | None,
     passages: str | None,
+    weights: bool = True,
     **hf_kwargs: Any,
 ) -> ImpRAG:
     """`ImpRAG.from_pretrained` (which documents the arguments)."""
     adapter = Path(name_or_path) / "adapter_config.json"
     if adapter.is_file():  # a LoRA checkpoint from `imprag train`: its base model + the adapter
-        return _load_adapter(cls, Path(name_or_path), b, t, dtype, embedding, reader, passages, **hf_kwargs)
+        return _load_adapter(
+            cls, Path(name_or_path), b, t, dtype, embedding, reader, passages, weights, **hf_kwargs
+        )
     path: str | Path = name_or_path
     chosen = _as_dtype(dtype)
     default_split = None
@@ -66,7 +69,11 @@ def load(
         ) from err
     architecture_of(config)  # refuse unsupported families before loading weights
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, **hf_kwargs)
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen, **hf_kwargs)
+        else:  # the structure alone: every parameter on the meta device, no file read, no memory
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, dtype=chosen)
     except OSError as err:  # a folder with a config but no (or unreadable) weights
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(
@@ -92,9 +99,14 @@ def load(
         reader or (saved.reader if saved else None),
         passages or (saved.passages if saved else "shared"),
     )
-    if loaded.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
+    if weights and loaded.retrieval_key is not None and saved and saved.embedding.retrieval_key == "trained":
         load_retrieval_key(Path(path), loaded.retrieval_key)
-    if loaded.query_scorer is not None and saved and saved.embedding.query_side_pooling == "attention":
+    if (
+        weights
+        and loaded.query_scorer is not None
+        and saved
+        and saved.embedding.query_side_pooling == "attention"
+    ):
         load_query_scorer(Path(path), loaded.query_scorer)
     loaded.source = str(name_or_path)
     return loaded
@@ -109,6 +121,7 @@ def _load_adapter(
     embedding: EmbeddingConfig | None,
     reader: ReaderConfig | None,
     passages: str | None,
+    weights: bool,
     **hf_kwargs: Any,
 ) -> ImpRAG:
     try:
@@ -129,8 +142,12 @@ def _load_adapter(
         embedding=embedding or (saved.embedding if saved else None),
         reader=reader or (saved.reader if saved else None),
         passages=passages,
+        weights=weights,
         **hf_kwargs,
     )
+    if not weights:  # the base's structure is the adapter model's (a LoRA adds no shape an estimate sees)
+        loaded.source = str(directory)
+        return loaded
     target = loaded.model.dtype
     with warnings.catch_warnings():
         # peft reads transformers' deprecated `is_gradient_checkpointing` while loading: a FutureWarning on
