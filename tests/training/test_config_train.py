@@ -99,7 +99,6 @@ def test_unknown_keys_name_the_key_and_its_section(tmp_path) -> None:
         ("objective.answer_logprob=max", r"objective\.answer_logprob must be one of"),
         ("data.teacher=contriever", r"data\.teacher must be one of"),
         ("engine.train_groups=[bottom, side]", r"engine\.train_groups must be one of .*'side'"),
-        ("engine.bottom_losses=some", r"engine\.bottom_losses must be one of \['all', 'retrieval'\]"),
         ("data.mix=0.5", r"data\.mix must be a list"),
         ("data.mix=[0.5, x, 0]", r"data\.mix must be a number"),
         ("optim.lr=.inf", r"optim\.lr must be a finite number, got inf"),  # YAML's infinity
@@ -173,14 +172,6 @@ def test_stage_boundaries_follow_warmup_epochs_times_steps_per_epoch() -> None:
         (["data.positives=10"], r"data\.positives must be < 10"),
         (["data.hard_negatives=42"], r"data\.hard_negatives must be <= 41"),
         (["objective.system=ra-it", "data.teacher=bm25"], r"set data\.teacher=minilm"),
-        (
-            ["engine.bottom_losses=retrieval", "engine.train_groups=[middle, top]"],
-            r"needs objective\.system=imprag and bottom in engine\.train_groups",
-        ),
-        (
-            ["engine.bottom_losses=retrieval", "objective.system=ra-it", "objective.teacher_kl_weight=0"],
-            r"engine\.bottom_losses=retrieval",
-        ),
         (["eval.tasks=[]"], r"eval\.tasks must name"),
         (["eval.k=0"], r"eval\.per_task and eval\.k must be >= 1"),
     ],

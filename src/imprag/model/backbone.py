@@ -266,12 +266,6 @@ class Backbone:
         self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.max_positions: int = config.max_position_embeddings
         self.windows = self.arch.windows(config)
-        self.grad_floor = 0
-        """Layers below this index learn nothing from a forward that runs through it: `run` detaches the
-        hidden state entering layer `grad_floor` (0: no cut). Training sets it to b+1 to keep the answer
-        and LM losses off layers 0..b (`engine.bottom_losses=retrieval`), while E_q's own pass, which stops
-        at layer b, still carries the retrieval loss down. Values and every gradient at or above the cut
-        are unchanged."""
         self.gradient_checkpointing = False
         """Recompute layers in backward instead of keeping their activations (`run` checkpoints each layer
         it runs; layer b of a prompt's pass, split around E_q, and layer t's passage projection are not).
@@ -354,10 +348,8 @@ class Backbone:
 
     def run(self, h: Tensor, layers: range, step: Step) -> Tensor:
         """Run whole layers `layers` over the chunk (each one checkpointed when `gradient_checkpointing`
-        is on and autograd is recording; the input of layer `grad_floor` detached)."""
+        is on and autograd is recording)."""
         for i in layers:
-            if i == self.grad_floor and i > 0:
-                h = h.detach()
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = self._checkpointed(i, h, step)
             else:

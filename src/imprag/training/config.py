@@ -210,12 +210,6 @@ class OptimConfig:
 class EngineConfig:
     train_groups: tuple[Group, ...] = ("bottom", "middle", "top")
     """Layer groups that learn (others frozen). Embeddings and the LM head stay frozen."""
-    bottom_losses: Literal["all", "retrieval"] = "all"
-    """What trains layers 0..b (the query's layers): "all" losses (the method: J_gen and the instruction and
-    LM losses reach them through the prompt's pass) or "retrieval" only (J_ret, the teacher KL and the
-    distillation KL; every other loss sees layers 0..b as frozen: `Backbone.grad_floor`). A separate
-    retriever of the same layers learned faster per retrieval step than the joint model did
-    (docs/results.md, stop 31): this asks whether the other losses pulling on the query's layers is why."""
     lora_r: int = 8
     """LoRA rank through peft on the trained groups' attention and MLP projections; 0 = full fine-tuning."""
     lora_alpha: int = 16
@@ -378,11 +372,6 @@ class TrainConfig:
                 or (d.mix[1] == 0 and d.mix[2] == 0 and o.warmup_epochs == opt.epochs),
                 "objective.system=retriever trains on pseudo labels only: set data.mix=[1,0,0] and "
                 "objective.warmup_epochs equal to optim.epochs",
-            ),
-            (
-                e.bottom_losses == "all" or (o.system == "imprag" and "bottom" in e.train_groups),
-                "engine.bottom_losses=retrieval keeps the other losses off layers 0..b of a model that also "
-                "retrieves: it needs objective.system=imprag and bottom in engine.train_groups",
             ),
             (
                 o.system != "retriever" or tuple(e.train_groups) == ("bottom",),

@@ -163,8 +163,6 @@ class Trainer:
         if model.config.passages != config.model.passages:
             model.config = replace(model.config, passages=config.model.passages)
         self.params = prepare_model(model, config.engine)
-        # engine.bottom_losses=retrieval: the answer and LM losses stop at layer b+1's input
-        model.backbone.grad_floor = model.split.b + 1 if config.engine.bottom_losses == "retrieval" else 0
         self.candidates: SampledCandidates | CorpusCandidates
         if config.objective.negatives == "corpus":
             self.candidates = corpus or CorpusCandidates.encode(model, data.store)
