@@ -313,30 +313,16 @@ def test_a_frozen_separate_retriever_serves_ra_dit_llama_from_the_base_index(
     described = system.describe()
     assert described["retriever_fingerprint"] == retriever.retrieval_fingerprint()
     argv = ["eval", "--data", setup["bench"], "--index", setup["index"], "--model", str(generator),
-            "--split", "dev", "--tasks", "describe", "--k", "2", "--no-progress"]  # fmt: skip
+            "--split", "dev", "--tasks", "describe", "--k", "2", "--no-progress",
+            "--out", str(tmp_path / "e")]  # fmt: skip
+    named = ["--retriever", str(out / "model")]
     capsys.readouterr()
-    assert (
-        main([*argv, "--system", "ra-it", "--retriever", str(out / "model"), "--out", str(tmp_path / "e")])
-        == 2
-    )
+    assert main([*argv, "--system", "ra-it", *named]) == 2
     assert "add --system ra-dit-llama" in capsys.readouterr().err
-    assert main([*argv, "--system", "ra-dit-llama", "--out", str(tmp_path / "e")]) == 2
+    assert main([*argv, "--system", "ra-dit-llama"]) == 2
     assert "pass --retriever" in capsys.readouterr().err  # the index's own model is the base
+    assert main([*argv, "--system", "ra-dit-llama", *named]) == 0
     evaluated = tmp_path / "e" / "ra-dit-llama"
-    assert (
-        main(
-            [
-                *argv,
-                "--system",
-                "ra-dit-llama",
-                "--retriever",
-                str(out / "model"),
-                "--out",
-                str(tmp_path / "e"),
-            ]
-        )
-        == 0
-    )
     run = json.loads((evaluated / "run.json").read_text())
     assert run["system"]["retriever_model"] == str((out / "model").resolve())
     predictions = [json.loads(line) for line in (evaluated / "predictions" / "describe.jsonl").open()]
