@@ -99,37 +99,36 @@ def test_a_model_without_weights_plans_what_the_loaded_one_does(tmp_path: Path, 
 def test_index_estimate_writes_nothing_and_sizes_the_corpus(
     tmp_path: Path, tokenizer, capsys, monkeypatch
 ) -> None:
-    saved = tmp_path / "model"
-    ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3)).save_pretrained(saved)
     import imprag.model.loading as loading
-
-    real_load = loading.AutoModelForCausalLM.from_pretrained
 
     def no_weights(*args, **kwargs):
         raise AssertionError("an estimate read the model's weights")
 
-    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", no_weights)
+    saved = tmp_path / "model"
+    ImpRAG(tiny_model("llama"), tokenizer, LayerSplit(1, 3)).save_pretrained(saved)
     corpus = tmp_path / "corpus.jsonl"
     rows = [{"id": f"p{i}", "title": f"T{i}", "text": "x" * 98} for i in range(50)]
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "idx"
     args = ["index", str(corpus), "--out", str(out), "--model", str(saved), "--no-progress"]
-    assert main([*args, "--estimate"]) == 0
-    printed = capsys.readouterr().out
-    assert "imprag index Flat: 50 passages" in printed and "RAM per encoding process" in printed
-    assert not out.exists()
-    assert main([*args, "--estimate", "--passages", "1000000", "--factory", "IVF256,PQ8"]) == 0
-    printed = capsys.readouterr().out
-    assert "1,000,000 passages" in printed and "mean passage size from the first 50)" in printed
-    assert not out.exists()
-    assert main([*args, "--passages", "10"]) == 2  # sizes an estimate only
-    assert "--passages sizes an --estimate" in capsys.readouterr().err
-    assert main([*args, "--estimate", "--factory", "IVF7,PQ5"]) == 2  # FAISS cannot build it for this dim
-    assert not out.exists()
-    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", real_load)
+    with monkeypatch.context() as unreadable:  # every estimate runs with the weights unreadable
+        unreadable.setattr(loading.AutoModelForCausalLM, "from_pretrained", no_weights)
+        assert main([*args, "--estimate"]) == 0
+        printed = capsys.readouterr().out
+        assert "imprag index Flat: 50 passages" in printed and "RAM per encoding process" in printed
+        assert not out.exists()
+        assert main([*args, "--estimate", "--passages", "1000000", "--factory", "IVF256,PQ8"]) == 0
+        printed = capsys.readouterr().out
+        assert "1,000,000 passages" in printed and "mean passage size from the first 50)" in printed
+        assert not out.exists()
+        assert main([*args, "--passages", "10"]) == 2  # sizes an estimate only
+        assert "--passages sizes an --estimate" in capsys.readouterr().err
+        assert main([*args, "--estimate", "--factory", "IVF7,PQ5"]) == 2  # FAISS cannot build it for this dim
+        assert not out.exists()
     assert main(args) == 0  # a real build, then the estimate of refreshing it at 1,000x the size
-    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", no_weights)
     capsys.readouterr()
     refresh = ["index", "--refresh", "--out", str(out), "--model", str(saved), "--no-progress"]
-    assert main([*refresh, "--estimate", "--passages", "50000"]) == 0
+    with monkeypatch.context() as unreadable:
+        unreadable.setattr(loading.AutoModelForCausalLM, "from_pretrained", no_weights)
+        assert main([*refresh, "--estimate", "--passages", "50000"]) == 0
     assert "50,000 passages" in (printed := capsys.readouterr().out) and "from the 50 stored" in printed

@@ -321,6 +321,8 @@ def test_a_frozen_separate_retriever_serves_ra_dit_llama_from_the_base_index(
     assert "add --system ra-dit-llama" in capsys.readouterr().err
     assert main([*argv, "--system", "ra-dit-llama"]) == 2
     assert "pass --retriever" in capsys.readouterr().err  # the index's own model is the base
+    assert main([*argv, "--system", "ra-dit-llama", "--retriever", str(generator)]) == 2  # an ra-it run
+    assert "is not a retriever trained with" in capsys.readouterr().err
     assert main([*argv, "--system", "ra-dit-llama", *named]) == 0
     evaluated = tmp_path / "e" / "ra-dit-llama"
     run = json.loads((evaluated / "run.json").read_text())

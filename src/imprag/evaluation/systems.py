@@ -238,12 +238,14 @@ def separate_retriever(model: ImpRAG, index_dir: Path, k: int, retriever: str | 
     built = read_manifest(index_dir)["model"]
     source = str(retriever) if retriever is not None else built["source"]
     if trained_as(source) != "retriever":
-        named = "--retriever" if retriever is not None else f"the model {index_dir} was built with"
+        trained = "a retriever trained with `imprag train ... objective.system=retriever`"
+        if retriever is not None:
+            raise InputError(f"--retriever {source!r} is not {trained}; pass RUN/model of such a run")
         raise InputError(
-            f"ra-dit-llama retrieves with {named} ({source!r}), which is not a retriever trained with "
-            "`imprag train ... objective.system=retriever`; pass --retriever /abs/path/to/RUN/model (trained "
-            "with frozen passages: it reads its base model's index), or refresh the index with one: "
-            f"imprag index --refresh --out {index_dir} --model /abs/path/to/RUN/model"
+            f"ra-dit-llama retrieves with the model {index_dir} was built with ({source!r}), which is not "
+            f"{trained}; pass --retriever /abs/path/to/RUN/model (trained with frozen passages: it reads its "
+            f"base model's index), or refresh the index with one: imprag index --refresh --out {index_dir} "
+            "--model /abs/path/to/RUN/model"
         )
     # the dtype it was built in is not reused: "auto" is this machine's fast one (the fingerprint ignores it)
     found = ImpRAG.from_pretrained(source, b=built["b"], t=built.get("t"))
