@@ -253,6 +253,14 @@ class IndexConfig:
     """With a factory ending in ',Refine(...)' (say 'IVF4096,PQ48,Refine(SQ8)'): the compressed index
     proposes k * rerank candidates and the refine codes re-score them (FAISS `k_factor_rf`); ignored
     otherwise. README "Approximate search that keeps its recall" measures the trade."""
+    mmap: bool = False
+    """Searches read the index's uncompressed codes (a Flat index's vectors, a ',Refine(Flat)' factory's
+    exact vectors, an HNSW's storage) from `vectors.faiss` memory-mapped instead of loading them into RAM
+    (FAISS `IO_FLAG_MMAP_IFC`); the compressed codes, IVF lists, ids and graph links stay in RAM. With
+    'IVF4096,PQ96x4fs,Refine(Flat)' that is 64 bytes of RAM a passage while the exact re-scoring reads
+    k * rerank rows from the file (the OS page cache keeps the rows searches touch; a cold disk is
+    slower: README "Approximate search that keeps its recall" measures both). `imprag update` still
+    loads the whole index to change it."""
     batch_size: int = 32
     """Passages per forward pass while encoding (batches are sorted by length)."""
     shard_size: int = 2048
@@ -261,6 +269,8 @@ class IndexConfig:
     def __post_init__(self) -> None:
         names = ("train_size", "nprobe", "ef_search", "rerank", "batch_size", "shard_size")
         _check_ints(self, "IndexConfig", names)
+        if not isinstance(self.mmap, bool):
+            raise ConfigError(f"IndexConfig.mmap must be true or false, got {self.mmap!r}")
         if self.center not in (True, False, "auto"):
             raise ConfigError(f'IndexConfig.center must be true, false or "auto", got {self.center!r}')
         for name in names:

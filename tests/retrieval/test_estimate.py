@@ -17,6 +17,8 @@ from imprag.retrieval.index import (
     STORE,
     VECTORS,
     estimate,
+    mapped_bytes,
+    new_faiss_index,
     plan_build,
     skip_polysemous_training,
     vector_bytes,
@@ -36,13 +38,14 @@ from imprag.retrieval.index import (
         "HNSW32,SQ8",
         "IVF16,PQ4,Refine(SQ8)",
         "PQ8x4fs,Refine(SQfp16)",
+        "IVF16,PQ8x4fs,Refine(Flat)",
     ],
 )
 def test_vector_bytes_is_what_faiss_serializes_per_vector(factory: str) -> None:
     """The marginal bytes of 2,000 more vectors in the serialized index, as `_assemble` builds it."""
     dim, rng = 16, np.random.default_rng(0)
     x = rng.standard_normal((6000, dim)).astype(np.float32)
-    index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    index = new_faiss_index(dim, factory)
     skip_polysemous_training(index)
     index.train(x[:2000])
     index.add_with_ids(x[:2000], np.arange(2000))
@@ -54,7 +57,7 @@ def test_vector_bytes_is_what_faiss_serializes_per_vector(factory: str) -> None:
 
 def test_estimate_counts_shards_as_float32_vectors_with_their_rows() -> None:
     assert estimate(1000, 192, "Flat") == {"shards_bytes": 1000 * (192 * 4 + 8), "index_bytes": 1000 * 776}
-    assert estimate(1000, 192, "IVF64,PQ32")["index_bytes"] == 1000 * (32 + 16)
+    assert estimate(1000, 192, "IVF64,PQ32")["index_bytes"] == 1000 * (32 + 8)  # the IVF holds the ids
 
 
 def test_the_plan_matches_a_real_build(tokenizer, tmp_path: Path) -> None:
@@ -71,7 +74,20 @@ def test_the_plan_matches_a_real_build(tokenizer, tmp_path: Path) -> None:
     assert plan["store_bytes"] == pytest.approx((tmp_path / "idx" / STORE).stat().st_size, rel=0.5)
     weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
     assert plan["weights_bytes"] == weights < plan["encode_peak_bytes"]
+    assert plan["search_ram_bytes"] == plan["index_bytes"]  # loaded whole
+    mapped = plan_build(model, len(passages), text, IndexConfig(shard_size=64, mmap=True))
+    assert mapped["search_ram_bytes"] == len(passages) * 8  # the ID map; the vectors stay in the file
     index.close()
+
+
+@pytest.mark.parametrize(
+    ("factory", "in_file"),
+    [("Flat", 64), ("IVF16,PQ4", 0), ("HNSW16", 64), ("IVF16,PQ8x4fs,Refine(Flat)", 64), ("PQ4", 4)],
+)
+def test_mapped_bytes_are_the_flat_code_arrays(factory: str, in_file: int) -> None:
+    """What `IndexConfig.mmap` leaves in the file (16-d float vectors: 64 bytes); the loaded index's
+    mapped arrays themselves are checked in tests/retrieval/test_index.py."""
+    assert mapped_bytes(16, factory) == in_file <= vector_bytes(16, factory)
 
 
 def test_a_model_without_weights_plans_what_the_loaded_one_does(tmp_path: Path, tokenizer) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -28,7 +29,7 @@ from imprag import (
     build_index,
 )
 from imprag.io import LOCK, LockedError, writer_lock
-from imprag.retrieval.index import MANIFEST, read_manifest
+from imprag.retrieval.index import MANIFEST, mapped_bytes, read_manifest
 
 TOPICS = ["capital", "river", "composer", "mountain", "novel", "currency", "bird", "festival"]
 PASSAGES = [
@@ -47,9 +48,17 @@ def small(**kw) -> IndexConfig:
     return IndexConfig(shard_size=4, batch_size=3, **kw)
 
 
+def stored(index: PassageIndex, row: int) -> np.ndarray:
+    """The vector `index` holds for store row `row`, as stored (centred if the index centres)."""
+    if isinstance(index.faiss, faiss.IndexIDMap):  # at its position in the index under imprag's ID map
+        position = faiss.vector_to_array(index.faiss.id_map).tolist().index(row)
+        return index.faiss.index.reconstruct(position)
+    faiss.extract_index_ivf(index.faiss).make_direct_map()  # an IVF holding the rows as its ids
+    return index.faiss.reconstruct(row)
+
+
 def vectors_of(index: PassageIndex) -> np.ndarray:
-    ids = np.arange(index.store.max_row + 1)
-    return np.stack([index.faiss.reconstruct(int(i)) for i in ids])
+    return np.stack([stored(index, row) for row in range(index.store.max_row + 1)])
 
 
 def test_build_search_and_generate(model: ImpRAG, tmp_path: Path) -> None:
@@ -207,7 +216,7 @@ def test_add_change_and_delete_in_place(model: ImpRAG, tmp_path: Path) -> None:
     counts = index.add(model, [PASSAGES[2], changed, PASSAGES[15]])
     assert counts == {"added": 1, "changed": 1, "unchanged": 1}
     assert index.store.rows_of(["p3", "p15"]) == [3, 10]
-    assert_close(torch.from_numpy(index.faiss.reconstruct(3)), model.embed_passages([changed.content])[0])
+    assert_close(torch.from_numpy(stored(index, 3)), model.embed_passages([changed.content])[0])
     assert index.delete(["p0", "p15"]) == 2
     index.close()  # releases the write lock for the next writer
     again = PassageIndex.load(tmp_path / "idx", model)
@@ -221,7 +230,7 @@ def test_add_change_and_delete_in_place(model: ImpRAG, tmp_path: Path) -> None:
     assert index.add(model, twice) == {"added": 1, "changed": 0, "unchanged": 0}
     (row,) = index.store.rows_of(["p20"])
     assert index.fetch([row])[0].text == "second"
-    assert_close(torch.from_numpy(index.faiss.reconstruct(row)), model.embed_passages([twice[1].content])[0])
+    assert_close(torch.from_numpy(stored(index, row)), model.embed_passages([twice[1].content])[0])
 
 
 @pytest.mark.parametrize("factory", ["IVF4,Flat", "HNSW8", "PQ4x4", "PQ4x4,Refine(Flat)"])
@@ -253,6 +262,96 @@ def test_other_faiss_factories(model: ImpRAG, tmp_path: Path, factory: str) -> N
         assert len(PassageIndex.load(tmp_path / "idx", model)) == 23
 
 
+def exact_top(model: ImpRAG, passages: list[Passage], rows: list[int], k: int) -> list[list[int]]:
+    """The store rows of the exact top-k over `passages` (held at `rows`) for PROMPTS."""
+    scores = model.embed_queries(PROMPTS) @ model.embed_passages([p.content for p in passages]).T
+    return torch.tensor(rows)[scores.topk(k).indices].tolist()
+
+
+@pytest.mark.parametrize("factory", ["IVF4,Flat", "IVF4,PQ4x4", "PCAR8,IVF4,SQ8"])
+def test_deleting_from_an_ivf_keeps_every_hit_on_its_own_row(
+    model: ImpRAG, tmp_path: Path, factory: str
+) -> None:
+    """An IVF holds the store rows as its own ids. Under an ID map (what imprag built before) a removal
+    leaves the IVF's positions as they were while the map compacts, so every later hit came back as
+    another row: every top-6 below differed from exact search (measured with the ID map)."""
+    build_index(model, tmp_path / "idx", PASSAGES, small(factory=factory, nprobe=4), progress=False)
+    with PassageIndex.load(tmp_path / "idx", model, writable=True) as index:
+        assert not isinstance(index.faiss, faiss.IndexIDMap)
+        assert index.delete(["p0", "p3", "p4"]) == 3
+    index = PassageIndex.load(tmp_path / "idx", model)
+    kept = [i for i in range(len(PASSAGES)) if i not in (0, 3, 4)]
+    ids = index.search(model.embed_queries(PROMPTS), 6)[0].tolist()
+    expected = exact_top(model, [PASSAGES[i] for i in kept], kept, 6)
+    if factory == "IVF4,Flat":  # every list probed: exact
+        assert ids == expected
+    else:  # compressed codes may swap near ties, never name a deleted or foreign row
+        assert all(len(set(got) & set(want)) >= 4 for got, want in zip(ids, expected, strict=True))
+        assert not {row for top in ids for row in top} & {0, 3, 4}
+
+
+def test_an_id_map_over_an_ivf_is_repaired_before_its_first_removal(model: ImpRAG, tmp_path: Path) -> None:
+    """An index built before `new_faiss_index` (IDMap2 over an IVF) searches correctly until a removal;
+    `delete` first writes the map's ids into the IVF's lists, then removes, and saves the repaired form."""
+    build_index(model, tmp_path / "idx", PASSAGES, small(factory="IVF4,Flat", nprobe=4), progress=False)
+    old = faiss.index_factory(model.dim, "IDMap2,IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    vectors = model.embed_passages([p.content for p in PASSAGES]).numpy()
+    mean = np.asarray(read_manifest(tmp_path / "idx")["index"]["mean"], dtype=np.float32)
+    old.train(vectors - mean)
+    old.add_with_ids(vectors - mean, np.arange(len(PASSAGES)))
+    faiss.write_index(old, str(tmp_path / "idx" / "vectors.faiss"))
+    with PassageIndex.load(tmp_path / "idx", model, writable=True) as index:
+        assert isinstance(index.faiss, faiss.IndexIDMap2)
+        index.delete(["p1", "p2"])
+    index = PassageIndex.load(tmp_path / "idx", model)
+    assert isinstance(index.faiss, faiss.IndexIVF)
+    kept = [i for i in range(len(PASSAGES)) if i not in (1, 2)]
+    assert index.search(model.embed_queries(PROMPTS), 6)[0].tolist() == exact_top(
+        model, [PASSAGES[i] for i in kept], kept, 6
+    )
+
+
+def mapped(index: faiss.Index) -> int:
+    """Bytes per vector of the code arrays `index` reads from its file (not owned: memory-mapped)."""
+    index = faiss.downcast_index(index)
+    total = 0
+    for name in ("index", "base_index", "refine_index", "storage"):
+        inner = getattr(index, name, None)
+        if isinstance(inner, faiss.Index):
+            total += mapped(inner)
+    if isinstance(index, faiss.IndexFlatCodes) and not index.codes.is_owned:
+        total += index.code_size
+    return total
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8", "IVF2,PQ4x4fs,Refine(Flat)"])
+def test_mmap_leaves_the_uncompressed_codes_in_the_file(model: ImpRAG, tmp_path: Path, factory: str) -> None:
+    """IndexConfig.mmap: searches read the Flat / HNSW storage / Refine(Flat) codes from vectors.faiss
+    memory-mapped (the bytes `mapped_bytes` counts) and return what the index loaded into RAM returns; a
+    writable open loads everything, and a read-only one refuses changes."""
+    config = small(factory=factory, nprobe=2, rerank=8)
+    build_index(model, tmp_path / "ram", PASSAGES, config, progress=False)
+    built = build_index(model, tmp_path / "mmap", PASSAGES, replace(config, mmap=True), progress=False)
+    assert built.manifest["index"]["mmap"] is True
+    ram, mm = PassageIndex.load(tmp_path / "ram", model), PassageIndex.load(tmp_path / "mmap", model)
+    assert mapped(ram.faiss) == 0
+    assert mapped(mm.faiss) == mapped_bytes(model.dim, factory) == model.dim * 4
+    maps = Path("/proc/self/maps")
+    if maps.is_file():
+        assert str(tmp_path / "mmap" / "vectors.faiss") in maps.read_text()
+    queries = model.embed_queries(PROMPTS)
+    for got, want in zip(mm.search(queries, 5), ram.search(queries, 5), strict=True):
+        assert_close(got, want)
+    with pytest.raises(InvalidIndexError, match=r"open for reading .*writable=True"):
+        mm.delete(["p1"])
+    with pytest.raises(InvalidIndexError, match=r"open for reading .*writable=True"):
+        mm.add(model, [Passage(id="new", title="N", text="a new one")])
+    with PassageIndex.load(tmp_path / "mmap", model, writable=True) as writable:
+        assert mapped(writable.faiss) == 0
+        writable.add(model, [Passage(id="new", title="N", text="a new one")])
+    assert len(PassageIndex.load(tmp_path / "mmap", model)) == len(PASSAGES) + 1
+
+
 def test_approximate_indexes_store_centred_vectors_and_report_uncentred_scores(
     model: ImpRAG, tmp_path: Path
 ) -> None:
@@ -267,9 +366,9 @@ def test_approximate_indexes_store_centred_vectors_and_report_uncentred_scores(
     )
     mean = np.asarray(hnsw.manifest["index"]["mean"], dtype=np.float32)
     assert hnsw.manifest["index"]["center"] == "auto" and mean.shape == (e_p.shape[1],)
-    stored = np.stack([hnsw.faiss.reconstruct(i) for i in range(len(PASSAGES))])
-    assert_close(torch.from_numpy(stored + mean), e_p, rtol=1e-5, atol=1e-5)
-    assert float(np.abs(stored.mean(0)).max()) < 0.05 * float(np.abs(mean).max())  # centred
+    centred = vectors_of(hnsw)
+    assert_close(torch.from_numpy(centred + mean), e_p, rtol=1e-5, atol=1e-5)
+    assert float(np.abs(centred.mean(0)).max()) < 0.05 * float(np.abs(mean).max())  # centred
     ids, scores = hnsw.search(queries, 6)
     assert ids.tolist() == exact.indices.tolist()
     assert_close(scores, exact.values, rtol=1e-4, atol=1e-4)
@@ -291,8 +390,7 @@ def test_approximate_indexes_store_centred_vectors_and_report_uncentred_scores(
         writable.add(model, [new])
     ivf = PassageIndex.load(tmp_path / "ivf", model)
     row = ivf.store.rows_of(["new"])[0]
-    faiss.extract_index_ivf(ivf.faiss).make_direct_map()  # for reconstruct
-    added = ivf.faiss.reconstruct(row) + ivf.mean
+    added = stored(ivf, row) + ivf.mean
     assert_close(torch.from_numpy(added), model.embed_passages([new.content])[0], rtol=1e-5, atol=1e-5)
     everything = torch.cat([e_p, model.embed_passages([new.content])])
     ids, scores = ivf.search(queries, 6)
@@ -424,7 +522,7 @@ def test_interrupted_update_is_detected_and_refresh_repairs_it(
     with pytest.raises(InvalidIndexError, match="disagree"):
         PassageIndex.load(tmp_path / "idx", model)
     repaired = build_index(model, tmp_path / "idx", None, small(), progress=False)
-    assert_close(torch.from_numpy(repaired.faiss.reconstruct(0)), model.embed_passages([changed.content])[0])
+    assert_close(torch.from_numpy(stored(repaired, 0)), model.embed_passages([changed.content])[0])
 
 
 def test_manifest_without_required_keys_is_damaged(model: ImpRAG, tmp_path: Path) -> None:
@@ -496,14 +594,14 @@ def test_an_index_that_lost_its_manifest_names_the_command_that_repairs_it(
     model: ImpRAG, tmp_path: Path
 ) -> None:
     built = build_index(model, tmp_path / "idx", PASSAGES, small(), progress=False)
-    expected = torch.from_numpy(built.faiss.reconstruct(0))
+    expected = torch.from_numpy(stored(built, 0))
     (tmp_path / "idx" / MANIFEST).unlink()
     with pytest.raises(InvalidIndexError, match=r"--refresh --out") as info:
         PassageIndex.load(tmp_path / "idx", model)
     assert "no manifest.json" in str(info.value)
     repaired = build_index(model, tmp_path / "idx", None, small(), progress=False)  # what it names
     assert len(repaired) == len(PASSAGES)
-    assert_close(torch.from_numpy(repaired.faiss.reconstruct(0)), expected)
+    assert_close(torch.from_numpy(stored(repaired, 0)), expected)
 
 
 def test_damaged_manifests_and_vectors_get_one_line_each(model: ImpRAG, tmp_path: Path) -> None:

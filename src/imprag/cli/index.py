@@ -28,6 +28,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         ef_search=args.ef_search,
         rerank=args.rerank,
         center={"auto": "auto", "yes": True, "no": False}[args.center],
+        mmap=args.mmap,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
     )
@@ -106,9 +107,10 @@ def _estimate(model, args: argparse.Namespace, config, options: dict) -> int:
     for key, what in (
         ("store_bytes", "passage store (disk)"),
         ("shards_bytes", "shards (disk, build only)"),
-        ("index_bytes", "FAISS index (disk and RAM)"),
+        ("index_bytes", "FAISS index (disk)"),
         ("encode_peak_bytes", "RAM per encoding process"),
         ("assemble_peak_bytes", "RAM of rank 0 assembling"),
+        ("search_ram_bytes", "RAM of the loaded index"),
     ):
         print(f"  {what:<28}{plan[key] / 1e9:>10.2f} GB")
     return 0
@@ -177,6 +179,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=4,
         help="with a ',Refine(...)' factory: candidates re-scored per hit (k * RERANK)",
+    )
+    index.add_argument(
+        "--mmap",
+        action="store_true",
+        help="searches read the uncompressed codes (Flat vectors, a Refine(Flat)'s exact vectors) "
+        "memory-mapped from the index file instead of RAM",
     )
     index.add_argument("--batch-size", type=int, default=32, help="passages per forward pass")
     index.add_argument("--shard-size", type=int, default=2048, help="passages per resumable shard")

@@ -87,27 +87,84 @@ def _model_record(model: ImpRAG) -> dict[str, Any]:
     }
 
 
+def new_faiss_index(dim: int, factory: str) -> faiss.Index:
+    """An empty FAISS index of `factory` over inner product whose ids are store rows, as every build makes
+    it. An IVF index (under any transform) keeps each vector's id in its inverted lists and is used as it
+    is; every other type is wrapped in an IndexIDMap (no IndexIDMap2: its reverse map costs ~40 bytes of
+    RAM a vector for a reconstruct-by-id imprag never calls). Never an ID map over an IVF: removing from
+    an IVF leaves the positions of the remaining vectors as they were, while the ID map compacts its
+    table as if they had moved up, so after one deletion every hit came back as another row's id (the
+    indexes imprag built before this; `PassageIndex.delete` refuses them)."""
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if _keeps_ids(index):
+        return index
+    return faiss.index_factory(dim, f"IDMap,{factory}", faiss.METRIC_INNER_PRODUCT)
+
+
+def _keeps_ids(index: faiss.Index) -> bool:
+    """An IVF, under any number of transforms: stores the ids it is given with each vector."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return isinstance(index, faiss.IndexIVF)
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    """The index under imprag's ID map (or the index itself when it keeps its own ids)."""
+    index = faiss.downcast_index(index)
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def _ids_into_ivf(index: faiss.IndexIDMap) -> faiss.Index:
+    """The index under an ID map over an IVF, with each vector's id from the map written into the IVF's
+    inverted lists in place of its position: the same search results, and removal that keeps them."""
+    inner = faiss.deserialize_index(faiss.serialize_index(index.index))  # a copy the caller owns
+    table = faiss.vector_to_array(index.id_map)
+    ivf = faiss.extract_index_ivf(inner)
+    for no in range(ivf.nlist):
+        if size := ivf.invlists.list_size(no):
+            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(no), size)  # a view of the list's ids
+            ids[:] = table[ids]
+    return inner
+
+
 def vector_bytes(dim: int, factory: str) -> int:
     """Bytes one vector takes in the assembled FAISS index (in memory and in its file): the factory's
-    code size (FAISS knows it before training), 8 bytes of id in imprag's ID map, 8 more in an IVF's
-    inverted lists, ~8.5*M bytes of graph links for HNSW{M} (2M level-0 links of 4 bytes, plus the upper
-    levels), and a Refine's own codes. tests/retrieval/test_estimate.py checks it against serialized
-    indexes."""
-    index = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-    return 8 + _code_bytes(faiss.downcast_index(index.index))  # 8: IDMap2's id
+    code size (FAISS knows it before training), 8 bytes of id in imprag's ID map or in an IVF's inverted
+    lists, ~8.5*M bytes of graph links for HNSW{M} (2M level-0 links of 4 bytes, plus the upper levels),
+    and a Refine's own codes. tests/retrieval/test_estimate.py checks it against serialized indexes."""
+    return _bytes(dim, factory)[0]
 
 
-def _code_bytes(index: faiss.Index) -> int:
+def mapped_bytes(dim: int, factory: str) -> int:
+    """Of `vector_bytes`, those an index built with `IndexConfig.mmap` leaves on disk when loaded: every
+    uncompressed-layout code array FAISS can memory-map (IndexFlatCodes: a Flat index's vectors, an HNSW's
+    storage, a Refine's codes), not IVF lists, ids or graph links."""
+    return _bytes(dim, factory)[1]
+
+
+def _bytes(dim: int, factory: str) -> tuple[int, int]:
+    index = new_faiss_index(dim, factory)
+    ids = 8 if isinstance(index, faiss.IndexIDMap) else 0  # an IVF counts its own in _code_bytes
+    total, mapped = _code_bytes(_inner(index))
+    return ids + total, mapped
+
+
+def _code_bytes(index: faiss.Index) -> tuple[int, int]:
+    """(bytes a vector takes in `index`, of which memory-mappable), recursively."""
     while isinstance(index, faiss.IndexPreTransform):
         index = faiss.downcast_index(index.index)
     if isinstance(index, faiss.IndexRefine):
-        base = faiss.downcast_index(index.base_index)
-        return _code_bytes(base) + _code_bytes(faiss.downcast_index(index.refine_index))
+        base = _code_bytes(faiss.downcast_index(index.base_index))
+        refine = _code_bytes(faiss.downcast_index(index.refine_index))
+        return base[0] + refine[0], base[1] + refine[1]
     if isinstance(index, faiss.IndexHNSW):
-        storage = faiss.downcast_index(index.storage)
-        return int(storage.code_size) + round(8.5 * index.hnsw.nb_neighbors(1))
-    ivf_ids = 8 if isinstance(index, faiss.IndexIVF) else 0  # ids beside the codes in inverted lists
-    return int(index.code_size) + ivf_ids
+        storage = _code_bytes(faiss.downcast_index(index.storage))
+        return storage[0] + round(8.5 * index.hnsw.nb_neighbors(1)), storage[1]
+    if isinstance(index, faiss.IndexIVF):  # the ids beside the codes in the inverted lists
+        return int(index.code_size) + 8, 0
+    mappable = isinstance(index, faiss.IndexFlatCodes)
+    return int(index.code_size), int(index.code_size) if mappable else 0
 
 
 def estimate(count: int, dim: int, factory: str) -> dict[str, int]:
@@ -119,10 +176,11 @@ def plan_build(
     model: ImpRAG, passages: int, text_bytes: int, cfg: IndexConfig, store_bytes: int | None = None
 ) -> dict[str, int]:
     """What building an index of `passages` passages (`text_bytes` of title and text in all) with `model`
-    and `cfg` needs, in bytes: the passage store and the shards on disk, the index (memory and disk), and
-    the peak memory of an encoding process and of rank 0 assembling the index. `store_bytes`: the store's
-    size when it is already written (a build logs the plan after storing the corpus), else estimated from
-    `text_bytes`. `imprag index --estimate` prints it; every build logs it first."""
+    and `cfg` needs, in bytes: the passage store and the shards on disk, the index (memory and disk), the
+    peak memory of an encoding process and of rank 0 assembling the index, and the RAM of the loaded
+    index. `store_bytes`: the store's size when it is already written (a build logs the plan after storing
+    the corpus), else estimated from `text_bytes`. `imprag index --estimate` prints it; every build logs
+    it first."""
     dim = model.index_dim
     est = estimate(passages, dim, cfg.factory)
     weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
@@ -143,6 +201,9 @@ def plan_build(
         "index_bytes": est["index_bytes"],
         "encode_peak_bytes": weights + working + shard,
         "assemble_peak_bytes": est["index_bytes"] + sample + shard,
+        # what a loaded index holds in RAM (IndexConfig.mmap leaves the uncompressed codes in the file)
+        "search_ram_bytes": est["index_bytes"]
+        - (passages * mapped_bytes(dim, cfg.factory) if cfg.mmap else 0),
         "weights_bytes": weights,
     }
 
@@ -157,7 +218,8 @@ def describe_plan(plan: dict[str, int]) -> str:
         f"{plan['passages']:,} passages, dim {plan['dim']}: disk {size(plan['store_bytes'])} store + "
         f"{size(plan['shards_bytes'])} shards while building + {size(plan['index_bytes'])} index; memory "
         f"~{size(plan['encode_peak_bytes'])} per encoding process (weights {size(plan['weights_bytes'])}), "
-        f"~{size(plan['assemble_peak_bytes'])} for rank 0 assembling the index"
+        f"~{size(plan['assemble_peak_bytes'])} for rank 0 assembling the index, "
+        f"~{size(plan['search_ram_bytes'])} for the loaded index"
     )
 
 
@@ -216,8 +278,10 @@ class PassageIndex:
                 f"{directory}: the passage store and the vectors disagree (an update was interrupted?); "
                 f"re-encode the stored passages with `imprag index --refresh --out {directory}`"
             )
+        # Memory-mapped codes are read-only: a writable index is loaded whole
+        mmap = manifest["index"].get("mmap", False) and not writable
         try:
-            vectors = faiss.read_index(str(directory / VECTORS))
+            vectors = faiss.read_index(str(directory / VECTORS), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         except RuntimeError as err:
             raise InvalidIndexError(
                 f"{directory / VECTORS} cannot be read ({str(err).splitlines()[-1]}); the index is damaged: "
@@ -316,6 +380,7 @@ class PassageIndex:
         Everything that can fail slowly (encoding) or refuse (an index type that cannot remove vectors)
         happens before the store is touched; the store, the vectors and the manifest are then written back
         to back, so an interruption almost never leaves them disagreeing (if it does, loading says so)."""
+        self._check_writable()
         self.check_model(model)
         latest = list({p.id: p for p in passages}.values())
         fresh, changed = self.store.diff(latest)
@@ -337,14 +402,27 @@ class PassageIndex:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove passages by corpus id."""
+        self._check_writable()
         self._check_removable()
         rows = self.store.delete(ids)
         self._remove(rows)
         self._commit()
         return len(rows)
 
+    def _check_writable(self) -> None:
+        """Refuse a change to an index opened for reading (whose codes may be memory-mapped read-only)."""
+        if self._writer is None:
+            raise InvalidIndexError(
+                f"{self.directory} is open for reading (or closed); open it with "
+                "`PassageIndex.load(directory, model, writable=True)` to change it"
+            )
+
     def _check_removable(self) -> None:
-        """Refuse, before anything is changed, on an index type without vector removal (HNSW)."""
+        """Refuse, before anything is changed, on an index type without vector removal (HNSW, Refine). An
+        ID map over an IVF (what imprag built before `new_faiss_index`), whose removal would map every
+        later hit to another row's id, is first turned into the IVF holding those ids itself."""
+        if isinstance(self.faiss, faiss.IndexIDMap) and _keeps_ids(self.faiss.index):
+            self.faiss = _ids_into_ivf(self.faiss)
         try:
             self.faiss.remove_ids(np.asarray([], dtype=np.int64))
         except RuntimeError as err:
@@ -631,6 +709,7 @@ def _finish(
             "ef_search": cfg.ef_search,
             "rerank": cfg.rerank,
             "center": cfg.center,
+            "mmap": cfg.mmap,
             "mean": None if mean is None else [float(v) for v in mean],
         },
         "build": {
@@ -761,7 +840,7 @@ def _shard_size(settings: dict[str, Any]) -> int | None:
 def check_factory(factory: str, dim: int) -> None:
     """Refuse (InvalidIndexError) a FAISS factory string FAISS cannot build for `dim`-d vectors."""
     try:
-        faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+        new_faiss_index(dim, factory)
     except RuntimeError as err:
         found = re.search(r"\.cpp:\d+: (.*)", str(err))  # FAISS's reason, after its C++ source location
         reason = (found.group(1) if found else str(err)).strip().splitlines()[0]
@@ -776,7 +855,7 @@ def skip_polysemous_training(index: faiss.Index) -> None:
     transform or a Refine): search never uses it (polysemous_ht = 0), and it was ~90% of IVF-PQ training
     time in benchmarks/bench_index.py."""
     index = faiss.downcast_index(index)
-    for inner in ("index", "base_index"):  # IDMap2, IndexPreTransform / IndexRefine
+    for inner in ("index", "base_index"):  # IDMap, IndexPreTransform / IndexRefine
         if hasattr(index, inner) and isinstance(getattr(index, inner), faiss.Index):
             skip_polysemous_training(getattr(index, inner))
     if getattr(index, "do_polysemous_training", False):
@@ -788,7 +867,7 @@ def _assemble(
 ) -> tuple[faiss.Index, np.ndarray | None]:
     """Stream the shards into a FAISS index (training it on a sample spread over the corpus if needed);
     returns it and the mean subtracted from every vector (IndexConfig.center), or None."""
-    index = faiss.index_factory(dim, f"IDMap2,{cfg.factory}", faiss.METRIC_INNER_PRODUCT)
+    index = new_faiss_index(dim, cfg.factory)
     skip_polysemous_training(index)
     center = cfg.factory != "Flat" if cfg.center == "auto" else cfg.center
     mean = None
