@@ -11,13 +11,20 @@ the committed adapter (`--model`). Passages:
     are fitted to the real 192-d E_p (benchmarks/bench_index.py `Mixture`), searched with the same real
     queries. The mixture is an assumption; the 10k rows also run on 10,033 mixture vectors so the gap
     between real and fitted vectors is in the table.
-Per index: recall@10 against exact search over the same vectors, single-query latency p50/p99 with one
-FAISS thread (200 one-query calls) and as a ratio to exact search's p50 in the same run, bytes per
-passage of the serialized index (ids included), build seconds. Indexes are built as `imprag index` builds
-them: `IDMap2,{factory}`, inner product, trained on <= 100,000 vectors (an even stride here, the first
-vectors of each shard there), polysemous training off, search parameters set through
+Per index: recall@10 against exact search over the same vectors; single-query latency p50/p99 with one
+FAISS thread (200 one-query calls) and as a ratio to exact search's p50 in the same run; the index's RAM
+per passage (the anonymous resident memory a fresh process gains by loading the index file: ids, codes,
+lists, maps and allocator overhead, which the file size does not show) and its file bytes per passage;
+build seconds. Indexes are built as `imprag index` builds them (`new_faiss_index`: an IVF holds its ids,
+other types sit under an IndexIDMap), inner product, trained on <= 100,000 vectors (an even stride here,
+the first vectors of each shard there), polysemous training off, search parameters set through
 `PassageIndex.set_search_params`; centred rows subtract the mean of all vectors (`imprag index`: of its
 training sample; any fixed vector keeps the rankings).
+
+mmap rows load the file as `imprag index --mmap` does (FAISS IO_FLAG_MMAP_IFC: a Refine(Flat)'s exact
+vectors stay in the file and re-scoring reads k * rerank of them a query). Their latency is measured
+twice: cold (the file dropped from the OS page cache first, the first 200 queries, no warm-up: rows
+are read from this machine's disk as searches touch them) and warm (after every query ran once).
 
 Centred rows store every passage minus the passages' mean (`IndexConfig.center`, on by default for every
 factory but Flat): each query's scores change by one constant, so the exact top-10 is the same; the
@@ -32,10 +39,14 @@ Run:  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_ann.py --index indexes/
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -48,7 +59,7 @@ import faiss
 import numpy as np
 from bench_index import Mixture, recall
 
-from imprag.retrieval.index import PassageIndex, skip_polysemous_training
+from imprag.retrieval.index import PassageIndex, new_faiss_index, skip_polysemous_training
 
 RESULTS = Path(__file__).parent / "results" / "bench_ann.json"
 K = 10
@@ -88,7 +99,7 @@ def real_vectors(index_dir: str, model_dir: str, data: str) -> dict[str, Any]:
 
 def build(factory: str, x: np.ndarray) -> tuple[faiss.Index, float]:
     start = time.perf_counter()
-    index = faiss.index_factory(x.shape[1], f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    index = new_faiss_index(x.shape[1], factory)
     skip_polysemous_training(index)
     if not index.is_trained:
         step = max(1, len(x) // TRAIN_SIZE)
@@ -103,54 +114,117 @@ def latencies(index: faiss.Index, queries: np.ndarray, count: int) -> list[float
     return bench_index.latencies(index, queries, count, threads=1)
 
 
-CONFIGS: list[tuple[str, bool, list[dict[str, int]]]] = [  # factory, centred, search settings
-    ("Flat", False, [{}]),
-    ("IVF{lists},PQ48", False, [{"nprobe": 64}]),
-    ("IVF{lists},PQ48", True, [{"nprobe": 16}, {"nprobe": 64}]),
-    ("IVF{lists},PQ48,Refine(SQ8)", False, [{"nprobe": 64, "rerank": 8}]),
-    ("IVF{lists},PQ48,Refine(SQ8)", True, [{"nprobe": 16, "rerank": 8}, {"nprobe": 64, "rerank": 8},
-                                           {"nprobe": 128, "rerank": 16}, {"nprobe": 256, "rerank": 16},
-                                           {"nprobe": 512, "rerank": 16}]),
-    ("HNSW32", False, [{"ef_search": 128}]),
-    ("HNSW32", True, [{"ef_search": 64}, {"ef_search": 128}, {"ef_search": 256}, {"ef_search": 512}]),
-    ("HNSW32,SQ8", True, [{"ef_search": 128}, {"ef_search": 512}]),
+REFINE = [
+    {"nprobe": 16, "rerank": 8},
+    {"nprobe": 64, "rerank": 8},
+    {"nprobe": 128, "rerank": 16},
+    {"nprobe": 256, "rerank": 16},
+    {"nprobe": 512, "rerank": 16},
+]
+EXACT_REFINE = [
+    {"nprobe": 64, "rerank": 32},
+    {"nprobe": 128, "rerank": 64},
+    {"nprobe": 256, "rerank": 64},
+    {"nprobe": 256, "rerank": 128},
+    {"nprobe": 512, "rerank": 128},
+]
+EF = [{"ef_search": ef} for ef in (64, 128, 256, 512, 1024, 2048)]
+CONFIGS: list[tuple[str, bool, bool, list[dict[str, int]]]] = [  # factory, centred, mmap, search settings
+    ("Flat", False, False, [{}]),
+    ("IVF{lists},PQ48", False, False, [{"nprobe": 64}]),
+    ("IVF{lists},PQ48", True, False, [{"nprobe": 16}, {"nprobe": 64}]),
+    ("IVF{lists},PQ48,Refine(SQ8)", False, False, [{"nprobe": 64, "rerank": 8}]),
+    ("IVF{lists},PQ48,Refine(SQ8)", True, False, REFINE),
+    ("IVF{lists},PQ96x4fs,Refine(Flat)", True, False, [{"nprobe": 256, "rerank": 64}]),
+    ("IVF{lists},PQ96x4fs,Refine(Flat)", True, True, EXACT_REFINE),
+    ("HNSW32", False, False, [{"ef_search": 128}]),
+    ("HNSW32", True, False, EF),
+    ("HNSW32,SQ8", True, False, [{"ef_search": 128}, {"ef_search": 512}]),
 ]  # fmt: skip
 
 
+def rss_anon() -> int:
+    """Bytes of this process's anonymous resident memory (heap: what must stay in RAM; memory-mapped file
+    pages are RssFile, which the OS can drop and read again), after handing freed heap back to the OS
+    (buffers freed while reading the file would otherwise count)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def searched(path: str, mmap: bool, params: dict[str, int], queries: np.ndarray, single: int) -> dict:
+    """In a fresh process: load the index file (memory-mapped if `mmap`): the RAM loading took, the ids of
+    every query, single-query latencies with one thread and, for a memory-mapped index, the same latencies
+    first with the file out of the OS page cache (cold: read from disk as searches touch it)."""
+    faiss.omp_set_num_threads(1)
+    with open(path, "rb") as f:  # out of the page cache (it was written and fsynced by the parent)
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    before = rss_anon()
+    index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC if mmap else 0)
+    out: dict[str, Any] = {"ram_bytes": rss_anon() - before}
+    PassageIndex.set_search_params(SimpleNamespace(faiss=index), **params)  # type: ignore[arg-type]
+    if mmap:
+        cold = []
+        for i in range(single):  # no warm-up: every query may touch rows no query touched before
+            start = time.perf_counter()
+            index.search(queries[i : i + 1], K)
+            cold.append(time.perf_counter() - start)
+        out["cold_p50_ms"] = float(np.median(cold)) * 1e3
+        out["cold_p99_ms"] = float(np.percentile(cold, 99)) * 1e3
+    ids = index.search(queries, K)[1]  # every query once: the touched part of the file is now cached
+    lat = latencies(index, queries, single)
+    out.update(
+        ids=ids,
+        p50_ms=float(np.median(lat)) * 1e3,
+        p99_ms=float(np.percentile(lat, 99)) * 1e3,
+    )
+    return out
+
+
 def run(name: str, x: np.ndarray, queries: np.ndarray, single: int) -> dict[str, Any]:
-    """Every config over `x` (n, d) with `queries`: recall against exact, latency, bytes, build time."""
+    """Every config over `x` (n, d) with `queries`: recall against exact, latency, RAM and file bytes per
+    passage, build time. Each search runs in a process of its own that loads the index from its file, as
+    a server would, so its RAM is measured alone."""
     x, queries = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(queries, dtype=np.float32)
     lists = 256 if len(x) <= 20_000 else 4096
     exact = faiss.IndexFlatIP(x.shape[1])
     exact.add(x)
     truth = exact.search(queries, K)[1]
     flat_p50 = float(np.median(latencies(exact, queries, single))) * 1e3
+    del exact
     rows = []
     mean = x.mean(0)
-    for template, centred, settings in CONFIGS:
-        factory = template.format(lists=lists)
-        index, seconds = build(factory, x - mean if centred else x)
-        size = faiss.serialize_index(index).nbytes / len(x)
-        for params in settings:
-            PassageIndex.set_search_params(SimpleNamespace(faiss=index), **params)  # type: ignore[arg-type]
-            lat = latencies(index, queries, single)
-            row = {
-                "space": name,
-                "vectors": len(x),
-                "dim": x.shape[1],
-                "factory": factory,
-                "centred": centred,
-                **params,
-                "recall_at_10": round(recall(index.search(queries, K)[1], truth), 4),
-                "p50_ms": round(float(np.median(lat)) * 1e3, 3),
-                "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 3),
-                "p50_over_exact": round(float(np.median(lat)) * 1e3 / flat_p50, 3),
-                "bytes_per_passage": round(size, 1),
-                "build_s": round(seconds, 1),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-        del index
+    fresh = ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp, fresh:
+        path = os.path.join(tmp, "vectors.faiss")
+        for template, centred, mmap, settings in CONFIGS:
+            factory = template.format(lists=lists)
+            index, seconds = build(factory, x - mean if centred else x)
+            faiss.write_index(index, path)
+            del index
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+            for params in settings:
+                got = fresh.submit(searched, path, mmap, params, queries, single).result()
+                row = {
+                    "space": name,
+                    "vectors": len(x),
+                    "dim": x.shape[1],
+                    "factory": factory,
+                    "centred": centred,
+                    "mmap": mmap,
+                    **params,
+                    "recall_at_10": round(recall(got.pop("ids"), truth), 4),
+                    **{k: round(v, 3) for k, v in got.items() if k.endswith("_ms")},
+                    "p50_over_exact": round(got["p50_ms"] / flat_p50, 3),
+                    "file_bytes_per_passage": round(os.path.getsize(path) / len(x), 1),
+                    "ram_bytes_per_passage": round(got["ram_bytes"] / len(x), 1),
+                    "build_s": round(seconds, 1),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     return {"space": name, "exact_p50_ms": round(flat_p50, 3), "rows": rows}
 
 
@@ -198,17 +272,19 @@ def main() -> None:
         result["runs"].append(run(name, x, queries, args.single))
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(
-        "\n| vectors | index | centred | params | recall@10 | p50/p99 ms | p50/exact | B/passage | build s |"
+        "\n| vectors | index | centred | mmap | params | recall@10 | p50/p99 ms | p50/exact "
+        "| cold p50/p99 ms | RAM B/passage | file B/passage | build s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for run_ in result["runs"]:
         for r in run_["rows"]:
             params = ", ".join(f"{k} {r[k]}" for k in ("nprobe", "rerank", "ef_search") if k in r)
+            cold = f"{r['cold_p50_ms']:.2f} / {r['cold_p99_ms']:.2f}" if r["mmap"] else "-"
             print(
-                f"| {r['space']} | {r['factory']} | {'yes' if r['centred'] else 'no'} | {params or '-'} | "
-                f"{r['recall_at_10']:.3f} | "
-                f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {r['p50_over_exact']:.3f} | "
-                f"{r['bytes_per_passage']:,.0f} | {r['build_s']} |"
+                f"| {r['space']} | {r['factory']} | {'yes' if r['centred'] else 'no'} | "
+                f"{'yes' if r['mmap'] else 'no'} | {params or '-'} | {r['recall_at_10']:.3f} | "
+                f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {r['p50_over_exact']:.3f} | {cold} | "
+                f"{r['ram_bytes_per_passage']:,.0f} | {r['file_bytes_per_passage']:,.0f} | {r['build_s']} |"
             )
     print(f"wrote {args.out}")
 

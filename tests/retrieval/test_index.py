@@ -311,6 +311,32 @@ def test_an_id_map_over_an_ivf_is_repaired_before_its_first_removal(model: ImpRA
     )
 
 
+def test_ivf_kmeans_runs_on_the_gpus_when_faiss_has_them(
+    model: ImpRAG, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faiss-gpu: the IVF's k-means assigns through `index_cpu_to_all_gpus` of an exact index of the
+    quantizer's metric. No GPU here: a stand-in records the call and returns the CPU index, and the build
+    equals the one without it (the same k-means), the stand-in detached after training."""
+    config = small(factory="IVF4,Flat", nprobe=4)
+    cpu = build_index(model, tmp_path / "cpu", PASSAGES, config, progress=False)
+    cloned: list[faiss.Index] = []
+
+    def to_gpus(index: faiss.Index) -> faiss.Index:
+        cloned.append(index)
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_gpus)
+    gpu = build_index(model, tmp_path / "gpu", PASSAGES, config, progress=False)
+    [flat] = cloned
+    assert isinstance(flat, faiss.IndexFlat) and flat.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert flat.ntotal == 4  # the centroids k-means assigned against
+    assert faiss.extract_index_ivf(gpu.faiss).clustering_index is None
+    queries = model.embed_queries(PROMPTS)
+    for got, want in zip(gpu.search(queries, 6), cpu.search(queries, 6), strict=True):
+        assert_close(got, want)
+
+
 def mapped(index: faiss.Index) -> int:
     """Bytes per vector of the code arrays `index` reads from its file (not owned: memory-mapped)."""
     index = faiss.downcast_index(index)
