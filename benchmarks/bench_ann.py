@@ -128,6 +128,7 @@ EXACT_REFINE = [
     {"nprobe": 256, "rerank": 128},
     {"nprobe": 512, "rerank": 128},
 ]
+SMALL_REFINE = [{"nprobe": 256, "rerank": 128}, {"nprobe": 512, "rerank": 256}]
 EF = [{"ef_search": ef} for ef in (64, 128, 256, 512, 1024, 2048)]
 CONFIGS: list[tuple[str, bool, bool, list[dict[str, int]]]] = [  # factory, centred, mmap, search settings
     ("Flat", False, False, [{}]),
@@ -137,6 +138,7 @@ CONFIGS: list[tuple[str, bool, bool, list[dict[str, int]]]] = [  # factory, cent
     ("IVF{lists},PQ48,Refine(SQ8)", True, False, REFINE),
     ("IVF{lists},PQ96x4fs,Refine(Flat)", True, False, [{"nprobe": 256, "rerank": 64}]),
     ("IVF{lists},PQ96x4fs,Refine(Flat)", True, True, EXACT_REFINE),
+    ("IVF{lists},PQ64x4fs,Refine(Flat)", True, True, SMALL_REFINE),
     ("HNSW32", False, False, [{"ef_search": 128}]),
     ("HNSW32", True, False, EF),
     ("HNSW32,SQ8", True, False, [{"ef_search": 128}, {"ef_search": 512}]),

@@ -107,10 +107,10 @@ def corpus(tmp_path) -> str:
 
 def test_index_retrieve_ask_update(saved: str, corpus: str, tmp_path, capsys) -> None:
     out = str(tmp_path / "idx")
-    assert (
-        main(["index", corpus, "--out", out, "--model", saved, "--baselines", "bm25", "--no-progress"]) == 0
-    )
+    argv = ["index", corpus, "--out", out, "--model", saved, "--baselines", "bm25", "--no-progress"]
+    assert main([*argv, "--mmap"]) == 0  # retrieve and ask read the vectors memory-mapped, update loads them
     assert "indexed 4 passages" in capsys.readouterr().out
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["index"]["mmap"] is True
     # The model recorded in the manifest is used when --model is not given.
     assert main(["retrieve", out, "Q: What is the capital of Veloria?\nA:", "-k", "2", "--json"]) == 0
     hit = json.loads(capsys.readouterr().out)

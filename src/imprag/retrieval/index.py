@@ -90,11 +90,11 @@ def _model_record(model: ImpRAG) -> dict[str, Any]:
 def new_faiss_index(dim: int, factory: str) -> faiss.Index:
     """An empty FAISS index of `factory` over inner product whose ids are store rows, as every build makes
     it. An IVF index (under any transform) keeps each vector's id in its inverted lists and is used as it
-    is; every other type is wrapped in an IndexIDMap (no IndexIDMap2: its reverse map costs ~40 bytes of
+    is; every other type is wrapped in an IndexIDMap (no IndexIDMap2: its reverse map costs 43.4 bytes of
     RAM a vector for a reconstruct-by-id imprag never calls). Never an ID map over an IVF: removing from
     an IVF leaves the positions of the remaining vectors as they were, while the ID map compacts its
-    table as if they had moved up, so after one deletion every hit came back as another row's id (the
-    indexes imprag built before this; `PassageIndex.delete` refuses them)."""
+    table as if they had moved up, so after one deletion every hit came back as another row's id (how
+    imprag built IVF indexes before; the first removal from one repairs it: `_ids_into_ivf`)."""
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if _keeps_ids(index):
         return index
