@@ -32,8 +32,10 @@ uncentred rows are what `imprag index` built before it.
 
 Run:  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_ann.py --index indexes/base-keyin \
           [--model models/smollm2-135m-imprag] [--data data/benchmark] [--million 1000000] [--quick]
+          [--only FACTORY --out OTHER.json]
       (the index: `imprag index wiki-summaries --out indexes/base-keyin --pooling mean --retrieval-key
-      trained`; writes benchmarks/results/bench_ann.json)
+      trained`; writes benchmarks/results/bench_ann.json). HNSW rows name their efConstruction
+      (IndexConfig.ef_construction); `--only HNSW32` runs just those rows (bench_ann_hnsw.json).
 """
 
 from __future__ import annotations
@@ -97,10 +99,12 @@ def real_vectors(index_dir: str, model_dir: str, data: str) -> dict[str, Any]:
     }
 
 
-def build(factory: str, x: np.ndarray) -> tuple[faiss.Index, float]:
+def build(factory: str, x: np.ndarray, ef_construction: int = 40) -> tuple[faiss.Index, float]:
     start = time.perf_counter()
     index = new_faiss_index(x.shape[1], factory)
     skip_polysemous_training(index)
+    if isinstance(graph := faiss.downcast_index(index.index), faiss.IndexHNSW):  # as _assemble sets it
+        graph.hnsw.efConstruction = ef_construction
     if not index.is_trained:
         step = max(1, len(x) // TRAIN_SIZE)
         index.train(np.ascontiguousarray(x[::step][:TRAIN_SIZE]))
@@ -130,18 +134,20 @@ EXACT_REFINE = [
 ]
 SMALL_REFINE = [{"nprobe": 256, "rerank": 128}, {"nprobe": 512, "rerank": 256}]
 EF = [{"ef_search": ef} for ef in (64, 128, 256, 512, 1024, 2048)]
-CONFIGS: list[tuple[str, bool, bool, list[dict[str, int]]]] = [  # factory, centred, mmap, search settings
-    ("Flat", False, False, [{}]),
-    ("IVF{lists},PQ48", False, False, [{"nprobe": 64}]),
-    ("IVF{lists},PQ48", True, False, [{"nprobe": 16}, {"nprobe": 64}]),
-    ("IVF{lists},PQ48,Refine(SQ8)", False, False, [{"nprobe": 64, "rerank": 8}]),
-    ("IVF{lists},PQ48,Refine(SQ8)", True, False, REFINE),
-    ("IVF{lists},PQ96x4fs,Refine(Flat)", True, False, [{"nprobe": 256, "rerank": 64}]),
-    ("IVF{lists},PQ96x4fs,Refine(Flat)", True, True, EXACT_REFINE),
-    ("IVF{lists},PQ64x4fs,Refine(Flat)", True, True, SMALL_REFINE),
-    ("HNSW32", False, False, [{"ef_search": 128}]),
-    ("HNSW32", True, False, EF),
-    ("HNSW32,SQ8", True, False, [{"ef_search": 128}, {"ef_search": 512}]),
+CONFIGS: list[tuple[str, bool, bool, list[dict[str, int]], int]] = [
+    # factory, centred, mmap, search settings, HNSW efConstruction (IndexConfig.ef_construction)
+    ("Flat", False, False, [{}], 40),
+    ("IVF{lists},PQ48", False, False, [{"nprobe": 64}], 40),
+    ("IVF{lists},PQ48", True, False, [{"nprobe": 16}, {"nprobe": 64}], 40),
+    ("IVF{lists},PQ48,Refine(SQ8)", False, False, [{"nprobe": 64, "rerank": 8}], 40),
+    ("IVF{lists},PQ48,Refine(SQ8)", True, False, REFINE, 40),
+    ("IVF{lists},PQ96x4fs,Refine(Flat)", True, False, [{"nprobe": 256, "rerank": 64}], 40),
+    ("IVF{lists},PQ96x4fs,Refine(Flat)", True, True, EXACT_REFINE, 40),
+    ("IVF{lists},PQ64x4fs,Refine(Flat)", True, True, SMALL_REFINE, 40),
+    ("HNSW32", False, False, [{"ef_search": 128}], 40),
+    ("HNSW32", True, False, EF, 40),
+    ("HNSW32", True, False, EF[2:5], 80),
+    ("HNSW32,SQ8", True, False, [{"ef_search": 128}, {"ef_search": 512}], 40),
 ]  # fmt: skip
 
 
@@ -185,7 +191,7 @@ def searched(path: str, mmap: bool, params: dict[str, int], queries: np.ndarray,
     return out
 
 
-def run(name: str, x: np.ndarray, queries: np.ndarray, single: int) -> dict[str, Any]:
+def run(name: str, x: np.ndarray, queries: np.ndarray, single: int, only: str | None) -> dict[str, Any]:
     """Every config over `x` (n, d) with `queries`: recall against exact, latency, RAM and file bytes per
     passage, build time. Each search runs in a process of its own that loads the index from its file, as
     a server would, so its RAM is measured alone."""
@@ -201,9 +207,11 @@ def run(name: str, x: np.ndarray, queries: np.ndarray, single: int) -> dict[str,
     fresh = ProcessPoolExecutor(1, mp_context=get_context("spawn"), max_tasks_per_child=1)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp, fresh:
         path = os.path.join(tmp, "vectors.faiss")
-        for template, centred, mmap, settings in CONFIGS:
+        for template, centred, mmap, settings, ef_construction in CONFIGS:
             factory = template.format(lists=lists)
-            index, seconds = build(factory, x - mean if centred else x)
+            if only is not None and factory != only:
+                continue
+            index, seconds = build(factory, x - mean if centred else x, ef_construction)
             faiss.write_index(index, path)
             del index
             with open(path, "rb+") as f:
@@ -217,6 +225,7 @@ def run(name: str, x: np.ndarray, queries: np.ndarray, single: int) -> dict[str,
                     "factory": factory,
                     "centred": centred,
                     "mmap": mmap,
+                    **({"ef_construction": ef_construction} if "HNSW" in factory else {}),
                     **params,
                     "recall_at_10": round(recall(got.pop("ids"), truth), 4),
                     **{k: round(v, 3) for k, v in got.items() if k.endswith("_ms")},
@@ -243,6 +252,7 @@ def main() -> None:
     parser.add_argument("--million", type=int, default=1_000_000, help="size of the fitted set")
     parser.add_argument("--single", type=int, default=200, help="one-query calls timed per index")
     parser.add_argument("--quick", action="store_true", help="10k only (no fitted million)")
+    parser.add_argument("--only", metavar="FACTORY", help="only the rows of this factory (e.g. HNSW32)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)  # a server answering one query at a time; also keeps the run comparable
@@ -271,7 +281,7 @@ def main() -> None:
     if not args.quick:
         plans.append((f"E_p 192-d, mixture {args.million:,}", mixture.sample(args.million), q192))
     for name, x, queries in plans:
-        result["runs"].append(run(name, x, queries, args.single))
+        result["runs"].append(run(name, x, queries, args.single, args.only))
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(
         "\n| vectors | index | centred | mmap | params | recall@10 | p50/p99 ms | p50/exact "
@@ -280,7 +290,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for run_ in result["runs"]:
         for r in run_["rows"]:
-            params = ", ".join(f"{k} {r[k]}" for k in ("nprobe", "rerank", "ef_search") if k in r)
+            params = ", ".join(
+                f"{k} {r[k]}" for k in ("nprobe", "rerank", "ef_construction", "ef_search") if k in r
+            )
             cold = f"{r['cold_p50_ms']:.2f} / {r['cold_p99_ms']:.2f}" if r["mmap"] else "-"
             print(
                 f"| {r['space']} | {r['factory']} | {'yes' if r['centred'] else 'no'} | "

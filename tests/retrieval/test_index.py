@@ -19,6 +19,7 @@ from conftest import tiny_model
 from torch.testing import assert_close
 
 from imprag import (
+    ConfigError,
     ImpRAG,
     IndexConfig,
     InvalidIndexError,
@@ -335,6 +336,18 @@ def test_ivf_kmeans_runs_on_the_gpus_when_faiss_has_them(
     queries = model.embed_queries(PROMPTS)
     for got, want in zip(gpu.search(queries, 6), cpu.search(queries, 6), strict=True):
         assert_close(got, want)
+
+
+def test_hnsw_is_built_with_the_configured_breadth(model: ImpRAG, tmp_path: Path) -> None:
+    """IndexConfig.ef_construction reaches FAISS's graph (and its file): the default is FAISS's 40."""
+    for breadth in (40, 17):
+        config = small(factory="HNSW8", ef_construction=breadth)
+        built = build_index(model, tmp_path / str(breadth), PASSAGES, config, progress=False)
+        assert built.manifest["index"]["ef_construction"] == breadth
+        loaded = PassageIndex.load(tmp_path / str(breadth), model)
+        assert faiss.downcast_index(loaded.faiss.index).hnsw.efConstruction == breadth
+    with pytest.raises(ConfigError, match="ef_construction must be >= 1"):
+        small(factory="HNSW8", ef_construction=0)
 
 
 def mapped(index: faiss.Index) -> int:

@@ -26,6 +26,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         train_size=args.train_size,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
+        ef_construction=args.ef_construction,
         rerank=args.rerank,
         center={"auto": "auto", "yes": True, "no": False}[args.center],
         mmap=args.mmap,
@@ -167,6 +168,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     index.add_argument("--train-size", type=int, default=100_000, help="vectors used to train IVF/PQ")
     index.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query")
     index.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
+    index.add_argument(
+        "--ef-construction", type=int, default=40, help="HNSW build breadth (slower builds, better graphs)"
+    )
     index.add_argument(
         "--center",
         choices=["auto", "yes", "no"],

@@ -707,6 +707,7 @@ def _finish(
             "train_size": cfg.train_size,
             "nprobe": cfg.nprobe,
             "ef_search": cfg.ef_search,
+            "ef_construction": cfg.ef_construction,
             "rerank": cfg.rerank,
             "center": cfg.center,
             "mmap": cfg.mmap,
@@ -890,6 +891,8 @@ def _assemble(
     returns it and the mean subtracted from every vector (IndexConfig.center), or None."""
     index = new_faiss_index(dim, cfg.factory)
     skip_polysemous_training(index)
+    if isinstance(graph := _inner(index), faiss.IndexHNSW):
+        graph.hnsw.efConstruction = cfg.ef_construction
     center = cfg.factory != "Flat" if cfg.center == "auto" else cfg.center
     mean = None
     if center or not index.is_trained:
