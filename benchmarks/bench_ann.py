@@ -61,7 +61,7 @@ import faiss
 import numpy as np
 from bench_index import Mixture, recall
 
-from imprag.retrieval.index import PassageIndex, new_faiss_index, skip_polysemous_training
+from imprag.retrieval.index import PassageIndex, hnsw_graph, new_faiss_index, skip_polysemous_training
 
 RESULTS = Path(__file__).parent / "results" / "bench_ann.json"
 K = 10
@@ -103,7 +103,7 @@ def build(factory: str, x: np.ndarray, ef_construction: int = 40) -> tuple[faiss
     start = time.perf_counter()
     index = new_faiss_index(x.shape[1], factory)
     skip_polysemous_training(index)
-    if isinstance(graph := faiss.downcast_index(index.index), faiss.IndexHNSW):  # as _assemble sets it
+    if (graph := hnsw_graph(index)) is not None:  # as _assemble sets it
         graph.hnsw.efConstruction = ef_construction
     if not index.is_trained:
         step = max(1, len(x) // TRAIN_SIZE)

@@ -11,7 +11,8 @@ throughout).
 2. Peak memory (ru_maxrss) of `encode_shards` (shard_size=256) over a store of 512 vs 2048 real passages,
    each in a fresh subprocess: it should not grow with the corpus.
 3. Search at 10k and 1M (100k with --quick) synthetic 192-d vectors (the default model's E_p dim), built
-   with the recipe of `imprag.retrieval.index` (IDMap2 over `faiss.index_factory`, inner product, trained
+   with the recipe of `imprag.retrieval.index` (`new_faiss_index`; IDMap2 over every factory before stop
+   32, when its committed results were measured; inner product, trained
    on <= IndexConfig.train_size vectors sampled per shard like `_assemble`, `add_with_ids`) and searched
    with `PassageIndex.set_search_params` semantics. Vectors come from a Gaussian mixture (1000 centers)
    whose overall mean and covariance are fitted to the real E_p vectors of part 1 (E_p is far from
@@ -60,7 +61,7 @@ from imprag.hardware import describe_machine, summary_line
 from imprag.io import atomic_write_text
 from imprag.retrieval.baselines import MiniLMRetriever, load_minilm
 from imprag.retrieval.corpus import read_corpus
-from imprag.retrieval.index import PassageIndex
+from imprag.retrieval.index import PassageIndex, new_faiss_index
 from imprag.retrieval.store import PassageStore
 
 RESULTS = Path(__file__).parent / "results" / "bench_index.json"
@@ -324,7 +325,7 @@ def train_sample(x: np.ndarray, cfg: IndexConfig) -> np.ndarray:
 
 def build(factory: str, x: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, dict[str, float]]:
     start = time.perf_counter()
-    index = faiss.index_factory(x.shape[1], f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    index = new_faiss_index(x.shape[1], factory)
     trained = 0
     if not index.is_trained:
         sample = train_sample(x, cfg)
@@ -336,7 +337,7 @@ def build(factory: str, x: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, d
 
 
 def train_seconds(factory: str, sample: np.ndarray) -> float:
-    index = faiss.index_factory(sample.shape[1], f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    index = new_faiss_index(sample.shape[1], factory)
     start = time.perf_counter()
     index.train(sample)
     return time.perf_counter() - start
@@ -345,7 +346,7 @@ def train_seconds(factory: str, sample: np.ndarray) -> float:
 def build_hnsw(factory: str, x: np.ndarray, budget_s: float) -> tuple[faiss.Index, dict[str, Any], int]:
     """HNSW built by adding the first quarter, then the rest only if the projected total fits the budget."""
     start = time.perf_counter()
-    index = faiss.index_factory(x.shape[1], f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    index = new_faiss_index(x.shape[1], factory)
     first = len(x) // 4
     index.add_with_ids(x[:first], np.arange(first, dtype=np.int64))
     t_first = time.perf_counter() - start

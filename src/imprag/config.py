@@ -260,13 +260,13 @@ class IndexConfig:
     proposes k * rerank candidates and the refine codes re-score them (FAISS `k_factor_rf`); ignored
     otherwise. README "Approximate search that keeps its recall" measures the trade."""
     mmap: bool = False
-    """Searches read the index's uncompressed codes (a Flat index's vectors, a ',Refine(Flat)' factory's
-    exact vectors, an HNSW's storage) from `vectors.faiss` memory-mapped instead of loading them into RAM
-    (FAISS `IO_FLAG_MMAP_IFC`); the compressed codes, IVF lists, ids and graph links stay in RAM. With
-    'IVF4096,PQ96x4fs,Refine(Flat)' that is 64 bytes of RAM a passage while the exact re-scoring reads
-    k * rerank rows from the file (the OS page cache keeps the rows searches touch; a cold disk is
-    slower: README "Approximate search that keeps its recall" measures both). `imprag update` still
-    loads the whole index to change it."""
+    """Searches read every array FAISS can memory-map from `vectors.faiss` instead of loading it into RAM
+    (FAISS `IO_FLAG_MMAP_IFC`): flat codes (a Flat index's vectors, an HNSW's storage, a ',Refine(Flat)'
+    factory's exact vectors), an HNSW's links and an IVF's lists, except a fast-scan IVF's ('...x4fs'),
+    which stay in RAM with imprag's ID map. With 'IVF4096,PQ96x4fs,Refine(Flat)' that left 79 bytes of RAM
+    a passage at 1M while the exact re-scoring reads k * rerank rows from the file (the OS page cache
+    keeps the rows searches touch; a cold disk is far slower: README "Approximate search that keeps its
+    recall" measures both). `imprag update` loads the whole index to change it."""
     batch_size: int = 32
     """Passages per forward pass while encoding (batches are sorted by length)."""
     shard_size: int = 2048

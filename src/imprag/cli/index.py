@@ -187,8 +187,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     index.add_argument(
         "--mmap",
         action="store_true",
-        help="searches read the uncompressed codes (Flat vectors, a Refine(Flat)'s exact vectors) "
-        "memory-mapped from the index file instead of RAM",
+        help="searches read what FAISS can map (flat codes such as a Refine(Flat)'s exact vectors, HNSW "
+        "links, IVF lists but fast-scan ones) memory-mapped from the index file instead of RAM",
     )
     index.add_argument("--batch-size", type=int, default=32, help="passages per forward pass")
     index.add_argument("--shard-size", type=int, default=2048, help="passages per resumable shard")

@@ -115,17 +115,41 @@ def _inner(index: faiss.Index) -> faiss.Index:
     return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
 
 
-def _ids_into_ivf(index: faiss.IndexIDMap) -> faiss.Index:
+def _ids_into_ivf(index: faiss.IndexIDMap, directory: Path) -> faiss.Index:
     """The index under an ID map over an IVF, with each vector's id from the map written into the IVF's
-    inverted lists in place of its position: the same search results, and removal that keeps them."""
-    inner = faiss.deserialize_index(faiss.serialize_index(index.index))  # a copy the caller owns
+    inverted lists in place of its position: the same search results, and removal that keeps them.
+    Refused (InvalidIndexError, nothing changed) when the positions are not
+    exactly 0..n-1, as after a removal or change made before this repair existed: then the map and the
+    lists already disagree and only re-encoding restores them."""
     table = faiss.vector_to_array(index.id_map)
-    ivf = faiss.extract_index_ivf(inner)
-    for no in range(ivf.nlist):
-        if size := ivf.invlists.list_size(no):
-            ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(no), size)  # a view of the list's ids
-            ids[:] = table[ids]
-    return inner
+    ivf = faiss.extract_index_ivf(index.index)
+    lists = [
+        faiss.rev_swig_ptr(ivf.invlists.get_ids(no), size)  # views of each list's ids
+        for no in range(ivf.nlist)
+        if (size := ivf.invlists.list_size(no))
+    ]
+    positions = np.sort(np.concatenate(lists)) if lists else np.zeros(0, dtype=np.int64)
+    if not np.array_equal(positions, np.arange(len(table))):
+        raise InvalidIndexError(
+            f"{directory}: this IVF index lost the mapping from its vectors to passages in an earlier "
+            "update (imprag removed from IVF indexes wrongly before this was fixed, and searches since "
+            f"returned wrong passages); re-encode its passages with `imprag index --refresh --out "
+            f"{directory}` (nothing was changed)"
+        )
+    for ids in lists:
+        ids[:] = table[ids]
+    # A copy Python owns: handing the map's own IVF over (own_fields/thisown) crashed later tests. It
+    # holds the index twice, once, for an update; the map is dropped with the old index.
+    return faiss.deserialize_index(faiss.serialize_index(index.index))
+
+
+def hnsw_graph(index: faiss.Index) -> faiss.IndexHNSW | None:
+    """The HNSW index under imprag's ID map and any transforms, or None: where build settings go. A view
+    into `index`: keep `index` alive while using it."""
+    index = _inner(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index if isinstance(index, faiss.IndexHNSW) else None
 
 
 def vector_bytes(dim: int, factory: str) -> int:
@@ -137,9 +161,10 @@ def vector_bytes(dim: int, factory: str) -> int:
 
 
 def mapped_bytes(dim: int, factory: str) -> int:
-    """Of `vector_bytes`, those an index built with `IndexConfig.mmap` leaves on disk when loaded: every
-    uncompressed-layout code array FAISS can memory-map (IndexFlatCodes: a Flat index's vectors, an HNSW's
-    storage, a Refine's codes), not IVF lists, ids or graph links."""
+    """Of `vector_bytes`, those an index built with `IndexConfig.mmap` leaves in its file when loaded: every
+    array FAISS memory-maps (IO_FLAG_MMAP_IFC): the codes of Flat/PQ/SQ indexes (an HNSW's storage, a
+    Refine's codes), an HNSW's links, an IVF's lists (codes and ids) except a fast-scan IVF's; not
+    imprag's ID map."""
     return _bytes(dim, factory)[1]
 
 
@@ -160,9 +185,11 @@ def _code_bytes(index: faiss.Index) -> tuple[int, int]:
         return base[0] + refine[0], base[1] + refine[1]
     if isinstance(index, faiss.IndexHNSW):
         storage = _code_bytes(faiss.downcast_index(index.storage))
-        return storage[0] + round(8.5 * index.hnsw.nb_neighbors(1)), storage[1]
+        links = round(8.5 * index.hnsw.nb_neighbors(1))
+        return storage[0] + links, storage[1] + links
     if isinstance(index, faiss.IndexIVF):  # the ids beside the codes in the inverted lists
-        return int(index.code_size) + 8, 0
+        size = int(index.code_size) + 8
+        return size, 0 if isinstance(index, faiss.IndexIVFFastScan) else size  # blocks stay in RAM
     mappable = isinstance(index, faiss.IndexFlatCodes)
     return int(index.code_size), int(index.code_size) if mappable else 0
 
@@ -280,6 +307,11 @@ class PassageIndex:
             )
         # Memory-mapped codes are read-only: a writable index is loaded whole
         mmap = manifest["index"].get("mmap", False) and not writable
+        if mmap and not hasattr(faiss, "IO_FLAG_MMAP_IFC"):
+            raise InvalidIndexError(
+                f"{directory} was built with --mmap, which this faiss ({faiss.__version__}) cannot load "
+                "memory-mapped (no IO_FLAG_MMAP_IFC): `pip install -U faiss-cpu`"
+            )
         try:
             vectors = faiss.read_index(str(directory / VECTORS), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         except RuntimeError as err:
@@ -385,6 +417,7 @@ class PassageIndex:
         latest = list({p.id: p for p in passages}.values())
         fresh, changed = self.store.diff(latest)
         if changed:
+            self._repair_ids()
             self._check_removable()
         todo = fresh + [p for _, p in changed]
         vectors = model.embed_passages([p.content for p in todo], batch_size=batch_size) if todo else None
@@ -403,6 +436,7 @@ class PassageIndex:
     def delete(self, ids: Sequence[str]) -> int:
         """Remove passages by corpus id."""
         self._check_writable()
+        self._repair_ids()
         self._check_removable()
         rows = self.store.delete(ids)
         self._remove(rows)
@@ -417,12 +451,14 @@ class PassageIndex:
                 "`PassageIndex.load(directory, model, writable=True)` to change it"
             )
 
-    def _check_removable(self) -> None:
-        """Refuse, before anything is changed, on an index type without vector removal (HNSW, Refine). An
-        ID map over an IVF (what imprag built before `new_faiss_index`), whose removal would map every
-        later hit to another row's id, is first turned into the IVF holding those ids itself."""
+    def _repair_ids(self) -> None:
+        """An ID map over an IVF (what imprag built before `new_faiss_index`), whose removal would map every
+        later hit to another row's id, becomes the IVF holding those ids itself (`_ids_into_ivf`)."""
         if isinstance(self.faiss, faiss.IndexIDMap) and _keeps_ids(self.faiss.index):
-            self.faiss = _ids_into_ivf(self.faiss)
+            self.faiss = _ids_into_ivf(self.faiss, self.directory)
+
+    def _check_removable(self) -> None:
+        """Refuse, before anything is changed, on an index type without vector removal (HNSW, Refine)."""
         try:
             self.faiss.remove_ids(np.asarray([], dtype=np.int64))
         except RuntimeError as err:
@@ -588,7 +624,8 @@ def _rebuild_aside(
                 _refuse_foreign(out)
                 lock.enter_context(writer_lock(out, "imprag index"))
                 read_manifest(out)  # a manifest.json that is not an index's: refused, not replaced
-                if _read_build(staging) != json.loads(json.dumps(settings)):  # resume only the same build
+                started = _read_build(staging)
+                if started is None or _build_key(started) != _build_key(settings):  # resume the same build
                     shutil.rmtree(staging, ignore_errors=True)  # our own folder: an older attempt
             except Exception as err:
                 error = err
@@ -812,7 +849,7 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
     elif (out / BUILD).is_file():
         previous = json.loads((out / BUILD).read_text(encoding="utf-8"))
         started = (out / STORE).is_file() or any((out / SHARDS).glob("*.npy"))
-        wanted = json.loads(json.dumps(settings))
+        previous, wanted = _build_key(previous), _build_key(settings)
         if started and previous != wanted:
             differ = [name for name, _, _ in differing_fields(previous, wanted)]
             was = previous.get("model", {}).get("dtype")
@@ -832,6 +869,19 @@ def _prepare(out: Path, settings: dict[str, Any], refresh: bool, overwrite: bool
         _refuse_foreign(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / BUILD, json.dumps(settings, indent=2) + "\n")
+
+
+SEARCH_ONLY = ("nprobe", "ef_search", "rerank", "mmap")
+"""IndexConfig fields that only the manifest and searches read: a resumed build may change them."""
+
+
+def _build_key(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed build must match: `settings` as JSON, with IndexConfig fields added since a build
+    started filled in with their defaults and the search-only fields left out."""
+    key = json.loads(json.dumps(settings))
+    index = {**json.loads(json.dumps(dataclasses.asdict(IndexConfig()))), **(key.get("index") or {})}
+    key["index"] = {k: v for k, v in index.items() if k not in SEARCH_ONLY}
+    return key
 
 
 def _shard_size(settings: dict[str, Any]) -> int | None:
@@ -891,7 +941,7 @@ def _assemble(
     returns it and the mean subtracted from every vector (IndexConfig.center), or None."""
     index = new_faiss_index(dim, cfg.factory)
     skip_polysemous_training(index)
-    if isinstance(graph := _inner(index), faiss.IndexHNSW):
+    if (graph := hnsw_graph(index)) is not None:
         graph.hnsw.efConstruction = cfg.ef_construction
     center = cfg.factory != "Flat" if cfg.center == "auto" else cfg.center
     mean = None
