@@ -118,9 +118,9 @@ def _inner(index: faiss.Index) -> faiss.Index:
 def _ids_into_ivf(index: faiss.IndexIDMap, directory: Path) -> faiss.Index:
     """The index under an ID map over an IVF, with each vector's id from the map written into the IVF's
     inverted lists in place of its position: the same search results, and removal that keeps them.
-    Refused (InvalidIndexError, nothing changed) when the positions are not
-    exactly 0..n-1, as after a removal or change made before this repair existed: then the map and the
-    lists already disagree and only re-encoding restores them."""
+    Refused (InvalidIndexError, nothing changed) when the positions are not exactly 0..n-1, as after a
+    removal or change made before this repair existed: then the map and the lists already disagree and
+    only re-encoding restores them."""
     table = faiss.vector_to_array(index.id_map)
     ivf = faiss.extract_index_ivf(index.index)
     lists = [
@@ -228,7 +228,7 @@ def plan_build(
         "index_bytes": est["index_bytes"],
         "encode_peak_bytes": weights + working + shard,
         "assemble_peak_bytes": est["index_bytes"] + sample + shard,
-        # what a loaded index holds in RAM (IndexConfig.mmap leaves the uncompressed codes in the file)
+        # what a loaded index holds in RAM (IndexConfig.mmap leaves what FAISS maps in the file)
         "search_ram_bytes": est["index_bytes"]
         - (passages * mapped_bytes(dim, cfg.factory) if cfg.mmap else 0),
         "weights_bytes": weights,
