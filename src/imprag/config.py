@@ -246,7 +246,7 @@ class IndexConfig:
     vector's links are chosen from. Under inner product, more is worse on E_p: above 2*M candidates FAISS
     prunes them with a heuristic (written for metrics), and the graph keeps 12-18 links a vector instead
     of 41 (efConstruction 80 against 40 at 1M: recall@10 0.915 against 0.959 at efSearch 1024; README
-    "Approximate search that keeps its recall"). Lower builds faster."""
+    "Approximate search that keeps its recall")."""
     center: bool | Literal["auto"] = "auto"
     """Store every E_p minus the mean E_p (of the training sample) and add E_q . mean back to the scores:
     each query's scores then change by a constant, so no ranking and no reported score changes, but the

@@ -169,7 +169,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     index.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query")
     index.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth")
     index.add_argument(
-        "--ef-construction", type=int, default=40, help="HNSW build breadth (slower builds, better graphs)"
+        "--ef-construction",
+        type=int,
+        default=40,
+        help="HNSW build breadth; above 2*M FAISS prunes links, which hurt recall on E_p (README)",
     )
     index.add_argument(
         "--center",

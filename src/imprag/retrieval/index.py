@@ -102,17 +102,24 @@ def new_faiss_index(dim: int, factory: str) -> faiss.Index:
 
 
 def _keeps_ids(index: faiss.Index) -> bool:
-    """An IVF, under any number of transforms: stores the ids it is given with each vector."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
-    return isinstance(index, faiss.IndexIVF)
+    """An IVF, under any number of transforms (and under an ID map: what imprag built before): stores the
+    ids it is given with each vector."""
+    return isinstance(_core(index), faiss.IndexIVF)
 
 
 def _inner(index: faiss.Index) -> faiss.Index:
     """The index under imprag's ID map (or the index itself when it keeps its own ids)."""
     index = faiss.downcast_index(index)
     return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def _core(index: faiss.Index) -> faiss.Index:
+    """The index under imprag's ID map and any transforms: the one that holds the vectors. A view into
+    `index`: keep `index` alive while using it."""
+    index = _inner(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
 
 
 def _ids_into_ivf(index: faiss.IndexIDMap, directory: Path) -> faiss.Index:
@@ -144,12 +151,9 @@ def _ids_into_ivf(index: faiss.IndexIDMap, directory: Path) -> faiss.Index:
 
 
 def hnsw_graph(index: faiss.Index) -> faiss.IndexHNSW | None:
-    """The HNSW index under imprag's ID map and any transforms, or None: where build settings go. A view
-    into `index`: keep `index` alive while using it."""
-    index = _inner(index)
-    while isinstance(index, faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
-    return index if isinstance(index, faiss.IndexHNSW) else None
+    """The HNSW index under imprag's ID map and any transforms, or None: where build settings go (`_core`:
+    keep `index` alive while using it)."""
+    return graph if isinstance(graph := _core(index), faiss.IndexHNSW) else None
 
 
 def vector_bytes(dim: int, factory: str) -> int:
@@ -171,14 +175,13 @@ def mapped_bytes(dim: int, factory: str) -> int:
 def _bytes(dim: int, factory: str) -> tuple[int, int]:
     index = new_faiss_index(dim, factory)
     ids = 8 if isinstance(index, faiss.IndexIDMap) else 0  # an IVF counts its own in _code_bytes
-    total, mapped = _code_bytes(_inner(index))
+    total, mapped = _code_bytes(index)
     return ids + total, mapped
 
 
 def _code_bytes(index: faiss.Index) -> tuple[int, int]:
     """(bytes a vector takes in `index`, of which memory-mappable), recursively."""
-    while isinstance(index, faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
+    index = _core(index)
     if isinstance(index, faiss.IndexRefine):
         base = _code_bytes(faiss.downcast_index(index.base_index))
         refine = _code_bytes(faiss.downcast_index(index.refine_index))
@@ -454,7 +457,7 @@ class PassageIndex:
     def _repair_ids(self) -> None:
         """An ID map over an IVF (what imprag built before `new_faiss_index`), whose removal would map every
         later hit to another row's id, becomes the IVF holding those ids itself (`_ids_into_ivf`)."""
-        if isinstance(self.faiss, faiss.IndexIDMap) and _keeps_ids(self.faiss.index):
+        if isinstance(self.faiss, faiss.IndexIDMap) and _keeps_ids(self.faiss):
             self.faiss = _ids_into_ivf(self.faiss, self.directory)
 
     def _check_removable(self) -> None:
